@@ -1,0 +1,61 @@
+// Reverse-mode automatic differentiation: the graph and the engine.
+//
+// Every differentiable op that sees an input with requires_grad (while grad mode is on) records
+// one Node on its output. The Node holds the op's backward: a function from the gradient of its
+// output to the gradients of its inputs, with whatever the op saved in its closure. Edges point
+// from a node to the producers of its inputs: the input's own node, or, for a leaf, its
+// AutogradMeta where .grad accumulates. Tensor::backward() walks the nodes in reverse
+// topological order (autograd/engine.cpp); the whole engine fits on one screen.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "tensor/tensor.h"
+
+namespace nala {
+
+struct AutogradMeta {
+  bool requires_grad = false;
+  Tensor grad;                    // accumulated gradient (leaves only)
+  std::shared_ptr<Node> grad_fn;  // the node that made this tensor (non-leaves only)
+};
+
+// Where a gradient flows: into another node, or into a leaf's .grad. Both empty: nowhere.
+struct Edge {
+  std::shared_ptr<Node> node;
+  std::shared_ptr<AutogradMeta> leaf;
+};
+
+// grad_output -> one gradient per input (an undefined Tensor where an input gets none).
+using BackwardFn = std::function<std::vector<Tensor>(const Tensor& grad_output)>;
+
+struct Node {
+  std::string name;          // the op, e.g. "matmul"
+  std::vector<Edge> inputs;  // one per input of the op
+  BackwardFn backward;       // emptied once run, unless the graph is retained
+  Shape output_shape;        // for checks on the incoming gradient
+  DType output_dtype;
+};
+
+// Grad mode: on by default; NoGradGuard turns it off for its scope (thread-local).
+bool grad_enabled();
+class NoGradGuard {
+ public:
+  NoGradGuard();
+  ~NoGradGuard();
+  NoGradGuard(const NoGradGuard&) = delete;
+  NoGradGuard& operator=(const NoGradGuard&) = delete;
+
+ private:
+  bool previous_;
+};
+
+// Called by every differentiable op after computing `output` from `inputs`: when grad mode is on
+// and some input requires grad, attaches a Node named `name` that runs `backward`.
+void record(const Tensor& output, const std::string& name, const std::vector<Tensor>& inputs,
+            BackwardFn backward);
+
+}  // namespace nala

@@ -1,0 +1,171 @@
+// 2-d convolution helpers on the CPU: im2col / col2im (which turn a dense convolution into a
+// gemm) and the direct depthwise convolution.
+//
+// Every kernel here walks the same index map: output pixel (oh, ow) and window offset (ki, kj)
+// read input pixel
+//   ih = oh * stride_h - pad_h + ki,   iw = ow * stride_w - pad_w + kj,
+// and zero padding means that pixels outside the input contribute 0. for_each_tap_pixel walks
+// that map for one window tap; rather than testing every pixel, it first computes the run of
+// output indices whose input index is inside the image, so its innermost loop has no branches.
+#include <algorithm>
+
+#include "kernels/kernels.h"
+
+namespace nala::kernels::cpu {
+namespace {
+
+// Work below this many multiply-adds stays on one thread.
+constexpr int64_t kParallelWork = 1 << 15;
+
+// The output indices o in [begin, end) for which i = o * stride - pad + offset lies in
+// [0, in_size), i.e. ceil((pad - offset) / stride) <= o <= floor((in_size - 1 + pad - offset)
+// / stride), clipped to [0, out_size).
+struct Range {
+  int64_t begin, end;
+};
+Range valid_range(int64_t out_size, int64_t in_size, int64_t stride, int64_t pad,
+                  int64_t offset) {
+  // floor division for a possibly negative numerator and a positive denominator
+  auto floor_div = [](int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); };
+  const int64_t begin = std::max<int64_t>(0, -floor_div(offset - pad, stride));
+  const int64_t end = std::min(out_size, floor_div(in_size - 1 + pad - offset, stride) + 1);
+  return {begin, std::max(begin, end)};
+}
+
+// Calls f(o, i) for every output pixel o = oh * out_w + ow of one plane and the input pixel
+// i = ih * width + iw that window tap (ki, kj) reads for it, skipping the padding.
+template <typename F>
+void for_each_tap_pixel(const Conv2dShape& s, int64_t ki, int64_t kj, F&& f) {
+  const Range rows = valid_range(s.out_h, s.height, s.stride_h, s.pad_h, ki);
+  const Range cols = valid_range(s.out_w, s.width, s.stride_w, s.pad_w, kj);
+  for (int64_t oh = rows.begin; oh < rows.end; ++oh) {
+    const int64_t o_row = oh * s.out_w;
+    const int64_t i_row = (oh * s.stride_h - s.pad_h + ki) * s.width + kj - s.pad_w;
+    for (int64_t ow = cols.begin; ow < cols.end; ++ow) f(o_row + ow, i_row + ow * s.stride_w);
+  }
+}
+
+}  // namespace
+
+// col[b, (c, ki, kj), (oh, ow)] = x[b, c, ih, iw], or 0 when (ih, iw) is padding.
+// One thread per row (b, c, ki, kj) of col.
+template <typename T>
+void im2col(const Conv2dShape& s, const T* x, T* col) {
+  const int64_t window = s.kernel_h * s.kernel_w;
+  const int64_t rows = s.batch * s.channels * window;
+  const int64_t out_plane = s.out_h * s.out_w;
+#pragma omp parallel for if (rows * out_plane >= kParallelWork)
+  for (int64_t row = 0; row < rows; ++row) {
+    const int64_t plane = row / window;  // b * channels + c
+    const int64_t ki = row % window / s.kernel_w, kj = row % s.kernel_w;
+    const T* x_plane = x + plane * s.height * s.width;
+    T* col_row = col + row * out_plane;
+    std::fill(col_row, col_row + out_plane, T(0));
+    for_each_tap_pixel(s, ki, kj, [&](int64_t o, int64_t i) { col_row[o] = x_plane[i]; });
+  }
+}
+
+// dx[b, c, ih, iw] = sum over the (ki, kj, oh, ow) that read (ih, iw) of col[b, (c, ki, kj),
+// (oh, ow)]. One thread per input plane (b, c), which only the rows (c, *, *) of batch b touch,
+// so there are no races.
+template <typename T>
+void col2im(const Conv2dShape& s, const T* col, T* dx) {
+  const int64_t window = s.kernel_h * s.kernel_w;
+  const int64_t planes = s.batch * s.channels;
+  const int64_t out_plane = s.out_h * s.out_w;
+#pragma omp parallel for if (planes * window * out_plane >= kParallelWork)
+  for (int64_t plane = 0; plane < planes; ++plane) {
+    T* dx_plane = dx + plane * s.height * s.width;
+    std::fill(dx_plane, dx_plane + s.height * s.width, T(0));
+    for (int64_t ki = 0; ki < s.kernel_h; ++ki) {
+      for (int64_t kj = 0; kj < s.kernel_w; ++kj) {
+        const T* col_row = col + (plane * window + ki * s.kernel_w + kj) * out_plane;
+        for_each_tap_pixel(s, ki, kj, [&](int64_t o, int64_t i) { dx_plane[i] += col_row[o]; });
+      }
+    }
+  }
+}
+
+// y[b, c, oh, ow] = bias[c] + sum over (ki, kj) of w[c, ki, kj] x[b, c, ih, iw].
+// One thread per plane (b, c).
+template <typename T>
+void depthwise_conv2d_forward(const Conv2dShape& s, const T* x, const T* w, const T* bias, T* y) {
+  const int64_t window = s.kernel_h * s.kernel_w;
+  const int64_t planes = s.batch * s.channels;
+  const int64_t out_plane = s.out_h * s.out_w;
+#pragma omp parallel for if (planes * window * out_plane >= kParallelWork)
+  for (int64_t plane = 0; plane < planes; ++plane) {
+    const int64_t c = plane % s.channels;
+    const T* x_plane = x + plane * s.height * s.width;
+    T* y_plane = y + plane * out_plane;
+    std::fill(y_plane, y_plane + out_plane, bias ? bias[c] : T(0));
+    for (int64_t ki = 0; ki < s.kernel_h; ++ki) {
+      for (int64_t kj = 0; kj < s.kernel_w; ++kj) {
+        const T weight = w[(c * s.kernel_h + ki) * s.kernel_w + kj];
+        for_each_tap_pixel(s, ki, kj,
+                           [&](int64_t o, int64_t i) { y_plane[o] += weight * x_plane[i]; });
+      }
+    }
+  }
+}
+
+// dx[b, c, ih, iw] = sum over the (ki, kj, oh, ow) that read (ih, iw) of
+// w[c, ki, kj] dy[b, c, oh, ow]: the forward's map run backwards, scattering into dx.
+// One thread per plane (b, c).
+template <typename T>
+void depthwise_conv2d_backward_input(const Conv2dShape& s, const T* dy, const T* w, T* dx) {
+  const int64_t window = s.kernel_h * s.kernel_w;
+  const int64_t planes = s.batch * s.channels;
+  const int64_t out_plane = s.out_h * s.out_w;
+#pragma omp parallel for if (planes * window * out_plane >= kParallelWork)
+  for (int64_t plane = 0; plane < planes; ++plane) {
+    const int64_t c = plane % s.channels;
+    const T* dy_plane = dy + plane * out_plane;
+    T* dx_plane = dx + plane * s.height * s.width;
+    std::fill(dx_plane, dx_plane + s.height * s.width, T(0));
+    for (int64_t ki = 0; ki < s.kernel_h; ++ki) {
+      for (int64_t kj = 0; kj < s.kernel_w; ++kj) {
+        const T weight = w[(c * s.kernel_h + ki) * s.kernel_w + kj];
+        for_each_tap_pixel(s, ki, kj,
+                           [&](int64_t o, int64_t i) { dx_plane[i] += weight * dy_plane[o]; });
+      }
+    }
+  }
+}
+
+// dw[c, ki, kj] = sum over b, oh, ow of dy[b, c, oh, ow] x[b, c, ih, iw], summed in double.
+// One thread per channel, so no two threads write the same dw.
+template <typename T>
+void depthwise_conv2d_backward_weight(const Conv2dShape& s, const T* x, const T* dy, T* dw) {
+  const int64_t window = s.kernel_h * s.kernel_w;
+  const int64_t out_plane = s.out_h * s.out_w;
+#pragma omp parallel for if (s.batch * s.channels * window * out_plane >= kParallelWork)
+  for (int64_t c = 0; c < s.channels; ++c) {
+    for (int64_t ki = 0; ki < s.kernel_h; ++ki) {
+      for (int64_t kj = 0; kj < s.kernel_w; ++kj) {
+        double sum = 0;
+        for (int64_t b = 0; b < s.batch; ++b) {
+          const T* x_plane = x + (b * s.channels + c) * s.height * s.width;
+          const T* dy_plane = dy + (b * s.channels + c) * out_plane;
+          for_each_tap_pixel(s, ki, kj, [&](int64_t o, int64_t i) {
+            sum += static_cast<double>(dy_plane[o]) * x_plane[i];
+          });
+        }
+        dw[(c * s.kernel_h + ki) * s.kernel_w + kj] = static_cast<T>(sum);
+      }
+    }
+  }
+}
+
+#define NALA_INSTANTIATE_CONV(T)                                                                \
+  template void im2col<T>(const Conv2dShape&, const T*, T*);                                    \
+  template void col2im<T>(const Conv2dShape&, const T*, T*);                                    \
+  template void depthwise_conv2d_forward<T>(const Conv2dShape&, const T*, const T*, const T*,  \
+                                            T*);                                                \
+  template void depthwise_conv2d_backward_input<T>(const Conv2dShape&, const T*, const T*, T*); \
+  template void depthwise_conv2d_backward_weight<T>(const Conv2dShape&, const T*, const T*, T*);
+NALA_INSTANTIATE_CONV(float)
+NALA_INSTANTIATE_CONV(double)
+#undef NALA_INSTANTIATE_CONV
+
+}  // namespace nala::kernels::cpu

@@ -1,0 +1,447 @@
+// Memory and elementwise kernels: strided copies, fills, random numbers, and the unary, binary and
+// scalar ops. Each is one functor run by for_each_index (common.h): one generic kernel family,
+// one functor per op.
+#include <stdexcept>
+
+#include "kernels/cuda/common.h"
+#include "kernels/kernels.h"
+#include "kernels/random.h"
+
+namespace nala::kernels::cuda {
+
+namespace {
+
+// ---- n-d indexing ----
+
+// An n-d iteration space and the strides of kOperands operands over it.
+template <int kOperands>
+struct StridedSpace {
+  int ndim = 0;
+  int64_t sizes[kMaxDims] = {};
+  int64_t strides[kOperands][kMaxDims] = {};
+};
+
+// The same space with size-1 dimensions dropped and each dimension merged into the one before it
+// when every operand steps over the two as over one (stride[outer] == stride[inner] *
+// size[inner]). Fewer dimensions mean fewer divisions per element; a contiguous copy ends up 1-d.
+template <int kOperands>
+StridedSpace<kOperands> coalesce(const StridedSpace<kOperands>& in) {
+  StridedSpace<kOperands> out;
+  for (int d = 0; d < in.ndim; ++d) {
+    if (in.sizes[d] == 1) continue;
+    bool mergeable = out.ndim > 0;
+    for (int op = 0; op < kOperands && mergeable; ++op)
+      mergeable = out.strides[op][out.ndim - 1] == in.strides[op][d] * in.sizes[d];
+    if (mergeable) {
+      out.sizes[out.ndim - 1] *= in.sizes[d];
+    } else {
+      out.sizes[out.ndim] = in.sizes[d];
+      ++out.ndim;
+    }
+    for (int op = 0; op < kOperands; ++op) out.strides[op][out.ndim - 1] = in.strides[op][d];
+  }
+  return out;
+}
+
+int64_t num_elements(int ndim, const int64_t* sizes) {
+  int64_t n = 1;
+  for (int d = 0; d < ndim; ++d) n *= sizes[d];
+  return n;
+}
+
+// The offset in each operand of the element with row-major index i of the space: i is split
+// into coordinates from the last dimension on, and coordinate c of dimension d adds
+// c * strides[op][d]. The first dimension's coordinate is what is left of i, with no division.
+template <int kOperands>
+__device__ void offsets_at(const StridedSpace<kOperands>& space, int64_t i,
+                           int64_t (&offsets)[kOperands]) {
+  for (int op = 0; op < kOperands; ++op) offsets[op] = 0;
+  for (int d = space.ndim - 1; d > 0; --d) {
+    const int64_t coord = i % space.sizes[d];
+    i /= space.sizes[d];
+    for (int op = 0; op < kOperands; ++op) offsets[op] += coord * space.strides[op][d];
+  }
+  if (space.ndim > 0)
+    for (int op = 0; op < kOperands; ++op) offsets[op] += i * space.strides[op][0];
+}
+
+// ---- memory ----
+
+// y[dst offset] = Dst(x[src offset]) over a space whose operands are (src, dst).
+template <typename Src, typename Dst>
+struct CopyStrided {
+  StridedSpace<2> space;
+  const Src* x;
+  Dst* y;
+  __device__ void operator()(int64_t i) const {
+    int64_t offsets[2];
+    offsets_at(space, i, offsets);
+    y[offsets[1]] = static_cast<Dst>(x[offsets[0]]);
+  }
+};
+
+template <typename T>
+struct Fill {
+  T value;
+  T* y;
+  __device__ void operator()(int64_t i) const { y[i] = value; }
+};
+
+// y[i] = element offset + i of the stream seed (kernels/random.h).
+template <typename T>
+struct RandomUniform {
+  uint64_t seed, offset;
+  T low, high;
+  T* y;
+  __device__ void operator()(int64_t i) const {
+    y[i] = random_uniform_at(seed, offset + static_cast<uint64_t>(i), low, high);
+  }
+};
+
+template <typename T>
+struct RandomNormal {
+  uint64_t seed, offset;
+  T mean, stddev;
+  T* y;
+  __device__ void operator()(int64_t i) const {
+    y[i] = random_normal_at(seed, offset + static_cast<uint64_t>(i), mean, stddev);
+  }
+};
+
+// ---- unary ops: value(x) = f(x) and derivative(x, y) = f'(x), given y = f(x) ----
+
+constexpr double kSqrt2OverPi = 0.79788456080286535588;  // sqrt(2 / pi)
+constexpr double kInvSqrt2 = 0.70710678118654752440;     // 1 / sqrt(2)
+constexpr double kInvSqrt2Pi = 0.39894228040143267794;   // 1 / sqrt(2 pi)
+constexpr double kGeluCubic = 0.044715;
+
+template <typename T>
+struct Neg {
+  __device__ static T value(T x) { return -x; }
+  __device__ static T derivative(T, T) { return T(-1); }
+};
+
+template <typename T>
+struct Exp {
+  __device__ static T value(T x) { return exp(x); }
+  __device__ static T derivative(T, T y) { return y; }
+};
+
+template <typename T>
+struct Log {
+  __device__ static T value(T x) { return log(x); }
+  __device__ static T derivative(T x, T) { return T(1) / x; }
+};
+
+// d sqrt(x) = 1 / (2 sqrt(x))
+template <typename T>
+struct Sqrt {
+  __device__ static T value(T x) { return sqrt(x); }
+  __device__ static T derivative(T, T y) { return T(0.5) / y; }
+};
+
+// d|x| = sign(x), 0 at 0
+template <typename T>
+struct Abs {
+  __device__ static T value(T x) { return fabs(x); }
+  __device__ static T derivative(T x, T) { return T((x > T(0)) - (x < T(0))); }
+};
+
+template <typename T>
+struct Tanh {
+  __device__ static T value(T x) { return tanh(x); }
+  __device__ static T derivative(T, T y) { return T(1) - y * y; }
+};
+
+template <typename T>
+struct Sigmoid {
+  __device__ static T value(T x) { return T(1) / (T(1) + exp(-x)); }
+  __device__ static T derivative(T, T y) { return y * (T(1) - y); }
+};
+
+// max(x, 0) written x < 0 ? 0 : x so that NaN passes through; the derivative is 0 at 0.
+template <typename T>
+struct Relu {
+  __device__ static T value(T x) { return x < T(0) ? T(0) : x; }
+  __device__ static T derivative(T x, T) { return x > T(0) ? T(1) : T(0); }
+};
+
+// f = x/2 (1 + t),  t = tanh u,  u = sqrt(2/pi) (x + 0.044715 x^3)
+// f' = (1 + t)/2 + x/2 (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2)
+template <typename T>
+struct GeluTanh {
+  __device__ static T tanh_u(T x) {
+    return tanh(T(kSqrt2OverPi) * (x + T(kGeluCubic) * x * x * x));
+  }
+  __device__ static T value(T x) { return T(0.5) * x * (T(1) + tanh_u(x)); }
+  __device__ static T derivative(T x, T) {
+    const T t = tanh_u(x);
+    const T du_dx = T(kSqrt2OverPi) * (T(1) + T(3 * kGeluCubic) * x * x);
+    return T(0.5) * (T(1) + t) + T(0.5) * x * (T(1) - t * t) * du_dx;
+  }
+};
+
+// f = x Phi(x),  Phi(x) = (1 + erf(x / sqrt 2)) / 2
+// f' = Phi(x) + x phi(x),  phi(x) = e^(-x^2/2) / sqrt(2 pi)
+template <typename T>
+struct GeluErf {
+  __device__ static T cdf(T x) { return T(0.5) * (T(1) + erf(x * T(kInvSqrt2))); }
+  __device__ static T value(T x) { return x * cdf(x); }
+  __device__ static T derivative(T x, T) {
+    return cdf(x) + x * T(kInvSqrt2Pi) * exp(T(-0.5) * x * x);
+  }
+};
+
+// f = x s,  s = sigmoid(x);  f' = s (1 + x (1 - s))
+template <typename T>
+struct Silu {
+  __device__ static T value(T x) { return x / (T(1) + exp(-x)); }
+  __device__ static T derivative(T x, T) {
+    const T s = T(1) / (T(1) + exp(-x));
+    return s * (T(1) + x * (T(1) - s));
+  }
+};
+
+// Calls visit(Op<T>{}) with the functor of `op`.
+template <typename T, typename Visit>
+void visit_unary_op(UnaryOp op, Visit visit) {
+  switch (op) {
+    case UnaryOp::Neg:
+      return visit(Neg<T>{});
+    case UnaryOp::Exp:
+      return visit(Exp<T>{});
+    case UnaryOp::Log:
+      return visit(Log<T>{});
+    case UnaryOp::Sqrt:
+      return visit(Sqrt<T>{});
+    case UnaryOp::Abs:
+      return visit(Abs<T>{});
+    case UnaryOp::Tanh:
+      return visit(Tanh<T>{});
+    case UnaryOp::Sigmoid:
+      return visit(Sigmoid<T>{});
+    case UnaryOp::Relu:
+      return visit(Relu<T>{});
+    case UnaryOp::GeluTanh:
+      return visit(GeluTanh<T>{});
+    case UnaryOp::GeluErf:
+      return visit(GeluErf<T>{});
+    case UnaryOp::Silu:
+      return visit(Silu<T>{});
+  }
+  throw std::invalid_argument("unary op: unknown UnaryOp");
+}
+
+template <typename T, typename Op>
+struct UnaryForward {
+  const T* x;
+  T* y;
+  __device__ void operator()(int64_t i) const { y[i] = Op::value(x[i]); }
+};
+
+template <typename T, typename Op>
+struct UnaryBackward {
+  const T* x;
+  const T* y;
+  const T* dy;
+  T* dx;
+  __device__ void operator()(int64_t i) const { dx[i] = dy[i] * Op::derivative(x[i], y[i]); }
+};
+
+// ---- binary ops: apply(a, b) ----
+
+template <typename T>
+struct Add {
+  __device__ static T apply(T a, T b) { return a + b; }
+};
+
+template <typename T>
+struct Sub {
+  __device__ static T apply(T a, T b) { return a - b; }
+};
+
+template <typename T>
+struct Mul {
+  __device__ static T apply(T a, T b) { return a * b; }
+};
+
+template <typename T>
+struct Div {
+  __device__ static T apply(T a, T b) { return a / b; }
+};
+
+// a ^ b, with 0 ^ b = 0 for b > 0
+template <typename T>
+struct Pow {
+  __device__ static T apply(T a, T b) { return (a == T(0) && b > T(0)) ? T(0) : pow(a, b); }
+};
+
+template <typename T>
+struct Eq {
+  __device__ static T apply(T a, T b) { return a == b ? T(1) : T(0); }
+};
+
+template <typename T>
+struct Gt {
+  __device__ static T apply(T a, T b) { return a > b ? T(1) : T(0); }
+};
+
+template <typename T, typename Visit>
+void visit_binary_op(BinaryOp op, Visit visit) {
+  switch (op) {
+    case BinaryOp::Add:
+      return visit(Add<T>{});
+    case BinaryOp::Sub:
+      return visit(Sub<T>{});
+    case BinaryOp::Mul:
+      return visit(Mul<T>{});
+    case BinaryOp::Div:
+      return visit(Div<T>{});
+    case BinaryOp::Pow:
+      return visit(Pow<T>{});
+    case BinaryOp::Eq:
+      return visit(Eq<T>{});
+    case BinaryOp::Gt:
+      return visit(Gt<T>{});
+  }
+  throw std::invalid_argument("binary op: unknown BinaryOp");
+}
+
+// The scalar ops are the binary ops with b = s.
+template <typename T, typename Visit>
+void visit_scalar_op(ScalarOp op, Visit visit) {
+  switch (op) {
+    case ScalarOp::Add:
+      return visit(Add<T>{});
+    case ScalarOp::Mul:
+      return visit(Mul<T>{});
+    case ScalarOp::Pow:
+      return visit(Pow<T>{});
+  }
+  throw std::invalid_argument("scalar op: unknown ScalarOp");
+}
+
+// y[i] = a[a offset] (op) b[b offset] over a space whose operands are (a, b); y is contiguous.
+template <typename T, typename Op>
+struct BinaryBroadcast {
+  StridedSpace<2> space;
+  const T* a;
+  const T* b;
+  T* y;
+  __device__ void operator()(int64_t i) const {
+    int64_t offsets[2];
+    offsets_at(space, i, offsets);
+    y[i] = Op::apply(a[offsets[0]], b[offsets[1]]);
+  }
+};
+
+template <typename T, typename Op>
+struct ScalarRight {
+  const T* x;
+  T s;
+  T* y;
+  __device__ void operator()(int64_t i) const { y[i] = Op::apply(x[i], s); }
+};
+
+}  // namespace
+
+// ---- the kernels of kernel_list.inc ----
+
+template <typename Src, typename Dst>
+void copy_strided(const Layout& src, const Src* x, const Layout& dst, Dst* y) {
+  StridedSpace<2> space;
+  space.ndim = src.ndim;
+  for (int d = 0; d < src.ndim; ++d) {
+    space.sizes[d] = src.sizes[d];
+    space.strides[0][d] = src.strides[d];
+    space.strides[1][d] = dst.strides[d];
+  }
+  const int64_t n = num_elements(src.ndim, src.sizes);
+  for_each_index(n, CopyStrided<Src, Dst>{coalesce(space), x, y});
+}
+
+template <typename T>
+void fill(int64_t n, T value, T* y) {
+  for_each_index(n, Fill<T>{value, y});
+}
+
+template <typename T>
+void random_uniform(int64_t n, uint64_t seed, uint64_t offset, T low, T high, T* y) {
+  for_each_index(n, RandomUniform<T>{seed, offset, low, high, y});
+}
+
+template <typename T>
+void random_normal(int64_t n, uint64_t seed, uint64_t offset, T mean, T std, T* y) {
+  for_each_index(n, RandomNormal<T>{seed, offset, mean, std, y});
+}
+
+template <typename T>
+void unary_forward(UnaryOp op, int64_t n, const T* x, T* y) {
+  visit_unary_op<T>(op, [&](auto f) { for_each_index(n, UnaryForward<T, decltype(f)>{x, y}); });
+}
+
+template <typename T>
+void unary_backward(UnaryOp op, int64_t n, const T* x, const T* y, const T* dy, T* dx) {
+  visit_unary_op<T>(op, [&](auto f) {
+    for_each_index(n, UnaryBackward<T, decltype(f)>{x, y, dy, dx});
+  });
+}
+
+template <typename T>
+void binary_forward(BinaryOp op, const Broadcast& bc, const T* a, const T* b, T* y) {
+  StridedSpace<2> space;
+  space.ndim = bc.ndim;
+  for (int d = 0; d < bc.ndim; ++d) {
+    space.sizes[d] = bc.sizes[d];
+    space.strides[0][d] = bc.a_strides[d];
+    space.strides[1][d] = bc.b_strides[d];
+  }
+  // y is contiguous, so merging dimensions never changes y's offset of index i.
+  const StridedSpace<2> merged = coalesce(space);
+  const int64_t n = num_elements(bc.ndim, bc.sizes);
+  visit_binary_op<T>(op, [&](auto f) {
+    for_each_index(n, BinaryBroadcast<T, decltype(f)>{merged, a, b, y});
+  });
+}
+
+template <typename T>
+void scalar_forward(ScalarOp op, int64_t n, const T* x, T s, T* y) {
+  visit_scalar_op<T>(op, [&](auto f) { for_each_index(n, ScalarRight<T, decltype(f)>{x, s, y}); });
+}
+
+// ---- instantiations ----
+
+#define NALA_COPY_STRIDED(Src, Dst) \
+  template void copy_strided<Src, Dst>(const Layout&, const Src*, const Layout&, Dst*);
+#define NALA_COPY_STRIDED_FROM(Src) \
+  NALA_COPY_STRIDED(Src, float)     \
+  NALA_COPY_STRIDED(Src, double)    \
+  NALA_COPY_STRIDED(Src, int32_t)   \
+  NALA_COPY_STRIDED(Src, int64_t)   \
+  NALA_COPY_STRIDED(Src, uint8_t)
+NALA_COPY_STRIDED_FROM(float)
+NALA_COPY_STRIDED_FROM(double)
+NALA_COPY_STRIDED_FROM(int32_t)
+NALA_COPY_STRIDED_FROM(int64_t)
+NALA_COPY_STRIDED_FROM(uint8_t)
+#undef NALA_COPY_STRIDED_FROM
+#undef NALA_COPY_STRIDED
+
+template void fill<float>(int64_t, float, float*);
+template void fill<double>(int64_t, double, double*);
+template void fill<int32_t>(int64_t, int32_t, int32_t*);
+template void fill<int64_t>(int64_t, int64_t, int64_t*);
+template void fill<uint8_t>(int64_t, uint8_t, uint8_t*);
+
+#define NALA_INSTANTIATE(T)                                                            \
+  template void random_uniform<T>(int64_t, uint64_t, uint64_t, T, T, T*);              \
+  template void random_normal<T>(int64_t, uint64_t, uint64_t, T, T, T*);               \
+  template void unary_forward<T>(UnaryOp, int64_t, const T*, T*);                      \
+  template void unary_backward<T>(UnaryOp, int64_t, const T*, const T*, const T*, T*); \
+  template void binary_forward<T>(BinaryOp, const Broadcast&, const T*, const T*, T*); \
+  template void scalar_forward<T>(ScalarOp, int64_t, const T*, T, T*);
+NALA_INSTANTIATE(float)
+NALA_INSTANTIATE(double)
+#undef NALA_INSTANTIATE
+
+}  // namespace nala::kernels::cuda

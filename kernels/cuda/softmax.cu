@@ -1,0 +1,155 @@
+// Softmax, log-softmax and cross-entropy over the last axis: a warp or a block per row
+// (launch_per_row), with the row's max and sums combined across the team by shuffles.
+#include <cmath>
+
+#include "kernels/cuda/common.h"
+#include "kernels/kernels.h"
+
+namespace nala::kernels::cuda {
+
+namespace {
+
+// A row's max m and sum_c e^(x_c - m); shifting by m keeps e^x from overflowing.
+template <typename T>
+struct MaxAndSumExp {
+  T max, sum_exp;
+};
+
+// Every thread of the team gets the row's MaxAndSumExp.
+template <typename T, typename Team>
+__device__ MaxAndSumExp<T> row_max_and_sum_exp(Team team, int64_t cols, const T* x_row) {
+  T max = MaxOp<T>::identity();
+  for (int64_t c = team.rank(); c < cols; c += team.size()) max = MaxOp<T>::combine(max, x_row[c]);
+  max = team_reduce<MaxOp<T>>(team, max);
+  T sum = T(0);
+  for (int64_t c = team.rank(); c < cols; c += team.size()) sum += exp(x_row[c] - max);
+  return {max, team_reduce<SumOp<T>>(team, sum)};
+}
+
+// softmax: y = e^(x - m) / s; log_softmax: y = (x - m) - log s, with m, s = row_max_and_sum_exp.
+template <typename T, typename Team>
+__global__ void softmax_forward_kernel(Team team, int64_t rows, int64_t cols, const T* x, T* y,
+                                       bool log_softmax) {
+  for (int64_t row = team.first_row(); row < rows; row += team.row_stride()) {
+    const T* x_row = x + row * cols;
+    T* y_row = y + row * cols;
+    const MaxAndSumExp<T> stats = row_max_and_sum_exp(team, cols, x_row);
+    const T log_sum = log(stats.sum_exp);
+    for (int64_t c = team.rank(); c < cols; c += team.size())
+      y_row[c] = log_softmax ? (x_row[c] - stats.max) - log_sum
+                             : exp(x_row[c] - stats.max) / stats.sum_exp;
+  }
+}
+
+// softmax:     dx = y (dy - sum(dy y))
+// log_softmax: dx = dy - e^y sum(dy)
+template <typename T, typename Team>
+__global__ void softmax_backward_kernel(Team team, int64_t rows, int64_t cols, const T* y,
+                                        const T* dy, T* dx, bool log_softmax) {
+  for (int64_t row = team.first_row(); row < rows; row += team.row_stride()) {
+    const T* y_row = y + row * cols;
+    const T* dy_row = dy + row * cols;
+    T* dx_row = dx + row * cols;
+    T sum = T(0);
+    for (int64_t c = team.rank(); c < cols; c += team.size())
+      sum += log_softmax ? dy_row[c] : dy_row[c] * y_row[c];
+    sum = team_reduce<SumOp<T>>(team, sum);
+    for (int64_t c = team.rank(); c < cols; c += team.size())
+      dx_row[c] = log_softmax ? dy_row[c] - exp(y_row[c]) * sum : y_row[c] * (dy_row[c] - sum);
+  }
+}
+
+// The smoothed target q_c = (1 - eps) [c == label] + eps / classes.
+template <typename T>
+__device__ T smoothed_target(int64_t c, int64_t label, T smoothing, int64_t classes) {
+  return (c == label ? T(1) - smoothing : T(0)) + smoothing / T(classes);
+}
+
+// lse = m + log s, and loss = lse - sum_c q_c x_c = lse - (1 - eps) x_label - (eps / classes) sum_c
+// x_c; NaN when the label is outside [0, classes).
+template <typename T, typename Team>
+__global__ void cross_entropy_forward_kernel(Team team, int64_t rows, int64_t classes,
+                                             const T* logits, const int64_t* labels, T smoothing,
+                                             T* loss, T* lse) {
+  for (int64_t row = team.first_row(); row < rows; row += team.row_stride()) {
+    const T* x_row = logits + row * classes;
+    const MaxAndSumExp<T> stats = row_max_and_sum_exp(team, classes, x_row);
+    const T row_lse = stats.max + log(stats.sum_exp);
+    T sum = T(0);
+    for (int64_t c = team.rank(); c < classes; c += team.size()) sum += x_row[c];
+    sum = team_reduce<SumOp<T>>(team, sum);
+    if (team.rank() == 0) {
+      const int64_t label = labels[row];
+      const bool valid = label >= 0 && label < classes;
+      lse[row] = row_lse;
+      loss[row] = valid ? row_lse - (T(1) - smoothing) * x_row[label] - smoothing / T(classes) * sum
+                        : T(NAN);
+    }
+  }
+}
+
+// dlogits = dloss (e^(x - lse) - q); NaN for a row whose label is outside [0, classes).
+template <typename T, typename Team>
+__global__ void cross_entropy_backward_kernel(Team team, int64_t rows, int64_t classes,
+                                              const T* logits, const int64_t* labels, T smoothing,
+                                              const T* lse, const T* dloss, T* dlogits) {
+  for (int64_t row = team.first_row(); row < rows; row += team.row_stride()) {
+    const T* x_row = logits + row * classes;
+    T* dx_row = dlogits + row * classes;
+    const int64_t label = labels[row];
+    const bool valid = label >= 0 && label < classes;
+    const T row_lse = lse[row], row_dloss = dloss[row];
+    for (int64_t c = team.rank(); c < classes; c += team.size()) {
+      const T q = smoothed_target(c, label, smoothing, classes);
+      dx_row[c] = valid ? row_dloss * (exp(x_row[c] - row_lse) - q) : T(NAN);
+    }
+  }
+}
+
+}  // namespace
+
+template <typename T>
+void softmax_forward(int64_t rows, int64_t cols, const T* x, T* y, bool log_softmax) {
+  launch_per_row(rows, cols, [&](auto team, unsigned blocks, int threads) {
+    softmax_forward_kernel<<<blocks, threads, 0, stream()>>>(team, rows, cols, x, y, log_softmax);
+  });
+}
+
+template <typename T>
+void softmax_backward(int64_t rows, int64_t cols, const T* y, const T* dy, T* dx,
+                      bool log_softmax) {
+  launch_per_row(rows, cols, [&](auto team, unsigned blocks, int threads) {
+    softmax_backward_kernel<<<blocks, threads, 0, stream()>>>(team, rows, cols, y, dy, dx,
+                                                              log_softmax);
+  });
+}
+
+template <typename T>
+void cross_entropy_forward(int64_t rows, int64_t classes, const T* logits, const int64_t* labels,
+                           T smoothing, T* loss, T* lse) {
+  launch_per_row(rows, classes, [&](auto team, unsigned blocks, int threads) {
+    cross_entropy_forward_kernel<<<blocks, threads, 0, stream()>>>(team, rows, classes, logits,
+                                                                   labels, smoothing, loss, lse);
+  });
+}
+
+template <typename T>
+void cross_entropy_backward(int64_t rows, int64_t classes, const T* logits, const int64_t* labels,
+                            T smoothing, const T* lse, const T* dloss, T* dlogits) {
+  launch_per_row(rows, classes, [&](auto team, unsigned blocks, int threads) {
+    cross_entropy_backward_kernel<<<blocks, threads, 0, stream()>>>(
+        team, rows, classes, logits, labels, smoothing, lse, dloss, dlogits);
+  });
+}
+
+#define NALA_INSTANTIATE(T)                                                                        \
+  template void softmax_forward<T>(int64_t, int64_t, const T*, T*, bool);                          \
+  template void softmax_backward<T>(int64_t, int64_t, const T*, const T*, T*, bool);               \
+  template void cross_entropy_forward<T>(int64_t, int64_t, const T*, const int64_t*, T, T*, T*);   \
+  template void cross_entropy_backward<T>(int64_t, int64_t, const T*, const int64_t*, T, const T*, \
+                                          const T*, T*);
+NALA_INSTANTIATE(float)
+NALA_INSTANTIATE(double)
+#undef NALA_INSTANTIATE
+
+}  // namespace nala::kernels::cuda

@@ -1,0 +1,130 @@
+// The device-neutral kernel interface.
+//
+// Kernels know memory, not autograd: they take plain pointers, sizes and strides, never a
+// Tensor. Every kernel below is declared once, in kernel_list.inc, and defined twice with the
+// same name and arguments: in kernels/cpu/*.cpp (namespace nala::kernels::cpu, OpenMP) and in
+// kernels/cuda/*.cu (namespace nala::kernels::cuda). The ops in autograd/ops pick one of the two
+// with NALA_KERNEL (autograd/dispatch.h) from the tensor's device and dtype.
+//
+// Conventions shared by every kernel:
+// - Sizes and strides are int64_t and counted in elements, not bytes.
+// - A pointer argument is contiguous (row-major) unless a Layout/Broadcast gives its strides.
+// - T is float or double unless a kernel says otherwise; labels are int64_t.
+// - A kernel never allocates memory. When it needs scratch space its caller passes a workspace
+//   whose size a *_workspace_size function returns.
+// - On CUDA every pointer is device memory, every kernel is asynchronous on the one stream, and
+//   no kernel synchronises with the host.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace nala::kernels {
+
+// Tensors have at most this many dimensions.
+constexpr int kMaxDims = 8;
+
+// Sizes of an n-d iteration space and the strides of one operand over it. A stride of 0 repeats
+// the operand along that dimension (broadcasting).
+struct Layout {
+  int ndim = 0;
+  int64_t sizes[kMaxDims] = {};
+  int64_t strides[kMaxDims] = {};
+};
+
+// Two inputs broadcast against each other; the output is contiguous with `out.sizes`.
+// a_strides / b_strides are the inputs' strides over the output's dimensions (0 where broadcast).
+struct Broadcast {
+  int ndim = 0;
+  int64_t sizes[kMaxDims] = {};
+  int64_t a_strides[kMaxDims] = {};
+  int64_t b_strides[kMaxDims] = {};
+};
+
+enum class UnaryOp {
+  Neg,      // -x
+  Exp,      // e^x
+  Log,      // ln x
+  Sqrt,     // sqrt(x)
+  Abs,      // |x|
+  Tanh,     // tanh x
+  Sigmoid,  // 1 / (1 + e^-x)
+  Relu,     // max(x, 0)
+  GeluTanh, // x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+  GeluErf,  // x/2 (1 + erf(x / sqrt 2))
+  Silu,     // x * sigmoid(x)
+};
+
+enum class BinaryOp {
+  Add,  // a + b
+  Sub,  // a - b
+  Mul,  // a * b
+  Div,  // a / b
+  Pow,  // a ^ b, with 0 ^ b = 0 for b > 0
+  Eq,   // 1 if a == b else 0 (not differentiable)
+  Gt,   // 1 if a > b else 0  (not differentiable)
+};
+
+enum class ScalarOp {
+  Add,  // x + s
+  Mul,  // x * s
+  Pow,  // x ^ s, with 0 ^ s = 0 for s > 0
+};
+
+enum class ReduceOp { Sum, Max };
+
+// Geometry of a 2-d convolution of x (batch, channels, height, width) with a kernel_h x kernel_w
+// window, stride and zero padding; out_h/out_w are the output's spatial sizes.
+struct Conv2dShape {
+  int64_t batch, channels, height, width;
+  int64_t kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w;
+  int64_t out_h, out_w;
+};
+
+// Feature maps of the linear attentions (NALAFORMER.md section 1).
+enum class FeatureMap {
+  Nala,  // phiQ = [a^p, b^p] (query-norm-aware power), phiK = [relu(k^3), relu(-k^3)]: 2d wide
+  Relu,  // phiQ = relu(q), phiK = relu(k): d wide (the 'r' baseline)
+};
+
+// Width of the feature map for head dim d: 2d for NaLa, d for ReLU.
+inline int64_t feature_dim(FeatureMap fm, int64_t d) { return fm == FeatureMap::Nala ? 2 * d : d; }
+
+namespace cpu {
+#include "kernels/kernel_list.inc"
+}  // namespace cpu
+
+#ifdef NALA_WITH_CUDA
+namespace cuda {
+#include "kernels/kernel_list.inc"
+
+// ---- CUDA runtime services (kernels/cuda/runtime.cu) ----
+bool is_available();  // true when a CUDA device can be used
+void synchronize();   // waits for all work queued on the stream
+
+// The caching allocator: size-bucketed free lists, so a training loop reuses blocks without
+// cudaMalloc/cudaFree. An out-of-memory throws with the requested size and these statistics.
+void* allocate(size_t bytes);
+void deallocate(void* ptr, size_t bytes);
+struct AllocatorStats {
+  size_t bytes_in_use = 0;       // handed out and not yet freed
+  size_t peak_bytes_in_use = 0;  // high-water mark of bytes_in_use since the last reset
+  size_t bytes_cached = 0;       // held in free lists, ready for reuse
+  size_t num_device_allocs = 0;  // calls to cudaMalloc so far
+};
+AllocatorStats allocator_stats();
+void reset_peak_stats();
+void empty_cache();  // returns every cached block to the driver
+
+// Copies of raw bytes. Host->device copies of large blocks are staged through pinned memory.
+void copy_host_to_device(void* dst, const void* src, size_t bytes);
+void copy_device_to_host(void* dst, const void* src, size_t bytes);
+void copy_device_to_device(void* dst, const void* src, size_t bytes);
+
+// TF32 tensor cores for float32 GEMMs (on by default), like torch.backends.cuda.matmul.allow_tf32.
+void set_allow_tf32(bool allow);
+bool allow_tf32();
+}  // namespace cuda
+#endif
+
+}  // namespace nala::kernels

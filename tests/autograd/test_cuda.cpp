@@ -1,0 +1,51 @@
+// Every op on CUDA against the same op on the CPU, forward and gradients, in float32 and
+// float64 (skipped when no GPU is present).
+#include "autograd/gradcheck.h"
+#include "test_util.h"
+
+using namespace nala;
+
+// Runs case c on `device` in `dtype` with inputs copied from `base` (CPU float64), backpropagates
+// a fixed output gradient, and returns the output followed by each input's gradient (on CPU).
+static std::vector<Tensor> run_case(const GradcheckCase& c, const std::vector<Tensor>& base,
+                                    Device device, DType dtype) {
+  std::vector<Tensor> inputs;
+  for (const Tensor& b : base) {
+    Tensor t = copy_tensor(b, device, dtype);
+    if (b.requires_grad()) t.requires_grad_();
+    inputs.push_back(t);
+  }
+  Tensor out = c.f(inputs);
+  Tensor g = test::random_tensor(out.shape(), 99, dtype, device);
+  sum(mul(out, g)).backward();
+  std::vector<Tensor> results{out.cpu().to(DType::Float64)};
+  for (const Tensor& t : inputs)
+    if (t.requires_grad()) results.push_back(t.grad().cpu().to(DType::Float64));
+  return results;
+}
+
+TEST_CASE("CUDA ops agree with the CPU ops") {
+  if (!test::cuda_available()) return;
+  for (const GradcheckCase& c : builtin_gradcheck_cases()) {
+    CAPTURE(c.name);
+    std::vector<Tensor> base = c.make_inputs(Device::CPU);
+    // float64: the two backends differ only in summation order.
+    // float32: relative 1e-4 covers the rounding of sums over at most a few hundred terms
+    // (about sqrt(n) * 6e-8 each) with a wide margin; any indexing bug is off by O(1).
+    for (auto [dtype, tol] : {std::pair{DType::Float64, 1e-12}, std::pair{DType::Float32, 1e-4}}) {
+      std::vector<Tensor> cpu = run_case(c, base, Device::CPU, dtype);
+      std::vector<Tensor> gpu = run_case(c, base, Device::CUDA, dtype);
+      REQUIRE(cpu.size() == gpu.size());
+      for (size_t i = 0; i < cpu.size(); ++i) {
+        CAPTURE(i);
+        CHECK(test::max_rel_diff(gpu[i], cpu[i]) < tol);
+      }
+    }
+  }
+}
+
+TEST_CASE("mixing devices is an error naming both") {
+  if (!test::cuda_available()) return;
+  CHECK_THROWS_WITH_AS(add(zeros({2}), zeros({2}).cuda()),
+                       "add: tensors on different devices: [2] on cpu and [2] on cuda", std::invalid_argument);
+}

@@ -1,0 +1,135 @@
+// Tensor: views share storage, copies, dtypes, printing, random numbers, .npy files.
+#include <cstdio>
+#include <fstream>
+
+#include "test_util.h"
+
+using namespace nala;
+
+TEST_CASE("views share storage and see writes through the base") {
+  Tensor x = arange(12).reshape({3, 4});
+  Tensor t = x.t();
+  CHECK(t.shape() == Shape{4, 3});
+  CHECK(t.storage() == x.storage());
+  CHECK_FALSE(t.is_contiguous());
+  x.select(0, 1).copy_(full({4}, -1.0));
+  CHECK(t.to_vector<double>() == std::vector<double>{0, -1, 8, 1, -1, 9, 2, -1, 10, 3, -1, 11});
+}
+
+TEST_CASE("reshape views when it can and copies when it must") {
+  Tensor x = arange(24).reshape({2, 3, 4});
+  CHECK(x.reshape({6, 4}).storage() == x.storage());
+  CHECK(x.reshape({2, -1}).shape() == Shape{2, 12});
+  CHECK(x.permute({2, 0, 1}).view({4, 6}).storage() == x.storage());  // dims 0, 1 stay adjacent
+  Tensor p = x.permute({1, 0, 2});
+  CHECK_THROWS_WITH_AS(p.view({6, 4}), doctest::Contains("use reshape"), std::invalid_argument);
+  Tensor r = p.reshape({6, 4});
+  CHECK(r.storage() != x.storage());
+  // row i of r is p[i / 2][i % 2] = x[i % 2][i / 2]: r[3][2] = x[1][1][2]
+  CHECK(r.to_vector<double>()[3 * 4 + 2] == 12 + 4 + 2);
+  CHECK_THROWS_WITH_AS(x.reshape({5, 5}), "reshape: cannot view shape [2, 3, 4] as [5, 5]",
+                       std::invalid_argument);
+}
+
+TEST_CASE("slice, select, expand, squeeze") {
+  Tensor x = arange(10);
+  CHECK(x.slice(0, 1, 8, 3).to_vector<double>() == std::vector<double>{1, 4, 7});
+  CHECK(x.slice(0, -3, 10).to_vector<double>() == std::vector<double>{7, 8, 9});
+  Tensor e = arange(3).reshape({3, 1}).expand({3, 2});
+  CHECK(e.strides()[1] == 0);
+  CHECK(e.contiguous().to_vector<double>() == std::vector<double>{0, 0, 1, 1, 2, 2});
+  CHECK_THROWS_AS(arange(3).expand({2, 4}), std::invalid_argument);
+  CHECK(arange(3).unsqueeze(0).shape() == Shape{1, 3});
+  CHECK(arange(3).unsqueeze(-1).squeeze(1).shape() == Shape{3});
+}
+
+TEST_CASE("dtype conversion and factories") {
+  Tensor x = from_vector({1.5, -2.25, 3.0}, {3});
+  CHECK(x.dtype() == DType::Float32);
+  CHECK(x.to(DType::Int64).to_vector<int64_t>() == std::vector<int64_t>{1, -2, 3});
+  CHECK(x.to(DType::Float64).to_vector<double>() == std::vector<double>{1.5, -2.25, 3.0});
+  CHECK(full({2, 2}, 7.0, TensorOptions{DType::UInt8}).to_vector<uint8_t>() == std::vector<uint8_t>{7, 7, 7, 7});
+  CHECK(zeros({0, 3}).numel() == 0);
+  CHECK_THROWS_WITH_AS(from_data(std::vector<float>{1, 2}, {3}), doctest::Contains("do not fill shape [3]"),
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(arange(4).item(), doctest::Contains("more than one element"), std::invalid_argument);
+}
+
+TEST_CASE("printing shows values, shape, dtype and device like NumPy") {
+  Tensor x = from_vector({1, 2, 3, 4}, {2, 2});
+  CHECK(to_string(x) == "tensor([[1.0000, 2.0000],\n        [3.0000, 4.0000]], shape=[2, 2], dtype=float32, device=cpu)");
+  CHECK(to_string(arange(3, TensorOptions{DType::Int64})) == "tensor([0, 1, 2], shape=[3], dtype=int64, device=cpu)");
+  CHECK(to_string(arange(2000)).find("..., ") != std::string::npos);
+}
+
+TEST_CASE("random numbers are reproducible from a seed and follow their distribution") {
+  manual_seed(3);
+  Tensor a = randn({10000});
+  manual_seed(3);
+  Tensor b = randn({10000});
+  CHECK(a.to_vector<float>() == b.to_vector<float>());
+  Tensor c = randn({10000});
+  CHECK(a.to_vector<float>() != c.to_vector<float>());
+  double m = mean(a).item(), v = var(a).item();
+  CHECK(std::abs(m) < 0.05);  // standard error 0.01
+  CHECK(std::abs(v - 1.0) < 0.05);
+  Tensor u = rand({10000}, TensorOptions{DType::Float64});
+  CHECK(max(u).item() < 1.0);
+  CHECK(-max(neg(u)).item() >= 0.0);
+  Tensor t = trunc_normal({5000}, 1.0, -0.5, 0.5);
+  CHECK(max(abs(t)).item() <= 0.5);
+}
+
+static std::string temp_path(const char* name) { return std::string("/tmp/nala_test_") + name; }
+
+TEST_CASE(".npy round trip for every dtype") {
+  for (DType dt : {DType::Float32, DType::Float64, DType::Int32, DType::Int64, DType::UInt8}) {
+    Tensor x = arange(24, TensorOptions{dt}).reshape({2, 3, 4});
+    save_npy(temp_path("rt.npy"), x.permute({2, 0, 1}));
+    Tensor y = load_npy(temp_path("rt.npy"));
+    CHECK(y.dtype() == dt);
+    CHECK(y.shape() == Shape{4, 2, 3});
+    CHECK(y.to_vector<double>() == x.permute({2, 0, 1}).to_vector<double>());
+  }
+}
+
+// Writes a .npy file byte by byte, as NumPy 1.x writes np.array([[1, 2, 3], [4, 5, 6]], '<f8').
+static void write_reference_npy(const std::string& path, bool fortran) {
+  std::string header = std::string("{'descr': '<f8', 'fortran_order': ") + (fortran ? "True" : "False") +
+                       ", 'shape': (2, 3), }";
+  header += std::string((64 - (10 + header.size() + 1) % 64) % 64, ' ') + "\n";
+  std::ofstream f(path, std::ios::binary);
+  f.write("\x93NUMPY\x01\x00", 8);
+  f.put(static_cast<char>(header.size()));
+  f.put(0);
+  f << header;
+  double c_order[] = {1, 2, 3, 4, 5, 6}, f_order[] = {1, 4, 2, 5, 3, 6};
+  f.write(reinterpret_cast<const char*>(fortran ? f_order : c_order), sizeof(c_order));
+}
+
+TEST_CASE(".npy reads a file written byte by byte, C and Fortran order") {
+  for (bool fortran : {false, true}) {
+    write_reference_npy(temp_path("ref.npy"), fortran);
+    Tensor x = load_npy(temp_path("ref.npy"));
+    CHECK(x.shape() == Shape{2, 3});
+    CHECK(x.to_vector<double>() == std::vector<double>{1, 2, 3, 4, 5, 6});
+  }
+}
+
+TEST_CASE("malformed .npy files are clear errors") {
+  CHECK_THROWS_WITH_AS(load_npy("/nonexistent/x.npy"), "load_npy: cannot open /nonexistent/x.npy",
+                       std::runtime_error);
+  std::ofstream(temp_path("bad.npy")) << "hello world, not numpy";
+  CHECK_THROWS_WITH_AS(load_npy(temp_path("bad.npy")), doctest::Contains("bad magic"), std::runtime_error);
+  // Truncated data: keep the header, drop the last bytes.
+  write_reference_npy(temp_path("trunc.npy"), false);
+  std::ifstream in(temp_path("trunc.npy"), std::ios::binary);
+  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::ofstream(temp_path("trunc.npy"), std::ios::binary) << bytes.substr(0, bytes.size() - 5);
+  CHECK_THROWS_WITH_AS(load_npy(temp_path("trunc.npy")), doctest::Contains("fewer bytes"), std::runtime_error);
+  // An unsupported dtype.
+  std::string h = bytes;
+  h.replace(h.find("<f8"), 3, ">f8");
+  std::ofstream(temp_path("be.npy"), std::ios::binary) << h;
+  CHECK_THROWS_WITH_AS(load_npy(temp_path("be.npy")), doctest::Contains("unsupported dtype"), std::runtime_error);
+}
