@@ -127,6 +127,13 @@ const std::vector<GradcheckCase>& builtin_gradcheck_cases() {
          std::vector<Tensor> p = split(x[0], {2, 3}, 0);
          return add(sum(p[0], {0}), mul(sum(p[1], {0}), 2.0));
        }},
+      // attention, (B, H, N, d) = (1, 2, 6, 8) on a 2 x 3 grid
+      {"nala_attention", [](Device d) { return Inputs{input({1, 2, 6, 8}, d), input({1, 2, 6, 8}, d), input({1, 2, 6, 8}, d)}; },
+       [](const Inputs& x) { return attention(AttentionKind::Nala, x[0], x[1], x[2], 2, 3); }},
+      {"relu_attention", [](Device d) { return Inputs{input({1, 2, 6, 8}, d), input({1, 2, 6, 8}, d), input({1, 2, 6, 8}, d)}; },
+       [](const Inputs& x) { return attention(AttentionKind::Relu, x[0], x[1], x[2], 2, 3); }},
+      {"softmax_attention", [](Device d) { return Inputs{input({1, 2, 6, 8}, d), input({1, 2, 6, 8}, d), input({1, 2, 6, 8}, d)}; },
+       [](const Inputs& x) { return attention(AttentionKind::Softmax, x[0], x[1], x[2], 2, 3); }},
   };
   return cases;
 }

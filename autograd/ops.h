@@ -103,6 +103,11 @@ Tensor attention(AttentionKind kind, const Tensor& q, const Tensor& k, const Ten
                  int64_t grid_h, int64_t grid_w);
 Tensor nala_attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t grid_h,
                       int64_t grid_w);
+// The same functions composed from primitive ops (autograd through every step; materialises
+// the features, and for softmax the N x N scores): the reference the fused ops are tested
+// against and benchmarked with.
+Tensor attention_composed(AttentionKind kind, const Tensor& q, const Tensor& k, const Tensor& v,
+                          int64_t grid_h, int64_t grid_w);
 // The rotary tables (sin, cos), each (grid_h * grid_w, d), NALAFORMER.md section 3.
 std::pair<Tensor, Tensor> rotary_tables(int64_t grid_h, int64_t grid_w, int64_t d, DType dtype,
                                         Device device);

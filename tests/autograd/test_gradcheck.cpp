@@ -11,7 +11,7 @@ TEST_CASE("every registered op passes gradcheck") {
   for (Device device : test::devices()) {
     for (const GradcheckCase& c : builtin_gradcheck_cases()) {
       CAPTURE(c.name);
-      CAPTURE(device_name(device));
+      CAPTURE(std::string(device_name(device)));
       GradcheckResult r = gradcheck(c.f, c.make_inputs(device));
       INFO(r.worst);
       CHECK(r.passed);
