@@ -69,10 +69,81 @@ static int bench_conv2d(const BenchOptions& o, std::ostream& os) {
   return 0;
 }
 
+// Peak device memory (bytes) of f beyond what was in use before it, from the caching allocator.
+static double peak_extra_bytes(const std::function<void()>& f, Device device) {
+#ifdef NALA_WITH_CUDA
+  if (device == Device::CUDA) {
+    kernels::cuda::synchronize();
+    size_t before = kernels::cuda::allocator_stats().bytes_in_use;
+    kernels::cuda::reset_peak_stats();
+    f();
+    kernels::cuda::synchronize();
+    return static_cast<double>(kernels::cuda::allocator_stats().peak_bytes_in_use - before);
+  }
+#endif
+  (void)f;
+  (void)device;
+  return 0.0;
+}
+
+// NaLa attention, fused and composed from primitive ops, forward and forward+backward, at
+// B*H = 32 (B = 8, H = 4), d = 32 and 64, N = 1024 ... 65536 (square grids), float32. The floor
+// of the forward is reading q, k, v and writing o once: 4 * B*H*N*d * 4 bytes.
+static int bench_attention(const BenchOptions& o, std::ostream& os) {
+  Device device = parse_device(o.device);
+  TensorOptions opt{DType::Float32, device};
+  std::vector<int64_t> sides = device == Device::CUDA ? std::vector<int64_t>{32, 64, 128, 256}
+                                                      : std::vector<int64_t>{32, 64, 128};
+  int64_t B = device == Device::CUDA ? 8 : 2, H = 4;
+  os << "attention float32 on " << o.device << ", B = " << B << ", H = " << H
+     << " (ms; peak MiB beyond inputs)\n";
+  os << std::setw(10) << "kind" << std::setw(4) << "d" << std::setw(8) << "N" << std::setw(11) << "fwd ms"
+     << std::setw(12) << "fwd+bwd ms" << std::setw(11) << "peak MiB" << "\n";
+  for (int64_t d : {32, 64})
+    for (int64_t side : sides) {
+      int64_t N = side * side;
+      Tensor q = randn({B, H, N, d}, opt).requires_grad_(), k = randn({B, H, N, d}, opt).requires_grad_();
+      Tensor v = randn({B, H, N, d}, opt).requires_grad_(), g = randn({B, H, N, d}, opt);
+      struct Variant { const char* name; AttentionKind kind; bool composed; };
+      for (const Variant& var : {Variant{"nala", AttentionKind::Nala, false}, Variant{"composed", AttentionKind::Nala, true},
+                                 Variant{"softmax", AttentionKind::Softmax, false}}) {
+        if (var.composed && N > 16384) continue;                         // materialises 2d-wide features
+        if (var.kind == AttentionKind::Softmax && N > 16384 && device == Device::CPU) continue;
+        auto run = [&](bool backward) {
+          Tensor out = var.composed ? attention_composed(var.kind, q, k, v, side, side)
+                                    : attention(var.kind, q, k, v, side, side);
+          if (backward) sum(mul(out, g)).backward();
+        };
+        double fwd = [&] { NoGradGuard ng; return median_seconds([&] { run(false); }, o.repeats, device); }();
+        double both = median_seconds([&] { run(true); }, o.repeats, device);
+        double peak = peak_extra_bytes([&] { run(true); }, device);
+        q.zero_grad(), k.zero_grad(), v.zero_grad();
+        os << std::setw(10) << var.name << std::setw(4) << d << std::setw(8) << N << std::fixed
+           << std::setprecision(3) << std::setw(11) << fwd * 1e3 << std::setw(12) << both * 1e3
+           << std::setw(11) << std::setprecision(1) << peak / (1 << 20) << "\n";
+      }
+    }
+  os << "forward floor: 16 B*H*N*d bytes (q, k, v read, o written once) at `nala bench copy` GB/s\n";
+  return 0;
+}
+
+// Device copy bandwidth (read + write) of a 1 GiB float32 tensor (256 MiB on the CPU).
+static int bench_copy(const BenchOptions& o, std::ostream& os) {
+  Device device = parse_device(o.device);
+  int64_t n = device == Device::CUDA ? (int64_t(1) << 28) : (int64_t(1) << 26);
+  Tensor x = randn({n}, TensorOptions{DType::Float32, device});
+  double s = median_seconds([&] { x.clone(); }, o.repeats, device);
+  os << "copy of " << n * 4 / (1 << 20) << " MiB on " << o.device << ": " << std::fixed << std::setprecision(1)
+     << 2.0 * n * 4 / s / 1e9 << " GB/s (read + write)\n";
+  return 0;
+}
+
 int run_benchmark(const std::string& name, const BenchOptions& options, std::ostream& os) {
   static const std::map<std::string, std::function<int(const BenchOptions&, std::ostream&)>> benches = {
       {"matmul", bench_matmul},
       {"conv2d", bench_conv2d},
+      {"attention", bench_attention},
+      {"copy", bench_copy},
   };
   auto it = benches.find(name);
   if (it == benches.end()) {

@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 BUILD_DIR=${BUILD_DIR:-build}
 JOBS=${JOBS:-2}
 
-packages=(cmake g++ make doctest-dev libcli11-dev libstb-dev)
+packages=(cmake g++ make doctest-dev libcli11-dev libstb-dev zlib1g-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -1,6 +1,7 @@
 // OpenBLAS single-precision GEMM throughput, the yardstick for nala's CPU gemm. Not part of the
-// library (nala depends on no BLAS); built and run by hand:
-//   gcc -O2 -o /tmp/gemm_yardstick tools/gemm_yardstick.c -lopenblas && OPENBLAS_NUM_THREADS=2 /tmp/gemm_yardstick
+// library (nala depends on no BLAS); built and run by hand, from the repository root:
+//   gcc -O2 -o /tmp/gemm_yardstick tools/gemm_yardstick.c -lopenblas
+//   OPENBLAS_NUM_THREADS=2 /tmp/gemm_yardstick
 //
 // For each square size n it times C = A B (n x n, float32) and prints the best GFLOP/s,
 // 2 n^3 / seconds, over a few repetitions after one warm-up call.
@@ -32,8 +33,7 @@ int main(void) {
     double best = 1e30;
     for (int r = 0; r < repetitions; ++r) {
       const double start = now_seconds();
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a, n, b, n, 0.0f, c,
-                  n);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n);
       const double elapsed = now_seconds() - start;
       if (elapsed < best) best = elapsed;
     }

@@ -3,6 +3,7 @@
 // the forward kernel saves only O(d^2) state and per-row scalars per head, and the hand-written
 // backward kernel recomputes the feature maps from q and k (docs/nala_backward.md).
 #include <cmath>
+#include <cstdint>
 #include <map>
 #include <tuple>
 
@@ -90,7 +91,12 @@ Tensor attention(AttentionKind kind, const Tensor& q_in, const Tensor& k_in, con
     throw std::invalid_argument(std::string(name) + ": grid " + std::to_string(grid_h) + " x " +
                                 std::to_string(grid_w) + " does not match N = " + std::to_string(N) +
                                 " tokens in shape " + shape_str(q_in.shape()));
-  Tensor q = q_in.detach().contiguous(), k = k_in.detach().contiguous(), v = v_in.detach().contiguous();
+  // Contiguous and 16-byte aligned (the CUDA kernels load 4 floats at a time).
+  auto prepare = [](const Tensor& t) {
+    Tensor c = t.detach().contiguous();
+    return reinterpret_cast<uintptr_t>(c.raw_data()) % 16 == 0 ? c : c.clone();
+  };
+  Tensor q = prepare(q_in), k = prepare(k_in), v = prepare(v_in);
   auto [sin_t, cos_t] = cached_rotary_tables(grid_h, grid_w, d, q.dtype(), q.device());
   TensorOptions options{q.dtype(), q.device()};
   Tensor o = empty(q.shape(), options);

@@ -179,8 +179,7 @@ void rotary_halves_transposed(int64_t d, const T* g, const T* sin, const T* cos,
 
 // One key row's kappa, phiK and K' = rho(phiK).
 template <FeatureMap fm, typename T>
-void key_features(int64_t d, const T* k, const T* sin, const T* cos, T* kappa, T* phi,
-                  T* rotated) {
+void key_features(int64_t d, const T* k, const T* sin, const T* cos, T* kappa, T* phi, T* rotated) {
   for (int64_t c = 0; c < d; ++c) kappa[c] = key_signed<fm>(k[c]);
   split_signs<fm>(d, kappa, phi);
   rotary_halves<fm>(d, phi, sin, cos, rotated);
@@ -204,7 +203,7 @@ template <FeatureMap fm, typename T>
 void sum_key_chunk(int64_t tokens, int64_t d, const T* k, const T* v, const T* sin, const T* cos,
                    T* kv_sum, T* key_sum) {
   const int64_t width = feature_dim(fm, d);
-  T kappa[kMaxHeadDim], phi[kMaxFeatureDim], rotated[kMaxFeatureDim];
+  T kappa[kMaxHeadDim], phi[kMaxFeatureDim] = {}, rotated[kMaxFeatureDim];
   std::fill(kv_sum, kv_sum + width * d, T(0));
   std::fill(key_sum, key_sum + width, T(0));
   for (int64_t j = 0; j < tokens; ++j) {
@@ -238,7 +237,7 @@ template <FeatureMap fm, typename T>
 T attend_query(int64_t d, const T* q, const T* sin, const T* cos, const T* state, const T* kbar,
                T* o) {
   const int64_t width = feature_dim(fm, d);
-  T sigma[kMaxHeadDim], phi[kMaxFeatureDim], rotated[kMaxFeatureDim];
+  T sigma[kMaxHeadDim], phi[kMaxFeatureDim] = {}, rotated[kMaxFeatureDim];
   query_features<fm>(d, q, sin, cos, sigma, phi, rotated);
   const T z = 1 / (dot(width, phi, kbar) + T(kDenominatorEps));
   std::fill(o, o + d, T(0));
@@ -256,16 +255,15 @@ void query_chunk_backward(int64_t tokens, int64_t d, const T* q, const T* sin, c
                           const T* state, const T* kbar, const T* z, const T* dout, T* dq,
                           T* dstate, T* dkbar) {
   const int64_t width = feature_dim(fm, d);
-  T sigma[kMaxHeadDim], phi[kMaxFeatureDim], rotated[kMaxFeatureDim];
-  T drotated[kMaxFeatureDim], dphi[kMaxFeatureDim], dsigma[kMaxHeadDim];
+  T sigma[kMaxHeadDim], phi[kMaxFeatureDim] = {}, rotated[kMaxFeatureDim];
+  T drotated[kMaxFeatureDim] = {}, dphi[kMaxFeatureDim], dsigma[kMaxHeadDim];
   std::fill(dstate, dstate + width * d, T(0));
   std::fill(dkbar, dkbar + width, T(0));
   for (int64_t i = 0; i < tokens; ++i) {
     const T* row_sin = sin + i * d;
     const T* row_cos = cos + i * d;
     const T* doi = dout + i * d;
-    const QueryScale<T> s =
-        query_features<fm>(d, q + i * d, row_sin, row_cos, sigma, phi, rotated);
+    const QueryScale<T> s = query_features<fm>(d, q + i * d, row_sin, row_cos, sigma, phi, rotated);
     for (int64_t c = 0; c < width; ++c) drotated[c] = z[i] * dot(d, state + c * d, doi);
     const T dden = -z[i] * dot(width, rotated, drotated);
     rotary_halves_transposed<fm>(d, drotated, row_sin, row_cos, dphi);
@@ -285,8 +283,8 @@ template <FeatureMap fm, typename T>
 void key_backward(int64_t d, const T* k, const T* v, const T* sin, const T* cos,
                   const T* dstate_token, const T* dkbar_token, T* dk, T* dv) {
   const int64_t width = feature_dim(fm, d);
-  T kappa[kMaxHeadDim], phi[kMaxFeatureDim], rotated[kMaxFeatureDim];
-  T drotated[kMaxFeatureDim], dphi[kMaxFeatureDim], dkappa[kMaxHeadDim];
+  T kappa[kMaxHeadDim], phi[kMaxFeatureDim] = {}, rotated[kMaxFeatureDim];
+  T drotated[kMaxFeatureDim] = {}, dphi[kMaxFeatureDim], dkappa[kMaxHeadDim];
   key_features<fm>(d, k, sin, cos, kappa, phi, rotated);
   std::fill(dv, dv + d, T(0));
   for (int64_t c = 0; c < width; ++c) {
@@ -426,8 +424,8 @@ void softmax_forward_block(int64_t n, int64_t d, int64_t first, int64_t rows, co
 // dq for one head's block of queries: drq_i = d^-1/2 sum_j ds_ij rho(k_j), dq_i = rho^T(drq_i).
 template <typename T>
 void softmax_backward_query_block(int64_t n, int64_t d, int64_t first, int64_t rows, const T* q,
-                                  const T* k, const T* v, const T* sin, const T* cos,
-                                  const T* lse, const T* delta, const T* dout, T* dq) {
+                                  const T* k, const T* v, const T* sin, const T* cos, const T* lse,
+                                  const T* delta, const T* dout, T* dq) {
   const T scale = 1 / std::sqrt(T(d));
   T rq[kBlockTokens * kMaxHeadDim], rk[kBlockTokens * kMaxHeadDim];
   T drq[kBlockTokens * kMaxHeadDim] = {};
@@ -454,8 +452,8 @@ void softmax_backward_query_block(int64_t n, int64_t d, int64_t first, int64_t r
 //   dv_j = sum_i P_ij do_i,  drk_j = d^-1/2 sum_i ds_ij rho(q_i),  dk_j = rho^T(drk_j).
 template <typename T>
 void softmax_backward_key_block(int64_t n, int64_t d, int64_t first, int64_t rows, const T* q,
-                                const T* k, const T* v, const T* sin, const T* cos,
-                                const T* lse, const T* delta, const T* dout, T* dk, T* dv) {
+                                const T* k, const T* v, const T* sin, const T* cos, const T* lse,
+                                const T* delta, const T* dout, T* dk, T* dv) {
   const T scale = 1 / std::sqrt(T(d));
   T rq[kBlockTokens * kMaxHeadDim], rk[kBlockTokens * kMaxHeadDim];
   T drk[kBlockTokens * kMaxHeadDim] = {};
@@ -508,22 +506,22 @@ void linear_attention_forward(FeatureMap fm, int64_t bh, int64_t n, int64_t d, c
 
 template <typename T>
 void linear_attention_backward(FeatureMap fm, int64_t bh, int64_t n, int64_t d, const T* q,
-                               const T* k, const T* v, const T* sin, const T* cos,
-                               const T* state, const T* kbar, const T* z, const T* dout, T* dq,
-                               T* dk, T* dv, T* workspace) {
+                               const T* k, const T* v, const T* sin, const T* cos, const T* state,
+                               const T* kbar, const T* z, const T* dout, T* dq, T* dk, T* dv,
+                               T* workspace) {
   check_head_dim("linear_attention_backward", d);
   if (bh == 0 || n == 0) return;
   if (fm == FeatureMap::Nala)
-    linear_backward<FeatureMap::Nala>(bh, n, d, q, k, v, sin, cos, state, kbar, z, dout, dq, dk,
-                                      dv, workspace);
+    linear_backward<FeatureMap::Nala>(bh, n, d, q, k, v, sin, cos, state, kbar, z, dout, dq, dk, dv,
+                                      workspace);
   else
-    linear_backward<FeatureMap::Relu>(bh, n, d, q, k, v, sin, cos, state, kbar, z, dout, dq, dk,
-                                      dv, workspace);
+    linear_backward<FeatureMap::Relu>(bh, n, d, q, k, v, sin, cos, state, kbar, z, dout, dq, dk, dv,
+                                      workspace);
 }
 
 template <typename T>
-void softmax_attention_forward(int64_t bh, int64_t n, int64_t d, const T* q, const T* k,
-                               const T* v, const T* sin, const T* cos, T* o, T* lse) {
+void softmax_attention_forward(int64_t bh, int64_t n, int64_t d, const T* q, const T* k, const T* v,
+                               const T* sin, const T* cos, T* o, T* lse) {
   check_head_dim("softmax_attention_forward", d);
   const int64_t blocks = num_blocks(n);
 #pragma omp parallel for collapse(2) schedule(static)
@@ -531,8 +529,8 @@ void softmax_attention_forward(int64_t bh, int64_t n, int64_t d, const T* q, con
     for (int64_t block = 0; block < blocks; ++block) {
       const int64_t at = h * n * d;
       const int64_t first = block * kBlockTokens;
-      softmax_forward_block(n, d, first, std::min(kBlockTokens, n - first), q + at, k + at,
-                            v + at, sin, cos, o + at, lse + h * n);
+      softmax_forward_block(n, d, first, std::min(kBlockTokens, n - first), q + at, k + at, v + at,
+                            sin, cos, o + at, lse + h * n);
     }
 }
 
@@ -541,8 +539,8 @@ int64_t softmax_attention_workspace_size(int64_t bh, int64_t n, int64_t /*d*/) {
 
 template <typename T>
 void softmax_attention_backward(int64_t bh, int64_t n, int64_t d, const T* q, const T* k,
-                                const T* v, const T* sin, const T* cos, const T* o,
-                                const T* lse, const T* dout, T* dq, T* dk, T* dv, T* workspace) {
+                                const T* v, const T* sin, const T* cos, const T* o, const T* lse,
+                                const T* dout, T* dq, T* dk, T* dv, T* workspace) {
   check_head_dim("softmax_attention_backward", d);
   T* delta = workspace;
 #pragma omp parallel for schedule(static)
@@ -554,10 +552,10 @@ void softmax_attention_backward(int64_t bh, int64_t n, int64_t d, const T* q, co
       const int64_t at = h * n * d;
       const int64_t first = block * kBlockTokens;
       const int64_t rows = std::min(kBlockTokens, n - first);
-      softmax_backward_query_block(n, d, first, rows, q + at, k + at, v + at, sin, cos,
-                                   lse + h * n, delta + h * n, dout + at, dq + at);
-      softmax_backward_key_block(n, d, first, rows, q + at, k + at, v + at, sin, cos,
-                                 lse + h * n, delta + h * n, dout + at, dk + at, dv + at);
+      softmax_backward_query_block(n, d, first, rows, q + at, k + at, v + at, sin, cos, lse + h * n,
+                                   delta + h * n, dout + at, dq + at);
+      softmax_backward_key_block(n, d, first, rows, q + at, k + at, v + at, sin, cos, lse + h * n,
+                                 delta + h * n, dout + at, dk + at, dv + at);
     }
 }
 

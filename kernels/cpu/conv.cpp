@@ -23,8 +23,7 @@ constexpr int64_t kParallelWork = 1 << 15;
 struct Range {
   int64_t begin, end;
 };
-Range valid_range(int64_t out_size, int64_t in_size, int64_t stride, int64_t pad,
-                  int64_t offset) {
+Range valid_range(int64_t out_size, int64_t in_size, int64_t stride, int64_t pad, int64_t offset) {
   // floor division for a possibly negative numerator and a positive denominator
   auto floor_div = [](int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); };
   const int64_t begin = std::max<int64_t>(0, -floor_div(offset - pad, stride));
@@ -157,12 +156,11 @@ void depthwise_conv2d_backward_weight(const Conv2dShape& s, const T* x, const T*
   }
 }
 
-#define NALA_INSTANTIATE_CONV(T)                                                                \
-  template void im2col<T>(const Conv2dShape&, const T*, T*);                                    \
-  template void col2im<T>(const Conv2dShape&, const T*, T*);                                    \
-  template void depthwise_conv2d_forward<T>(const Conv2dShape&, const T*, const T*, const T*,  \
-                                            T*);                                                \
-  template void depthwise_conv2d_backward_input<T>(const Conv2dShape&, const T*, const T*, T*); \
+#define NALA_INSTANTIATE_CONV(T)                                                                   \
+  template void im2col<T>(const Conv2dShape&, const T*, T*);                                       \
+  template void col2im<T>(const Conv2dShape&, const T*, T*);                                       \
+  template void depthwise_conv2d_forward<T>(const Conv2dShape&, const T*, const T*, const T*, T*); \
+  template void depthwise_conv2d_backward_input<T>(const Conv2dShape&, const T*, const T*, T*);    \
   template void depthwise_conv2d_backward_weight<T>(const Conv2dShape&, const T*, const T*, T*);
 NALA_INSTANTIATE_CONV(float)
 NALA_INSTANTIATE_CONV(double)

@@ -26,13 +26,24 @@ static int64_t layout_numel(const Layout& l) {
   return n;
 }
 
+// Walks the last dim in an inner loop (the offsets of the other dims computed once per row).
 template <typename Src, typename Dst>
 void copy_strided(const Layout& src, const Src* x, const Layout& dst, Dst* y) {
   int64_t n = layout_numel(dst);
+  if (n == 0) return;
+  int last = dst.ndim - 1;
+  int64_t inner = dst.ndim ? dst.sizes[last] : 1, rows = n / inner;
+  int64_t sx = dst.ndim ? src.strides[last] : 0, sy = dst.ndim ? dst.strides[last] : 0;
+  int outer_dims = last > 0 ? last : 0;
 #pragma omp parallel for if (n > kParallelGrain)
-  for (int64_t i = 0; i < n; ++i)
-    y[strided_offset(i, dst.ndim, dst.sizes, dst.strides)] =
-        static_cast<Dst>(x[strided_offset(i, src.ndim, src.sizes, src.strides)]);
+  for (int64_t r = 0; r < rows; ++r) {
+    const Src* xr = x + strided_offset(r, outer_dims, src.sizes, src.strides);
+    Dst* yr = y + strided_offset(r, outer_dims, dst.sizes, dst.strides);
+    if (sx == 1 && sy == 1)
+      for (int64_t i = 0; i < inner; ++i) yr[i] = static_cast<Dst>(xr[i]);
+    else
+      for (int64_t i = 0; i < inner; ++i) yr[i * sy] = static_cast<Dst>(xr[i * sx]);
+  }
 }
 
 template <typename T>
@@ -74,7 +85,7 @@ static inline T unary_value(UnaryOp op, T x) {
     case UnaryOp::Abs: return std::abs(x);
     case UnaryOp::Tanh: return std::tanh(x);
     case UnaryOp::Sigmoid: return sigmoid_of(x);
-    case UnaryOp::Relu: return x > T(0) ? x : T(0);
+    case UnaryOp::Relu: return x > T(0) || x != x ? x : T(0);  // NaN stays NaN, as on CUDA
     case UnaryOp::GeluTanh:
       return T(0.5) * x * (T(1) + std::tanh(T(kSqrt2OverPi) * (x + T(0.044715) * x * x * x)));
     case UnaryOp::GeluErf: return T(0.5) * x * (T(1) + std::erf(x * T(kInvSqrt2)));

@@ -148,10 +148,8 @@ void gemm_tile(int64_t m, int64_t n, int64_t k, T alpha, Operand<T> a, Operand<T
   // One pass over k even when k == 0, so that C = beta C is still written.
   for (int64_t p0 = 0; p0 == 0 || p0 < k; p0 += B::kKc) {
     const int64_t kc = std::min(B::kKc, k - p0);
-    pack_panels<T, B::kMr>(a.data + p0 * a.col_stride, a.row_stride, a.col_stride, m, kc,
-                           packed_a);
-    pack_panels<T, B::kNr>(b.data + p0 * b.row_stride, b.col_stride, b.row_stride, n, kc,
-                           packed_b);
+    pack_panels<T, B::kMr>(a.data + p0 * a.col_stride, a.row_stride, a.col_stride, m, kc, packed_a);
+    pack_panels<T, B::kNr>(b.data + p0 * b.row_stride, b.col_stride, b.row_stride, n, kc, packed_b);
     const T beta_block = p0 == 0 ? beta : T(1);  // later k blocks accumulate
     for (int64_t i0 = 0; i0 < m; i0 += B::kMr) {
       for (int64_t j0 = 0; j0 < n; j0 += B::kNr) {
@@ -183,7 +181,7 @@ void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha, 
   const int64_t threads = omp_get_max_threads();
   int64_t split_m = 1, split_n = 1;
   while (batch * split_m * split_n < threads && (m > split_m * B::kMr || n > split_n * B::kNr)) {
-    (m * B::kNr >= n * B::kMr ? split_m : split_n) *= 2;
+    (m * B::kNr >= n * B::kMr ? split_m : split_n) *= 2;  // the side with more register blocks
   }
   const int64_t tile_m = part_size(m, split_m, B::kTileM, B::kMr);
   const int64_t tile_n = part_size(n, split_n, B::kTileN, B::kNr);
@@ -196,12 +194,10 @@ void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha, 
     const int64_t i0 = (task / tiles_n) % tiles_m * tile_m;
     const int64_t j0 = task % tiles_n * tile_n;
     // op(A)[i, p] and op(B)[p, j] as strided views starting at the tile.
-    const Operand<T> tile_a =
-        trans_a ? Operand<T>{a + bi * stride_a + i0, 1, lda}
-                : Operand<T>{a + bi * stride_a + i0 * lda, lda, 1};
-    const Operand<T> tile_b =
-        trans_b ? Operand<T>{b + bi * stride_b + j0 * ldb, 1, ldb}
-                : Operand<T>{b + bi * stride_b + j0, ldb, 1};
+    const Operand<T> tile_a = trans_a ? Operand<T>{a + bi * stride_a + i0, 1, lda}
+                                      : Operand<T>{a + bi * stride_a + i0 * lda, lda, 1};
+    const Operand<T> tile_b = trans_b ? Operand<T>{b + bi * stride_b + j0 * ldb, 1, ldb}
+                                      : Operand<T>{b + bi * stride_b + j0, ldb, 1};
     gemm_tile(std::min(tile_m, m - i0), std::min(tile_n, n - j0), k, alpha, tile_a, tile_b, beta,
               c + bi * stride_c + i0 * ldc + j0, ldc);
   }

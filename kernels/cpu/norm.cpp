@@ -82,8 +82,8 @@ void layer_norm_forward(int64_t rows, int64_t cols, const T* x, const T* gamma, 
     const T row_mean = static_cast<T>(m.mean);
     const T row_rstd = static_cast<T>(1 / std::sqrt(m.var + eps));
     for (int64_t j = 0; j < cols; ++j) {
-      y_row[j] = (x_row[j] - row_mean) * row_rstd * (gamma ? gamma[j] : T(1)) +
-                 (beta ? beta[j] : T(0));
+      y_row[j] =
+          (x_row[j] - row_mean) * row_rstd * (gamma ? gamma[j] : T(1)) + (beta ? beta[j] : T(0));
     }
     mean[r] = row_mean;
     rstd[r] = row_rstd;
@@ -155,7 +155,9 @@ void batch_norm_forward_train(int64_t batch, int64_t channels, int64_t spatial, 
     for (int64_t b = 0; b < batch; ++b) {
       const T* x_plane = x_c + b * batch_stride;
       T* y_plane = y + b * batch_stride + c * spatial;
-      for (int64_t s = 0; s < spatial; ++s) y_plane[s] = (x_plane[s] - channel_mean) * scale + shift;
+      for (int64_t s = 0; s < spatial; ++s) {
+        y_plane[s] = (x_plane[s] - channel_mean) * scale + shift;
+      }
     }
     mean[c] = channel_mean;
     invstd[c] = channel_invstd;
@@ -188,9 +190,9 @@ void batch_norm_forward_eval(int64_t batch, int64_t channels, int64_t spatial, c
 //   dgamma_c = sum(dy xhat), dbeta_c = sum(dy).
 // One thread per channel.
 template <typename T>
-void batch_norm_backward(int64_t batch, int64_t channels, int64_t spatial, const T* x,
-                         const T* dy, const T* gamma, const T* mean, const T* invstd, T* dx,
-                         T* dgamma, T* dbeta) {
+void batch_norm_backward(int64_t batch, int64_t channels, int64_t spatial, const T* x, const T* dy,
+                         const T* gamma, const T* mean, const T* invstd, T* dx, T* dgamma,
+                         T* dbeta) {
   const int64_t count = batch * spatial;
   const int64_t batch_stride = channels * spatial;
 #pragma omp parallel for if (batch * channels * spatial >= kParallelWork)
@@ -216,13 +218,13 @@ void batch_norm_backward(int64_t batch, int64_t channels, int64_t spatial, const
 #define NALA_INSTANTIATE_NORM(T)                                                                 \
   template void layer_norm_forward<T>(int64_t, int64_t, const T*, const T*, const T*, T, T*, T*, \
                                       T*);                                                       \
-  template void layer_norm_backward<T>(int64_t, int64_t, const T*, const T*, const T*,          \
-                                       const T*, const T*, T*, T*, T*);                          \
-  template void batch_norm_forward_train<T>(int64_t, int64_t, int64_t, const T*, const T*,      \
+  template void layer_norm_backward<T>(int64_t, int64_t, const T*, const T*, const T*, const T*, \
+                                       const T*, T*, T*, T*);                                    \
+  template void batch_norm_forward_train<T>(int64_t, int64_t, int64_t, const T*, const T*,       \
                                             const T*, T, T, T*, T*, T*, T*, T*);                 \
-  template void batch_norm_forward_eval<T>(int64_t, int64_t, int64_t, const T*, const T*,       \
+  template void batch_norm_forward_eval<T>(int64_t, int64_t, int64_t, const T*, const T*,        \
                                            const T*, const T*, const T*, T, T*);                 \
-  template void batch_norm_backward<T>(int64_t, int64_t, int64_t, const T*, const T*, const T*, \
+  template void batch_norm_backward<T>(int64_t, int64_t, int64_t, const T*, const T*, const T*,  \
                                        const T*, const T*, T*, T*, T*);
 NALA_INSTANTIATE_NORM(float)
 NALA_INSTANTIATE_NORM(double)

@@ -112,9 +112,8 @@ void cross_entropy_forward(int64_t rows, int64_t classes, const T* logits, const
 // dlogits_rc = dloss_r (e^(x_rc - lse_r) - q_rc). A row with a label outside [0, classes) had
 // a NaN loss, and gets a NaN gradient.
 template <typename T>
-void cross_entropy_backward(int64_t rows, int64_t classes, const T* logits,
-                            const int64_t* labels, T smoothing, const T* lse, const T* dloss,
-                            T* dlogits) {
+void cross_entropy_backward(int64_t rows, int64_t classes, const T* logits, const int64_t* labels,
+                            T smoothing, const T* lse, const T* dloss, T* dlogits) {
   const T smoothing_per_class = smoothing / static_cast<T>(classes);
 #pragma omp parallel for if (rows * classes >= kParallelWork)
   for (int64_t r = 0; r < rows; ++r) {
@@ -132,12 +131,12 @@ void cross_entropy_backward(int64_t rows, int64_t classes, const T* logits,
   }
 }
 
-#define NALA_INSTANTIATE_SOFTMAX(T)                                                             \
-  template void softmax_forward<T>(int64_t, int64_t, const T*, T*, bool);                       \
-  template void softmax_backward<T>(int64_t, int64_t, const T*, const T*, T*, bool);            \
-  template void cross_entropy_forward<T>(int64_t, int64_t, const T*, const int64_t*, T, T*, T*); \
-  template void cross_entropy_backward<T>(int64_t, int64_t, const T*, const int64_t*, T,        \
-                                          const T*, const T*, T*);
+#define NALA_INSTANTIATE_SOFTMAX(T)                                                                \
+  template void softmax_forward<T>(int64_t, int64_t, const T*, T*, bool);                          \
+  template void softmax_backward<T>(int64_t, int64_t, const T*, const T*, T*, bool);               \
+  template void cross_entropy_forward<T>(int64_t, int64_t, const T*, const int64_t*, T, T*, T*);   \
+  template void cross_entropy_backward<T>(int64_t, int64_t, const T*, const int64_t*, T, const T*, \
+                                          const T*, T*);
 NALA_INSTANTIATE_SOFTMAX(float)
 NALA_INSTANTIATE_SOFTMAX(double)
 #undef NALA_INSTANTIATE_SOFTMAX

@@ -2,7 +2,7 @@
 // - for_each_index: run a functor once per index of a flat range (the elementwise kernels);
 // - warp_reduce / block_reduce: tree reductions with warp shuffles;
 // - launch_per_row: one warp (short rows) or one block (long rows) per row of a matrix;
-// - reduce_columns: a reduction over the middle axis of an (outer, r, inner) array.
+// - reduce_middle_axis: a reduction over the middle axis of an (outer, r, inner) array.
 // Device code only uses functors (structs with a __device__ operator()), never lambdas.
 #pragma once
 
@@ -87,7 +87,7 @@ __device__ T block_reduce(T v) {
 // across the team with team_reduce. The loop bounds are uniform across a team, so every thread
 // of a team reaches the same team_reduce calls.
 
-// A warp per row: for rows of up to a few hundred elements.
+// A warp per row: for rows of up to kWarpRowMaxCols elements.
 struct WarpPerRow {
   static constexpr int kBlockThreads = 256;
   __device__ int rank() const { return threadIdx.x % kWarpSize; }
@@ -136,8 +136,14 @@ void launch_per_row(int64_t rows, int64_t cols, Launch launch) {
 }
 
 // ---- reduction over the middle axis ----
+//
+// y[o, j] = Op over k < r of value(o, k, j), for o < outer, j < inner, where value reads an
+// (outer, r, inner) array (MiddleAxisElement, or a product of arrays). The r axis may be cut into
+// `splits` chunks of `chunk` elements, each reduced on its own into a partial result
+//   partial[o, s, j] = Op over k in [s chunk, min(r, (s + 1) chunk)) of value(o, k, j),
+// so that few but long reductions still fill the GPU; a second pass reduces the partials.
+// With splits == 1 the first pass writes y itself.
 
-// x viewed as (outer, r, inner), contiguous.
 template <typename T>
 struct MiddleAxisElement {
   const T* x;
@@ -147,23 +153,68 @@ struct MiddleAxisElement {
   }
 };
 
+// Row `row` = o * splits + s of the partial results reduces value(o, k, j) for k in [begin, end).
+struct Chunk {
+  int64_t o, begin, end;
+};
+
+__device__ inline Chunk chunk_of_row(int64_t row, int64_t r, int64_t chunk, int64_t splits) {
+  const int64_t begin = row % splits * chunk;
+  return {row / splits, begin, begin + chunk < r ? begin + chunk : r};
+}
+
+// One thread per output, combining its chunk serially. Neighbouring threads have neighbouring j,
+// so their reads are coalesced when inner > 1.
+template <typename Op, typename T, typename Value>
+struct ReduceChunkSerially {
+  int64_t r, inner, chunk, splits;
+  Value value;
+  T* out;
+  __device__ void operator()(int64_t index) const {
+    const int64_t row = index / inner;
+    const int64_t j = index - row * inner;
+    const Chunk c = chunk_of_row(row, r, chunk, splits);
+    T acc = Op::identity();
+    for (int64_t k = c.begin; k < c.end; ++k) acc = Op::combine(acc, value(c.o, k, j));
+    out[index] = acc;
+  }
+};
+
+// inner == 1: a team per row (o, s), out[o * splits + s] = Op over the chunk of
+// value(o, k, 0).
+template <typename Op, typename T, typename Team, typename Value>
+__global__ void reduce_rows_kernel(Team team, int64_t outer, int64_t r, int64_t chunk,
+                                   int64_t splits, Value value, T* out) {
+  for (int64_t row = team.first_row(); row < outer * splits; row += team.row_stride()) {
+    const Chunk c = chunk_of_row(row, r, chunk, splits);
+    T acc = Op::identity();
+    for (int64_t k = c.begin + team.rank(); k < c.end; k += team.size())
+      acc = Op::combine(acc, value(c.o, k, 0));
+    acc = team_reduce<Op>(team, acc);
+    if (team.rank() == 0) out[row] = acc;
+  }
+}
+
 constexpr int kColumnBlockThreads = 512;
 
-// y[o, j] = Op over k < r of value(o, k, j), for o < outer, j < inner.
-// A block reduces a tile of blockDim.x consecutive columns j of one o: threadIdx.x walks the
-// columns (so a warp reads whole 32-byte sectors), threadIdx.y strides over k, and a tree in
-// shared memory combines the blockDim.y partials of each column (blockDim.y a power of two).
+// inner > 1: a block per tile of blockDim.x consecutive columns j of one row (o, s):
+// out[(o * splits + s) * inner + j] = Op over the chunk of value(o, k, j). threadIdx.x walks the
+// columns (so a warp reads whole 32-byte sectors), threadIdx.y strides over the chunk, and a tree
+// in shared memory combines the blockDim.y partials of each column (blockDim.y a power of two).
 template <typename Op, typename T, typename Value>
-__global__ void reduce_columns_kernel(int64_t outer, int64_t r, int64_t inner, Value value, T* y) {
+__global__ void reduce_columns_kernel(int64_t outer, int64_t r, int64_t inner, int64_t chunk,
+                                      int64_t splits, Value value, T* out) {
   __shared__ T partials[kColumnBlockThreads];
   const unsigned tx = threadIdx.x, ty = threadIdx.y, width = blockDim.x;
-  const int64_t tiles_per_outer = (inner + width - 1) / width;
-  for (int64_t tile = blockIdx.x; tile < outer * tiles_per_outer; tile += gridDim.x) {
-    const int64_t o = tile / tiles_per_outer;
-    const int64_t j = (tile % tiles_per_outer) * width + tx;
+  const int64_t tiles_per_row = (inner + width - 1) / width;
+  for (int64_t tile = blockIdx.x; tile < outer * splits * tiles_per_row; tile += gridDim.x) {
+    const int64_t row = tile / tiles_per_row;
+    const Chunk c = chunk_of_row(row, r, chunk, splits);
+    const int64_t j = tile % tiles_per_row * width + tx;
     T acc = Op::identity();
     if (j < inner)
-      for (int64_t k = ty; k < r; k += blockDim.y) acc = Op::combine(acc, value(o, k, j));
+      for (int64_t k = c.begin + ty; k < c.end; k += blockDim.y)
+        acc = Op::combine(acc, value(c.o, k, j));
     partials[ty * width + tx] = acc;
     __syncthreads();
     for (unsigned half = blockDim.y / 2; half > 0; half /= 2) {
@@ -172,28 +223,74 @@ __global__ void reduce_columns_kernel(int64_t outer, int64_t r, int64_t inner, V
             Op::combine(partials[ty * width + tx], partials[(ty + half) * width + tx]);
       __syncthreads();
     }
-    if (ty == 0 && j < inner) y[o * inner + j] = partials[tx];
+    if (ty == 0 && j < inner) out[row * inner + j] = partials[tx];
     __syncthreads();  // the next tile overwrites partials
   }
 }
 
-// The smallest power of two >= n (n >= 1), capped at `cap` (itself a power of two).
+// The smallest power of two >= n, at least 1 and at most `cap` (itself a power of two).
 inline unsigned pow2_at_least(int64_t n, unsigned cap) {
   unsigned p = 1;
   while (p < cap && p < n) p *= 2;
   return p;
 }
 
+// One thread per output when chunks are this short, or, for columns (inner > 1), when there are
+// this many outputs: enough threads to fill the GPU, each reading coalesced with its neighbours.
+constexpr int64_t kSerialMaxChunk = 32;
+constexpr int64_t kSerialMinColumns = int64_t(1) << 17;
+
+// One pass: out (outer, splits, inner) from value over (outer, r, inner), splits = ceil(r / chunk).
 template <typename Op, typename T, typename Value>
-void reduce_columns(int64_t outer, int64_t r, int64_t inner, Value value, T* y) {
+void reduce_middle_axis_pass(int64_t outer, int64_t r, int64_t inner, int64_t chunk, int64_t splits,
+                             Value value, T* out) {
+  const int64_t outputs = outer * splits * inner;
+  if (chunk <= kSerialMaxChunk || (inner > 1 && outputs >= kSerialMinColumns)) {
+    for_each_index(outputs, ReduceChunkSerially<Op, T, Value>{r, inner, chunk, splits, value, out});
+  } else if (inner == 1) {
+    launch_per_row(outer * splits, chunk, [&](auto team, unsigned blocks, int threads) {
+      reduce_rows_kernel<Op>
+          <<<blocks, threads, 0, stream()>>>(team, outer, r, chunk, splits, value, out);
+    });
+  } else {
+    // A tile row is one 32-byte sector of columns (8 floats, 4 doubles), fewer when inner is
+    // small; blockDim.y covers the rest of the block, or the whole chunk when it is shorter.
+    const unsigned width = pow2_at_least(inner, 32 / sizeof(T));
+    const unsigned height = pow2_at_least(chunk, kColumnBlockThreads / width);
+    const int64_t tiles = outer * splits * ((inner + width - 1) / width);
+    reduce_columns_kernel<Op><<<num_blocks(tiles, 1), dim3(width, height), 0, stream()>>>(
+        outer, r, inner, chunk, splits, value, out);
+    NALA_CUDA_CHECK_LAUNCH();
+  }
+}
+
+// Partial results of split reductions live in this fixed device array (one per translation unit;
+// static memory, not an allocation). Reusing it is safe because all work is ordered on the one
+// stream: a reduction's second pass has read it before the next reduction's first pass writes.
+constexpr int64_t kSplitScratchElements = int64_t(1) << 16;
+static __device__ double split_scratch[kSplitScratchElements];
+
+// Splitting aims for about kTargetPartials partial results, each over at least kMinChunk elements.
+constexpr int64_t kTargetPartials = int64_t(1) << 15;
+constexpr int64_t kMinChunk = 8192;
+
+template <typename Op, typename T, typename Value>
+void reduce_middle_axis(int64_t outer, int64_t r, int64_t inner, Value value, T* y) {
+  static_assert(sizeof(T) <= sizeof(double), "split_scratch keeps each T in a double's slot");
   if (outer <= 0 || inner <= 0) return;
-  // A tile row is one 32-byte sector of columns (8 floats, 4 doubles), fewer when inner is small.
-  const unsigned width = pow2_at_least(inner, 32 / sizeof(T));
-  const unsigned height = pow2_at_least(r, kColumnBlockThreads / width);
-  const int64_t tiles = outer * ((inner + width - 1) / width);
-  reduce_columns_kernel<Op>
-      <<<num_blocks(tiles, 1), dim3(width, height), 0, stream()>>>(outer, r, inner, value, y);
-  NALA_CUDA_CHECK_LAUNCH();
+  const int64_t outputs = outer * inner;
+  const int64_t splits = std::max<int64_t>(
+      1, std::min({(r + kMinChunk - 1) / kMinChunk, (kTargetPartials + outputs - 1) / outputs,
+                   kSplitScratchElements / outputs}));
+  if (splits == 1) return reduce_middle_axis_pass<Op>(outer, r, inner, r, 1, value, y);
+  void* scratch = nullptr;
+  NALA_CUDA_CHECK(cudaGetSymbolAddress(&scratch, split_scratch));
+  T* partials = static_cast<T*>(scratch);
+  const int64_t chunk = (r + splits - 1) / splits;
+  const int64_t used_splits = (r + chunk - 1) / chunk;  // <= splits: no chunk is empty
+  reduce_middle_axis_pass<Op>(outer, r, inner, chunk, used_splits, value, partials);
+  reduce_middle_axis_pass<Op>(outer, used_splits, inner, used_splits, 1,
+                              MiddleAxisElement<T>{partials, used_splits, inner}, y);
 }
 
 }  // namespace nala::kernels::cuda

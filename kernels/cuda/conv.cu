@@ -1,8 +1,15 @@
 // Convolution kernels: im2col / col2im (a convolution is then a GEMM, matmul.cu) and the direct
 // depthwise convolution. Tap (i, j) of output pixel (oh, ow) reads input pixel
 //   (oh * stride_h - pad_h + i, ow * stride_w - pad_w + j),  zero outside the image.
-// The adjoints (col2im, depthwise backward input) gather: one thread per input pixel sums the
-// outputs whose taps read it, so no two threads write the same element and no atomics are needed.
+// The adjoints (col2im, depthwise backward input) gather: one thread per input pixel sums over
+// the outputs whose taps read it (outputs_reading), so no two threads write the same element and
+// no atomics are needed.
+//
+// Coordinates inside one (height, width) plane are 32-bit ints, which is much cheaper on the GPU
+// than 64-bit division; only offsets of whole planes are 64-bit.
+#include <climits>
+#include <stdexcept>
+
 #include "kernels/cuda/common.h"
 #include "kernels/kernels.h"
 
@@ -10,51 +17,75 @@ namespace nala::kernels::cuda {
 
 namespace {
 
-// The coordinates of element i of a contiguous (batch, channels, height, width) array.
-struct Pixel {
-  int64_t n, c, y, x;
+// Conv2dShape with the in-plane sizes as int.
+struct Geometry {
+  int64_t batch, channels;
+  int height, width, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, out_h, out_w;
+  __device__ int in_pixels() const { return height * width; }
+  __device__ int out_pixels() const { return out_h * out_w; }
+  __device__ int taps() const { return kernel_h * kernel_w; }
 };
 
-__device__ Pixel pixel_at(int64_t i, int64_t channels, int64_t height, int64_t width) {
-  Pixel p;
-  p.x = i % width;
-  i /= width;
-  p.y = i % height;
-  i /= height;
-  p.c = i % channels;
-  p.n = i / channels;
-  return p;
+Geometry geometry_of(const Conv2dShape& s) {
+  const int64_t largest_plane =
+      std::max({s.height * s.width, s.out_h * s.out_w, s.kernel_h * s.kernel_w,
+                s.height + 2 * s.pad_h + s.kernel_h, s.width + 2 * s.pad_w + s.kernel_w});
+  if (largest_plane > INT_MAX || s.stride_h > INT_MAX || s.stride_w > INT_MAX)
+    throw std::invalid_argument("conv2d: a plane of the image is too large for 32-bit indexing");
+  const auto i = [](int64_t v) { return static_cast<int>(v); };
+  return {s.batch,       s.channels,    i(s.height), i(s.width), i(s.kernel_h), i(s.kernel_w),
+          i(s.stride_h), i(s.stride_w), i(s.pad_h),  i(s.pad_w), i(s.out_h),    i(s.out_w)};
 }
 
-// The output coordinate whose tap `tap` reads input coordinate `in` (in = out * stride - pad +
-// tap), or -1 when there is none.
-__device__ int64_t output_of_tap(int64_t in, int64_t tap, int64_t stride, int64_t pad,
-                                 int64_t out_size) {
-  const int64_t scaled = in + pad - tap;
-  if (scaled < 0 || scaled % stride != 0) return -1;
-  const int64_t out = scaled / stride;
-  return out < out_size ? out : -1;
+// Element `index` of a contiguous (batch, channels, plane_h, plane_w) array: its plane
+// n * channels + c, its channel c and its coordinates (y, x) in the plane.
+struct PlanePoint {
+  int64_t plane, c;
+  int y, x;
+};
+
+__device__ PlanePoint plane_point(int64_t index, int64_t channels, int plane_h, int plane_w) {
+  const int plane_size = plane_h * plane_w;
+  const int64_t plane = index / plane_size;
+  const int offset = static_cast<int>(index - plane * plane_size);
+  return {plane, plane % channels, offset / plane_w, offset % plane_w};
+}
+
+// The outputs whose taps read input coordinate `in` along one axis: in = out * stride - pad + tap
+// with 0 <= tap < kernel, so out runs over [first, last] (empty when first > last),
+//   first = max(0, ceil((in + pad - kernel + 1) / stride)),
+//   last = min(out_size - 1, floor((in + pad) / stride)),
+// and out's tap is in + pad - out * stride.
+struct OutputRange {
+  int first, last;
+};
+
+__device__ OutputRange outputs_reading(int in, int kernel, int stride, int pad, int out_size) {
+  const int padded = in + pad;  // >= 0
+  const int lowest = padded - kernel + 1;
+  const int first = lowest <= 0 ? 0 : (lowest + stride - 1) / stride;
+  const int last = min(padded / stride, out_size - 1);
+  return {first, last};
 }
 
 // One thread per output pixel (n, c, oh, ow) writes its kernel_h * kernel_w column entries
 //   col[n, (c, i, j), (oh, ow)] = x[n, c, oh * stride_h - pad_h + i, ow * stride_w - pad_w + j].
 template <typename T>
 struct Im2col {
-  Conv2dShape s;
+  Geometry g;
   const T* x;
   T* col;
   __device__ void operator()(int64_t index) const {
-    const Pixel out = pixel_at(index, s.channels, s.out_h, s.out_w);
-    const int64_t out_pixels = s.out_h * s.out_w;
-    const T* x_plane = x + (out.n * s.channels + out.c) * s.height * s.width;
-    T* col_entry = col + (out.n * s.channels + out.c) * s.kernel_h * s.kernel_w * out_pixels +
-                   out.y * s.out_w + out.x;
-    for (int64_t i = 0; i < s.kernel_h; ++i) {
-      const int64_t h = out.y * s.stride_h - s.pad_h + i;
-      for (int64_t j = 0; j < s.kernel_w; ++j) {
-        const int64_t w = out.x * s.stride_w - s.pad_w + j;
-        const bool inside = h >= 0 && h < s.height && w >= 0 && w < s.width;
-        col_entry[(i * s.kernel_w + j) * out_pixels] = inside ? x_plane[h * s.width + w] : T(0);
+    const PlanePoint out = plane_point(index, g.channels, g.out_h, g.out_w);
+    const T* x_plane = x + out.plane * g.in_pixels();
+    T* col_entry = col + out.plane * g.taps() * g.out_pixels() + out.y * g.out_w + out.x;
+    for (int i = 0; i < g.kernel_h; ++i) {
+      const int h = out.y * g.stride_h - g.pad_h + i;
+      for (int j = 0; j < g.kernel_w; ++j) {
+        const int w = out.x * g.stride_w - g.pad_w + j;
+        const bool inside = h >= 0 && h < g.height && w >= 0 && w < g.width;
+        col_entry[static_cast<int64_t>(i * g.kernel_w + j) * g.out_pixels()] =
+            inside ? x_plane[h * g.width + w] : T(0);
       }
     }
   }
@@ -64,21 +95,21 @@ struct Im2col {
 // over the taps (i, j) and output pixels (oh, ow) that read it.
 template <typename T>
 struct Col2im {
-  Conv2dShape s;
+  Geometry g;
   const T* col;
   T* dx;
   __device__ void operator()(int64_t index) const {
-    const Pixel in = pixel_at(index, s.channels, s.height, s.width);
-    const int64_t out_pixels = s.out_h * s.out_w;
-    const T* col_plane = col + (in.n * s.channels + in.c) * s.kernel_h * s.kernel_w * out_pixels;
+    const PlanePoint in = plane_point(index, g.channels, g.height, g.width);
+    const T* col_plane = col + in.plane * g.taps() * g.out_pixels();
+    const OutputRange rows = outputs_reading(in.y, g.kernel_h, g.stride_h, g.pad_h, g.out_h);
+    const OutputRange cols = outputs_reading(in.x, g.kernel_w, g.stride_w, g.pad_w, g.out_w);
     T sum = T(0);
-    for (int64_t i = 0; i < s.kernel_h; ++i) {
-      const int64_t oh = output_of_tap(in.y, i, s.stride_h, s.pad_h, s.out_h);
-      if (oh < 0) continue;
-      for (int64_t j = 0; j < s.kernel_w; ++j) {
-        const int64_t ow = output_of_tap(in.x, j, s.stride_w, s.pad_w, s.out_w);
-        if (ow < 0) continue;
-        sum += col_plane[(i * s.kernel_w + j) * out_pixels + oh * s.out_w + ow];
+    for (int oh = rows.first; oh <= rows.last; ++oh) {
+      const int i = in.y + g.pad_h - oh * g.stride_h;
+      for (int ow = cols.first; ow <= cols.last; ++ow) {
+        const int j = in.x + g.pad_w - ow * g.stride_w;
+        sum += col_plane[static_cast<int64_t>(i * g.kernel_w + j) * g.out_pixels() + oh * g.out_w +
+                         ow];
       }
     }
     dx[index] = sum;
@@ -89,23 +120,23 @@ struct Col2im {
 // The threads of a warp share c, so their filter reads hit the same addresses (one broadcast).
 template <typename T>
 struct DepthwiseForward {
-  Conv2dShape s;
+  Geometry g;
   const T* x;
   const T* w;
   const T* bias;
   T* y;
   __device__ void operator()(int64_t index) const {
-    const Pixel out = pixel_at(index, s.channels, s.out_h, s.out_w);
-    const T* x_plane = x + (out.n * s.channels + out.c) * s.height * s.width;
-    const T* filter = w + out.c * s.kernel_h * s.kernel_w;
+    const PlanePoint out = plane_point(index, g.channels, g.out_h, g.out_w);
+    const T* x_plane = x + out.plane * g.in_pixels();
+    const T* filter = w + out.c * g.taps();
     T sum = bias != nullptr ? bias[out.c] : T(0);
-    for (int64_t i = 0; i < s.kernel_h; ++i) {
-      const int64_t h = out.y * s.stride_h - s.pad_h + i;
-      if (h < 0 || h >= s.height) continue;
-      for (int64_t j = 0; j < s.kernel_w; ++j) {
-        const int64_t w_in = out.x * s.stride_w - s.pad_w + j;
-        if (w_in < 0 || w_in >= s.width) continue;
-        sum += filter[i * s.kernel_w + j] * x_plane[h * s.width + w_in];
+    for (int i = 0; i < g.kernel_h; ++i) {
+      const int h = out.y * g.stride_h - g.pad_h + i;
+      if (h < 0 || h >= g.height) continue;
+      for (int j = 0; j < g.kernel_w; ++j) {
+        const int w_in = out.x * g.stride_w - g.pad_w + j;
+        if (w_in < 0 || w_in >= g.width) continue;
+        sum += filter[i * g.kernel_w + j] * x_plane[h * g.width + w_in];
       }
     }
     y[index] = sum;
@@ -116,22 +147,22 @@ struct DepthwiseForward {
 // (i, j) and output pixels (oh, ow) that read it.
 template <typename T>
 struct DepthwiseBackwardInput {
-  Conv2dShape s;
+  Geometry g;
   const T* dy;
   const T* w;
   T* dx;
   __device__ void operator()(int64_t index) const {
-    const Pixel in = pixel_at(index, s.channels, s.height, s.width);
-    const T* dy_plane = dy + (in.n * s.channels + in.c) * s.out_h * s.out_w;
-    const T* filter = w + in.c * s.kernel_h * s.kernel_w;
+    const PlanePoint in = plane_point(index, g.channels, g.height, g.width);
+    const T* dy_plane = dy + in.plane * g.out_pixels();
+    const T* filter = w + in.c * g.taps();
+    const OutputRange rows = outputs_reading(in.y, g.kernel_h, g.stride_h, g.pad_h, g.out_h);
+    const OutputRange cols = outputs_reading(in.x, g.kernel_w, g.stride_w, g.pad_w, g.out_w);
     T sum = T(0);
-    for (int64_t i = 0; i < s.kernel_h; ++i) {
-      const int64_t oh = output_of_tap(in.y, i, s.stride_h, s.pad_h, s.out_h);
-      if (oh < 0) continue;
-      for (int64_t j = 0; j < s.kernel_w; ++j) {
-        const int64_t ow = output_of_tap(in.x, j, s.stride_w, s.pad_w, s.out_w);
-        if (ow < 0) continue;
-        sum += filter[i * s.kernel_w + j] * dy_plane[oh * s.out_w + ow];
+    for (int oh = rows.first; oh <= rows.last; ++oh) {
+      const int i = in.y + g.pad_h - oh * g.stride_h;
+      for (int ow = cols.first; ow <= cols.last; ++ow) {
+        const int j = in.x + g.pad_w - ow * g.stride_w;
+        sum += filter[i * g.kernel_w + j] * dy_plane[oh * g.out_w + ow];
       }
     }
     dx[index] = sum;
@@ -142,24 +173,25 @@ constexpr int kWeightGradThreads = 256;
 
 // One block per filter tap (c, i, j):
 //   dw[c, i, j] = sum over n, oh, ow of dy[n, c, oh, ow] x[n, c, oh * stride_h - pad_h + i, ...],
-// each thread summing a strided slice of the batch * out_h * out_w terms, then block_reduce.
+// the threads striding over each image's output pixels, then block_reduce.
 template <typename T>
-__global__ void depthwise_backward_weight_kernel(Conv2dShape s, const T* x, const T* dy, T* dw) {
-  const int64_t taps = s.kernel_h * s.kernel_w;
-  const int64_t out_pixels = s.out_h * s.out_w;
-  for (int64_t filter_tap = blockIdx.x; filter_tap < s.channels * taps; filter_tap += gridDim.x) {
-    const int64_t c = filter_tap / taps;
-    const int64_t i = filter_tap % taps / s.kernel_w;
-    const int64_t j = filter_tap % s.kernel_w;
+__global__ void depthwise_backward_weight_kernel(Geometry g, const T* x, const T* dy, T* dw) {
+  for (int64_t filter_tap = blockIdx.x; filter_tap < g.channels * g.taps();
+       filter_tap += gridDim.x) {
+    const int64_t c = filter_tap / g.taps();
+    const int tap = static_cast<int>(filter_tap - c * g.taps());
+    const int i = tap / g.kernel_w, j = tap % g.kernel_w;
     T sum = T(0);
-    for (int64_t term = threadIdx.x; term < s.batch * out_pixels; term += blockDim.x) {
-      const int64_t n = term / out_pixels;
-      const int64_t pixel = term % out_pixels;
-      const int64_t h = pixel / s.out_w * s.stride_h - s.pad_h + i;
-      const int64_t w = pixel % s.out_w * s.stride_w - s.pad_w + j;
-      if (h < 0 || h >= s.height || w < 0 || w >= s.width) continue;
-      const int64_t plane = n * s.channels + c;
-      sum += dy[plane * out_pixels + pixel] * x[(plane * s.height + h) * s.width + w];
+    for (int64_t n = 0; n < g.batch; ++n) {
+      const int64_t plane = n * g.channels + c;
+      const T* x_plane = x + plane * g.in_pixels();
+      const T* dy_plane = dy + plane * g.out_pixels();
+      for (int pixel = threadIdx.x; pixel < g.out_pixels(); pixel += blockDim.x) {
+        const int h = pixel / g.out_w * g.stride_h - g.pad_h + i;
+        const int w = pixel % g.out_w * g.stride_w - g.pad_w + j;
+        if (h >= 0 && h < g.height && w >= 0 && w < g.width)
+          sum += dy_plane[pixel] * x_plane[h * g.width + w];
+      }
     }
     sum = block_reduce<SumOp<T>>(sum);
     if (threadIdx.x == 0) dw[filter_tap] = sum;
@@ -170,23 +202,24 @@ __global__ void depthwise_backward_weight_kernel(Conv2dShape s, const T* x, cons
 
 template <typename T>
 void im2col(const Conv2dShape& s, const T* x, T* col) {
-  for_each_index(s.batch * s.channels * s.out_h * s.out_w, Im2col<T>{s, x, col});
+  for_each_index(s.batch * s.channels * s.out_h * s.out_w, Im2col<T>{geometry_of(s), x, col});
 }
 
 template <typename T>
 void col2im(const Conv2dShape& s, const T* col, T* dx) {
-  for_each_index(s.batch * s.channels * s.height * s.width, Col2im<T>{s, col, dx});
+  for_each_index(s.batch * s.channels * s.height * s.width, Col2im<T>{geometry_of(s), col, dx});
 }
 
 template <typename T>
 void depthwise_conv2d_forward(const Conv2dShape& s, const T* x, const T* w, const T* bias, T* y) {
-  for_each_index(s.batch * s.channels * s.out_h * s.out_w, DepthwiseForward<T>{s, x, w, bias, y});
+  for_each_index(s.batch * s.channels * s.out_h * s.out_w,
+                 DepthwiseForward<T>{geometry_of(s), x, w, bias, y});
 }
 
 template <typename T>
 void depthwise_conv2d_backward_input(const Conv2dShape& s, const T* dy, const T* w, T* dx) {
   for_each_index(s.batch * s.channels * s.height * s.width,
-                 DepthwiseBackwardInput<T>{s, dy, w, dx});
+                 DepthwiseBackwardInput<T>{geometry_of(s), dy, w, dx});
 }
 
 template <typename T>
@@ -194,7 +227,7 @@ void depthwise_conv2d_backward_weight(const Conv2dShape& s, const T* x, const T*
   const int64_t filter_taps = s.channels * s.kernel_h * s.kernel_w;
   if (filter_taps <= 0) return;
   depthwise_backward_weight_kernel<<<num_blocks(filter_taps, 1), kWeightGradThreads, 0, stream()>>>(
-      s, x, dy, dw);
+      geometry_of(s), x, dy, dw);
   NALA_CUDA_CHECK_LAUNCH();
 }
 

@@ -13,8 +13,10 @@ namespace {
 
 // ---- n-d indexing ----
 
-// An n-d iteration space and the strides of kOperands operands over it.
-template <int kOperands>
+// An n-d iteration space and the strides of two operands over it: (src, dst) of a copy, (a, b) of
+// a binary op.
+constexpr int kOperands = 2;
+
 struct StridedSpace {
   int ndim = 0;
   int64_t sizes[kMaxDims] = {};
@@ -24,9 +26,8 @@ struct StridedSpace {
 // The same space with size-1 dimensions dropped and each dimension merged into the one before it
 // when every operand steps over the two as over one (stride[outer] == stride[inner] *
 // size[inner]). Fewer dimensions mean fewer divisions per element; a contiguous copy ends up 1-d.
-template <int kOperands>
-StridedSpace<kOperands> coalesce(const StridedSpace<kOperands>& in) {
-  StridedSpace<kOperands> out;
+StridedSpace coalesce(const StridedSpace& in) {
+  StridedSpace out;
   for (int d = 0; d < in.ndim; ++d) {
     if (in.sizes[d] == 1) continue;
     bool mergeable = out.ndim > 0;
@@ -52,9 +53,7 @@ int64_t num_elements(int ndim, const int64_t* sizes) {
 // The offset in each operand of the element with row-major index i of the space: i is split
 // into coordinates from the last dimension on, and coordinate c of dimension d adds
 // c * strides[op][d]. The first dimension's coordinate is what is left of i, with no division.
-template <int kOperands>
-__device__ void offsets_at(const StridedSpace<kOperands>& space, int64_t i,
-                           int64_t (&offsets)[kOperands]) {
+__device__ void offsets_at(const StridedSpace& space, int64_t i, int64_t (&offsets)[kOperands]) {
   for (int op = 0; op < kOperands; ++op) offsets[op] = 0;
   for (int d = space.ndim - 1; d > 0; --d) {
     const int64_t coord = i % space.sizes[d];
@@ -70,11 +69,11 @@ __device__ void offsets_at(const StridedSpace<kOperands>& space, int64_t i,
 // y[dst offset] = Dst(x[src offset]) over a space whose operands are (src, dst).
 template <typename Src, typename Dst>
 struct CopyStrided {
-  StridedSpace<2> space;
+  StridedSpace space;
   const Src* x;
   Dst* y;
   __device__ void operator()(int64_t i) const {
-    int64_t offsets[2];
+    int64_t offsets[kOperands];
     offsets_at(space, i, offsets);
     y[offsets[1]] = static_cast<Dst>(x[offsets[0]]);
   }
@@ -324,12 +323,12 @@ void visit_scalar_op(ScalarOp op, Visit visit) {
 // y[i] = a[a offset] (op) b[b offset] over a space whose operands are (a, b); y is contiguous.
 template <typename T, typename Op>
 struct BinaryBroadcast {
-  StridedSpace<2> space;
+  StridedSpace space;
   const T* a;
   const T* b;
   T* y;
   __device__ void operator()(int64_t i) const {
-    int64_t offsets[2];
+    int64_t offsets[kOperands];
     offsets_at(space, i, offsets);
     y[i] = Op::apply(a[offsets[0]], b[offsets[1]]);
   }
@@ -349,7 +348,7 @@ struct ScalarRight {
 
 template <typename Src, typename Dst>
 void copy_strided(const Layout& src, const Src* x, const Layout& dst, Dst* y) {
-  StridedSpace<2> space;
+  StridedSpace space;
   space.ndim = src.ndim;
   for (int d = 0; d < src.ndim; ++d) {
     space.sizes[d] = src.sizes[d];
@@ -389,7 +388,7 @@ void unary_backward(UnaryOp op, int64_t n, const T* x, const T* y, const T* dy, 
 
 template <typename T>
 void binary_forward(BinaryOp op, const Broadcast& bc, const T* a, const T* b, T* y) {
-  StridedSpace<2> space;
+  StridedSpace space;
   space.ndim = bc.ndim;
   for (int d = 0; d < bc.ndim; ++d) {
     space.sizes[d] = bc.sizes[d];
@@ -397,7 +396,7 @@ void binary_forward(BinaryOp op, const Broadcast& bc, const T* a, const T* b, T*
     space.strides[1][d] = bc.b_strides[d];
   }
   // y is contiguous, so merging dimensions never changes y's offset of index i.
-  const StridedSpace<2> merged = coalesce(space);
+  const StridedSpace merged = coalesce(space);
   const int64_t n = num_elements(bc.ndim, bc.sizes);
   visit_binary_op<T>(op, [&](auto f) {
     for_each_index(n, BinaryBroadcast<T, decltype(f)>{merged, a, b, y});

@@ -3,6 +3,7 @@
 // cuBLAS is column-major, and a row-major matrix read as column-major is its transpose. So the
 // row-major C = op(A) op(B) is computed as the column-major C^T = op(B)^T op(A)^T: B and A swap
 // places, m and n swap, and each keeps its own transpose flag and leading dimension.
+#include <algorithm>
 #include <climits>
 #include <stdexcept>
 #include <string>

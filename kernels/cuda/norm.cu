@@ -1,5 +1,5 @@
 // Layer norm (a warp or block per row) and batch norm (a block per channel). Each pass is one
-// fused kernel; layer norm's dgamma / dbeta are column sums over the rows (reduce_columns).
+// fused kernel; layer norm's dgamma / dbeta are column sums over the rows (reduce_middle_axis).
 #include <cmath>
 
 #include "kernels/cuda/common.h"
@@ -79,7 +79,7 @@ __global__ void layer_norm_backward_dx_kernel(Team team, int64_t rows, int64_t c
 }
 
 // dy[row, col] xhat[row, col], the terms of dgamma[col], as a (1, rows, cols) value for
-// reduce_columns.
+// reduce_middle_axis.
 template <typename T>
 struct DyTimesXhat {
   const T* x;
@@ -209,9 +209,9 @@ void layer_norm_backward(int64_t rows, int64_t cols, const T* x, const T* dy, co
                                                                     mean, rstd, dx);
   });
   if (dgamma != nullptr)
-    reduce_columns<SumOp<T>>(1, rows, cols, DyTimesXhat<T>{x, dy, mean, rstd, cols}, dgamma);
+    reduce_middle_axis<SumOp<T>>(1, rows, cols, DyTimesXhat<T>{x, dy, mean, rstd, cols}, dgamma);
   if (dbeta != nullptr)
-    reduce_columns<SumOp<T>>(1, rows, cols, MiddleAxisElement<T>{dy, rows, cols}, dbeta);
+    reduce_middle_axis<SumOp<T>>(1, rows, cols, MiddleAxisElement<T>{dy, rows, cols}, dbeta);
 }
 
 template <typename T>

@@ -1,8 +1,7 @@
-// Reductions over the middle axis of x viewed as (outer, r, inner).
-//
-// inner == 1 reduces rows of length r: a warp or a block per row (launch_per_row), each thread
-// combining a strided slice of the row and the team finishing with shuffles.
-// inner > 1 reduces columns: reduce_columns (common.h), coalesced over inner.
+// Reductions over the middle axis of x viewed as (outer, r, inner): reduce_middle_axis
+// (common.h). inner == 1 reduces rows of length r, a warp or a block per row, each thread
+// combining a strided slice of the row and the team finishing with shuffles; inner > 1 reduces
+// columns, coalesced over inner. Long reductions are split over several blocks, then combined.
 #include <stdexcept>
 
 #include "kernels/cuda/common.h"
@@ -10,40 +9,13 @@
 
 namespace nala::kernels::cuda {
 
-namespace {
-
-// y[row] = Op over k < cols of x[row, k].
-template <typename Op, typename T, typename Team>
-__global__ void reduce_rows_kernel(Team team, int64_t rows, int64_t cols, const T* x, T* y) {
-  for (int64_t row = team.first_row(); row < rows; row += team.row_stride()) {
-    const T* x_row = x + row * cols;
-    T acc = Op::identity();
-    for (int64_t k = team.rank(); k < cols; k += team.size()) acc = Op::combine(acc, x_row[k]);
-    acc = team_reduce<Op>(team, acc);
-    if (team.rank() == 0) y[row] = acc;
-  }
-}
-
-template <typename Op, typename T>
-void reduce_middle_axis(int64_t outer, int64_t r, int64_t inner, const T* x, T* y) {
-  if (inner == 1) {
-    launch_per_row(outer, r, [&](auto team, unsigned blocks, int threads) {
-      reduce_rows_kernel<Op><<<blocks, threads, 0, stream()>>>(team, outer, r, x, y);
-    });
-  } else {
-    reduce_columns<Op>(outer, r, inner, MiddleAxisElement<T>{x, r, inner}, y);
-  }
-}
-
-}  // namespace
-
 template <typename T>
 void reduce(ReduceOp op, int64_t outer, int64_t r, int64_t inner, const T* x, T* y) {
   switch (op) {
     case ReduceOp::Sum:
-      return reduce_middle_axis<SumOp<T>>(outer, r, inner, x, y);
+      return reduce_middle_axis<SumOp<T>>(outer, r, inner, MiddleAxisElement<T>{x, r, inner}, y);
     case ReduceOp::Max:
-      return reduce_middle_axis<MaxOp<T>>(outer, r, inner, x, y);
+      return reduce_middle_axis<MaxOp<T>>(outer, r, inner, MiddleAxisElement<T>{x, r, inner}, y);
   }
   throw std::invalid_argument("reduce: unknown ReduceOp");
 }

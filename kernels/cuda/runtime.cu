@@ -1,5 +1,6 @@
 // CUDA runtime services: device query, the caching allocator, byte copies, the cuBLAS handle and
 // the TF32 switch.
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <cstring>
@@ -226,7 +227,8 @@ void copy_host_to_device(void* dst, const void* src, size_t bytes) {
   if (bytes >= kStagedCopyThreshold) {
     pinned_staging().copy_to_device(dst, src, bytes);
   } else {
-    // From pageable memory the driver copies `src` to its own staging buffer before returning.
+    // From pageable memory (all host tensors) the driver copies `src` to its own staging buffer
+    // before returning.
     NALA_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream()));
   }
 }

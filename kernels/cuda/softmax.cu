@@ -65,8 +65,9 @@ __device__ T smoothed_target(int64_t c, int64_t label, T smoothing, int64_t clas
   return (c == label ? T(1) - smoothing : T(0)) + smoothing / T(classes);
 }
 
-// lse = m + log s, and loss = lse - sum_c q_c x_c = lse - (1 - eps) x_label - (eps / classes) sum_c
-// x_c; NaN when the label is outside [0, classes).
+// Per row, lse = m + log s and
+//   loss = lse - sum_c q_c x_c = lse - (1 - eps) x_label - (eps / classes) sum_c x_c,
+// NaN when the label is outside [0, classes).
 template <typename T, typename Team>
 __global__ void cross_entropy_forward_kernel(Team team, int64_t rows, int64_t classes,
                                              const T* logits, const int64_t* labels, T smoothing,

@@ -1,0 +1,1452 @@
+// Attention on the GPU: linear attention with the NaLa or the ReLU feature map (NALAFORMER.md
+// section 1) and softmax attention, forward and backward. The passes mirror
+// kernels/cpu/attention.cpp; docs/nala_backward.md derives the gradients.
+//
+// Linear attention, per head (a block per chunk of kChunkTokens tokens and head):
+//   forward   1. linear_key_sums_kernel: per key chunk, sum_j K'_j^T v_j and sum_j phiK_j;
+//             2. SumPartials: S and kbar = (sum over the chunks) / N, in a fixed order;
+//             3. linear_output_kernel: per query, z_i and o_i = z_i Q'_i S.
+//   backward  1. linear_query_backward_kernel: dq, and per query chunk the partial sums of
+//                dS = sum_i z_i Q'_i^T do_i and dkbar = sum_i dden_i phiQ_i;
+//             2. SumPartials: dS / N and dkbar / N;
+//             3. linear_key_backward_kernel: dk and dv.
+// Reading q, k, v and writing o once each is the forward's memory floor; both forward passes
+// stream one pair of them.
+//
+// Softmax attention follows FlashAttention-2: a block per tile of queries runs an online softmax
+// over the tiles of keys; the backward recomputes the probabilities from the saved lse, once in
+// a kernel per key tile (dk, dv) and once in a kernel per query tile (dq), so that every
+// gradient has one writer (no atomics, deterministic).
+//
+// How the kernels use shared memory. A tile of rows of a (n, d) input is first "staged" into
+// shared memory, with all of a tile's loads in flight at once: token-major ([token][column]) by
+// asynchronous copies, or feature-major ([column][token]) through registers. An odd row stride
+// (d + 1, or tile + 1) puts the elements that a warp reads at one time in distinct banks. From
+// a staged tile, a thread per (token, pair of columns) builds the features: when consecutive
+// threads take consecutive tokens they write feature-major arrays without bank conflicts, when
+// they take consecutive pairs, token-major ones. Products are computed by 4 x 4 register blocks
+// of P^T Q (accumulate_block), whose operands have the summed index along their rows.
+// Head dims up to 64 fit in shared memory (float or double); pointers must be 16-byte aligned.
+#include <cuda_pipeline.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <initializer_list>
+#include <stdexcept>
+#include <string>
+
+#include "kernels/cuda/common.h"
+#include "kernels/kernels.h"
+
+namespace nala::kernels::cuda {
+namespace {
+
+constexpr int kThreads = 128;  // threads per block of every kernel below
+// Linear attention: tokens per block (each block writes one partial sum of its chunk).
+constexpr int64_t kChunkTokens = 1024;
+// Added to the normaliser's denominator: z_i = 1 / (phiQ_i . kbar + eps).
+constexpr double kDenominatorEps = 1e-6;
+// The largest tile of tokens a block works on (tiles are powers of two, at least 4).
+constexpr int kMaxTile = 64;
+
+int64_t num_chunks(int64_t n) { return (n + kChunkTokens - 1) / kChunkTokens; }
+
+void check_head_dim(const char* kernel, int64_t d) {
+  if (d <= 0 || d % 4 != 0)
+    throw std::invalid_argument(std::string(kernel) + ": head dim " + std::to_string(d) +
+                                " is not a positive multiple of 4");
+}
+
+// The kernels move rows with 16-byte vector accesses.
+void check_aligned(const char* kernel, std::initializer_list<const void*> pointers) {
+  for (const void* p : pointers)
+    if (reinterpret_cast<uintptr_t>(p) % 16 != 0)
+      throw std::invalid_argument(std::string(kernel) + ": pointers must be 16-byte aligned");
+}
+
+// ---- shared memory ----
+
+// Offsets (in elements) of arrays placed one after another in a block's dynamic shared memory.
+// Each array starts at a multiple of 4 elements, so 4-element vector accesses stay aligned.
+struct SharedLayout {
+  int size = 0;
+  __host__ __device__ int take(int count) {
+    const int at = size;
+    size += (count + 3) / 4 * 4;
+    return at;
+  }
+};
+
+template <typename T>
+__device__ T* shared_memory() {
+  extern __shared__ __align__(16) unsigned char shared_bytes[];
+  return reinterpret_cast<T*>(shared_bytes);
+}
+
+// The most dynamic shared memory a block may ask for on this device.
+size_t max_shared_bytes() {
+  static const size_t bytes = [] {
+    int device = 0, value = 0;
+    NALA_CUDA_CHECK(cudaGetDevice(&device));
+    NALA_CUDA_CHECK(
+        cudaDeviceGetAttribute(&value, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    return static_cast<size_t>(value);
+  }();
+  return bytes;
+}
+
+// The largest tile (kMaxTile, kMaxTile / 2, ..., 4) whose shared memory bytes(tile) lets four
+// blocks share an SM; failing that two, failing that one.
+template <typename Bytes>
+int choose_tile(const char* kernel, Bytes bytes) {
+  const size_t limit = max_shared_bytes();
+  for (const size_t budget : {limit / 4, limit / 2, limit})
+    for (int tile = kMaxTile; tile >= 4; tile /= 2)
+      if (bytes(tile) <= budget) return tile;
+  throw std::invalid_argument(std::string(kernel) +
+                              ": head dim too large for the GPU's shared memory");
+}
+
+// kernel<<<grid, kThreads, bytes, stream()>>>(args...), allowed `bytes` of dynamic shared memory.
+template <typename... Params, typename... Args>
+void launch(void (*kernel)(Params...), dim3 grid, size_t bytes, Args... args) {
+  NALA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       static_cast<int>(bytes)));
+  kernel<<<grid, kThreads, bytes, stream()>>>(args...);
+  NALA_CUDA_CHECK_LAUNCH();
+}
+
+// ---- vector access ----
+
+// Two consecutive elements at an address aligned to their size.
+__device__ inline void store2(float* p, float x0, float x1) {
+  *reinterpret_cast<float2*>(p) = make_float2(x0, x1);
+}
+__device__ inline void store2(double* p, double x0, double x1) {
+  *reinterpret_cast<double2*>(p) = make_double2(x0, x1);
+}
+
+// Four consecutive elements at a 16-byte aligned address.
+__device__ inline void load4(const float* p, float (&x)[4]) {
+  const float4 v = *reinterpret_cast<const float4*>(p);
+  x[0] = v.x;
+  x[1] = v.y;
+  x[2] = v.z;
+  x[3] = v.w;
+}
+__device__ inline void load4(const double* p, double (&x)[4]) {
+  const double2 a = reinterpret_cast<const double2*>(p)[0];
+  const double2 b = reinterpret_cast<const double2*>(p)[1];
+  x[0] = a.x;
+  x[1] = a.y;
+  x[2] = b.x;
+  x[3] = b.y;
+}
+__device__ inline void store4(float* p, const float (&x)[4]) {
+  *reinterpret_cast<float4*>(p) = make_float4(x[0], x[1], x[2], x[3]);
+}
+__device__ inline void store4(double* p, const double (&x)[4]) {
+  store2(p, x[0], x[1]);
+  store2(p + 2, x[2], x[3]);
+}
+
+// ---- 4 x 4 register blocks of products ----
+
+// acc[r][c] += sum_{k < depth} p[k * ldp + r] q[k * ldq + c]  (r, c < 4): a 4 x 4 block of
+// P^T Q, the summed index running down the rows of both shared-memory operands.
+template <typename T>
+__device__ void accumulate_block(int depth, const T* p, int ldp, const T* q, int ldq,
+                                 T (&acc)[4][4]) {
+#pragma unroll 4
+  for (int k = 0; k < depth; ++k) {
+    T a[4], b[4];
+    load4(p + k * ldp, a);
+    load4(q + k * ldq, b);
+#pragma unroll
+    for (int r = 0; r < 4; ++r)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) acc[r][c] += a[r] * b[c];
+  }
+}
+
+// m[r][c] += acc[r][c] for the 4 x 4 block at m (leading dim ld).
+template <typename T>
+__device__ void add_block(T* m, int ld, const T (&acc)[4][4]) {
+#pragma unroll
+  for (int r = 0; r < 4; ++r) {
+    T row[4];
+    load4(m + r * ld, row);
+#pragma unroll
+    for (int c = 0; c < 4; ++c) row[c] += acc[r][c];
+    store4(m + r * ld, row);
+  }
+}
+
+// ---- dividing work among a block's threads ----
+
+// The cells (row, col) of a grid with `cols` columns, in row-major order, that this thread
+// visits: cell threadIdx.x, then every blockDim.x-th. Stepping costs no division. Loops read
+//   for (GridWalk w(cols); w.row < rows; w.next()) ...
+struct GridWalk {
+  int row, col;
+  const int cols, row_step, col_step;
+  __device__ explicit GridWalk(int num_cols)
+      : row(threadIdx.x / num_cols),
+        col(threadIdx.x % num_cols),
+        cols(num_cols),
+        row_step(blockDim.x / num_cols),
+        col_step(blockDim.x % num_cols) {}
+  __device__ void next() {
+    row += row_step;
+    col += col_step;
+    if (col >= cols) {
+      col -= cols;
+      ++row;
+    }
+  }
+};
+
+// ---- staging rows ----
+
+// Starts copying the first `rows` rows of x (rows of d) into staged[j][c] (token-major, row
+// stride ld) and zeroes the rows below them, up to `tile`. The copies are asynchronous: call
+// finish_staging() and then __syncthreads() before reading. Rows that stay 16-byte aligned
+// (ld a multiple of 16 bytes) move in 16-byte pieces, others element by element.
+template <typename T>
+__device__ void stage_rows(int tile, int rows, int d, const T* x, T* staged, int ld) {
+  const int piece = ld % (16 / sizeof(T)) == 0 ? 16 / sizeof(T) : 1;  // elements per copy
+  for (GridWalk w(d / piece); w.row < tile; w.next()) {
+    const int c = piece * w.col;
+    T* to = staged + w.row * ld + c;
+    if (w.row < rows)
+      __pipeline_memcpy_async(to, x + static_cast<int64_t>(w.row) * d + c, piece * sizeof(T));
+    else
+      for (int e = 0; e < piece; ++e) to[e] = 0;
+  }
+}
+
+// Copies the first `rows` rows of x (rows of d) into staged[c][j] (feature-major, leading dim
+// ld) and zeroes the rows below them, up to `tile`. Each thread loads kBatch pieces of 4
+// elements before storing any, so that they are in flight together. With ld odd (tile + 1) the
+// scattered stores of a warp fall in distinct banks.
+template <typename T>
+__device__ void stage_rows_transposed(int tile, int rows, int d, const T* x, T* staged, int ld) {
+  constexpr int kBatch = 4;
+  GridWalk w(d / 4);
+  while (w.row < tile) {
+    T quad[kBatch][4];
+    int row[kBatch], col[kBatch];
+#pragma unroll
+    for (int b = 0; b < kBatch; ++b) {
+      row[b] = w.row;
+      col[b] = 4 * w.col;
+      if (w.row < rows)
+        load4(x + static_cast<int64_t>(w.row) * d + col[b], quad[b]);
+      else
+        for (int e = 0; e < 4; ++e) quad[b][e] = 0;
+      w.next();
+    }
+#pragma unroll
+    for (int b = 0; b < kBatch; ++b)
+      if (row[b] < tile)
+        for (int e = 0; e < 4; ++e) staged[(col[b] + e) * ld + row[b]] = quad[b][e];
+  }
+}
+
+// Waits for this thread's stage_rows copies.
+__device__ inline void finish_staging() {
+  __pipeline_commit();
+  __pipeline_wait_prior(0);
+}
+
+// ---- the rotary (NALAFORMER.md sections 1 and 3) ----
+
+// rho on columns (c, c + 1) of one row, c even, with sin and cos pointing at column c and
+// column c + 1 `next` elements further:
+//   y0 = x0 cos_c - x1 sin_c,  y1 = x1 cos_{c+1} + x0 sin_{c+1}.
+template <typename T>
+__device__ void rotary_pair(T x0, T x1, const T* sin, const T* cos, T& y0, T& y1, int next = 1) {
+  y0 = x0 * cos[0] - x1 * sin[0];
+  y1 = x1 * cos[next] + x0 * sin[next];
+}
+
+// rho^T on the pair: the transpose, which carries a gradient back through rho.
+template <typename T>
+__device__ void rotary_pair_transposed(T g0, T g1, const T* sin, const T* cos, T& y0, T& y1) {
+  y0 = g0 * cos[0] + g1 * sin[1];
+  y1 = g1 * cos[1] - g0 * sin[0];
+}
+
+// ---- the feature maps (as in kernels/cpu/attention.cpp) ----
+// Both maps are phi = split(x) of a signed feature x of length d:
+//   split(x) = [relu(x), relu(-x)] (NaLa, width 2d) or relu(x) (ReLU, width d).
+// The key's signed feature is kappa = k^3 (NaLa) or k (ReLU); the query's is
+// sigma_c = sign(q_c) (|q_c| / n)^p (NaLa) or q_c (ReLU).
+
+template <FeatureMap fm>
+constexpr int kHalves = fm == FeatureMap::Nala ? 2 : 1;
+
+// Half `half` of split(x) for one element: relu(x) or relu(-x).
+template <typename T>
+__device__ T split_sign(int half, T x) {
+  return half == 0 ? fmax(x, T(0)) : fmax(-x, T(0));
+}
+
+// dx from the gradients of the element's halves: [x > 0] dpos - [x < 0] dneg.
+template <FeatureMap fm, typename T>
+__device__ T split_signs_backward(T x, T dpos, T dneg) {
+  if (x > 0) return dpos;
+  if (fm == FeatureMap::Nala && x < 0) return -dneg;
+  return T(0);
+}
+
+template <FeatureMap fm, typename T>
+__device__ T key_signed(T k) {
+  if constexpr (fm == FeatureMap::Nala) return k * k * k;
+  return k;
+}
+
+template <FeatureMap fm, typename T>
+__device__ T key_signed_backward(T k, T dkappa) {
+  if constexpr (fm == FeatureMap::Nala) return 3 * k * k * dkappa;
+  return dkappa;
+}
+
+// What the NaLa query map needs of a whole row: n = ||q||, 1/n (0 for an all-zero row, whose
+// direction is taken as 0) and the power p = 3 (0.5 + tanh n).
+template <typename T>
+struct QueryScale {
+  T norm, inv_norm, power;
+};
+
+// The scale of a staged query row whose elements lie `stride` apart (one thread per row).
+template <FeatureMap fm, typename T>
+__device__ QueryScale<T> query_scale(int d, const T* q, int stride) {
+  QueryScale<T> s{T(0), T(0), T(1)};
+  if constexpr (fm == FeatureMap::Nala) {
+    T sum = 0;
+    for (int c = 0; c < d; ++c) sum += q[c * stride] * q[c * stride];
+    s.norm = sqrt(sum);
+    s.inv_norm = s.norm > 0 ? 1 / s.norm : T(0);
+    s.power = 3 * (T(0.5) + tanh(s.norm));
+  }
+  return s;
+}
+
+// m^p for m >= 0 (p > 0) as 2^(p log2 m): a few instructions where pow takes dozens; m = 0 gives
+// 2^-inf = 0.
+template <typename T>
+__device__ T power(T m, T p) {
+  return exp2(p * log2(m));
+}
+
+template <FeatureMap fm, typename T>
+__device__ T query_signed(T q, const QueryScale<T>& s) {
+  if constexpr (fm == FeatureMap::Nala) return copysign(power(fabs(q) * s.inv_norm, s.power), q);
+  return q;
+}
+
+// The NaLa query backward (docs/nala_backward.md, step 6), with m_c = |q_c| / n:
+//   A = sum_c dsigma_c sigma_c ln m_c,  B = sum_c dsigma_c sigma_c,
+//   dn = 3 sech^2(n) A - (p / n) B,
+//   dq_c = p dsigma_c sigma_c / q_c + dn q_c / n   (0 where q_c = 0).
+// One element's terms of A.
+template <typename T>
+__device__ T norm_power_term(T q, T sigma, T dsigma, const QueryScale<T>& s) {
+  return sigma != 0 ? dsigma * sigma * log(fabs(q) * s.inv_norm) : T(0);
+}
+
+// dn of a row from its A and B.
+template <typename T>
+__device__ T query_norm_grad(const QueryScale<T>& s, T power_sum, T scale_sum) {
+  const T sech = 1 / cosh(s.norm);
+  return 3 * sech * sech * power_sum - s.power * s.inv_norm * scale_sum;
+}
+
+template <FeatureMap fm, typename T>
+__device__ T query_signed_backward(T q, T sigma, T dsigma, const QueryScale<T>& s, T dnorm) {
+  if constexpr (fm == FeatureMap::Nala) {
+    const T direct = q != 0 ? s.power * dsigma * sigma / q : T(0);
+    return direct + dnorm * q * s.inv_norm;
+  }
+  return dsigma;
+}
+
+// ---- linear attention, forward ----
+
+// Pass 2 (and backward pass 2): element i of head h's sum over the chunks of the partial sums,
+// times scale. A partial is a matrix of matrix_size elements then a vector of vector_size; the
+// sums go to matrix (bh, matrix_size) and vector (bh, vector_size).
+template <typename T>
+struct SumPartials {
+  const T* partials;
+  int64_t chunks, matrix_size, vector_size;
+  T scale;
+  T* matrix;
+  T* vector;
+  __device__ void operator()(int64_t index) const {
+    const int64_t partial_size = matrix_size + vector_size;
+    const int64_t h = index / partial_size, i = index % partial_size;
+    const T* p = partials + h * chunks * partial_size + i;
+    T sum = 0;
+    for (int64_t chunk = 0; chunk < chunks; ++chunk) sum += p[chunk * partial_size];
+    if (i < matrix_size)
+      matrix[h * matrix_size + i] = scale * sum;
+    else
+      vector[h * vector_size + i - matrix_size] = scale * sum;
+  }
+};
+
+// Column sums over a tile are spread over the block: thread (g, c) of key_sum_groups(d) x d
+// sums the tokens g, g + groups, ... of column c.
+__host__ __device__ inline int key_sum_groups(int d) { return d < kThreads ? kThreads / d : 1; }
+
+struct KeySumsLayout {
+  int k, sin, cos, values, rotated, partial, key_sums, size;
+  __host__ __device__ KeySumsLayout(int tile, int d, int width) {
+    SharedLayout s;
+    k = s.take(tile * d);                          // staged rows, token-major
+    sin = s.take(tile * d);                        // staged rows
+    cos = s.take(tile * d);                        // staged rows
+    values = s.take(tile * d);                     // staged rows
+    rotated = s.take(tile * width);                // K'_j, token-major
+    partial = s.take(width * d + width);           // the chunk's sums of K'_j^T v_j, then of phiK_j
+    key_sums = s.take(key_sum_groups(d) * width);  // phiK_j summed per group of tokens
+    size = s.size;
+  }
+};
+
+// Pass 1: block (chunk, head) writes its chunk's [sum_j K'_j^T v_j (D x d), sum_j phiK_j (D)]
+// to partials (bh, chunks, D d + D). Per tile of keys: stage k, v, sin, cos; a thread per
+// (token, pair) builds K' (consecutive threads on consecutive pairs, token-major); the block
+// adds the tile's K'^T V in 4 x 4 register blocks and the column sums of phiK = split(kappa).
+template <typename T, FeatureMap fm>
+__global__ void __launch_bounds__(kThreads)
+    linear_key_sums_kernel(int64_t n, int d, int tile, const T* k, const T* v, const T* sin,
+                           const T* cos, T* partials) {
+  const int width = kHalves<fm> * d, ld = d, groups = key_sum_groups(d);
+  const KeySumsLayout layout(tile, d, width);
+  T* shared = shared_memory<T>();
+  T* k_s = shared + layout.k;
+  T* sin_s = shared + layout.sin;
+  T* cos_s = shared + layout.cos;
+  T* values = shared + layout.values;
+  T* rotated = shared + layout.rotated;
+  T* partial = shared + layout.partial;
+  T* kv_sum = partial;
+  T* key_sums = shared + layout.key_sums;
+  for (int i = threadIdx.x; i < width * d; i += blockDim.x) kv_sum[i] = 0;
+  for (int i = threadIdx.x; i < groups * width; i += blockDim.x) key_sums[i] = 0;
+
+  const int64_t head = blockIdx.y;
+  const int64_t first = blockIdx.x * kChunkTokens, last = min(n, first + kChunkTokens);
+  for (int64_t t0 = first; t0 < last; t0 += tile) {
+    const int rows = static_cast<int>(min(static_cast<int64_t>(tile), last - t0));
+    const int64_t row0 = head * n + t0;
+    stage_rows(tile, rows, d, k + row0 * d, k_s, ld);
+    stage_rows(tile, rows, d, v + row0 * d, values, d);
+    stage_rows(tile, rows, d, sin + t0 * d, sin_s, ld);
+    stage_rows(tile, rows, d, cos + t0 * d, cos_s, ld);
+    finish_staging();
+    __syncthreads();
+    for (GridWalk w(d / 2); w.row < tile; w.next()) {
+      const int j = w.row, c = 2 * w.col;
+      const T kappa0 = key_signed<fm>(k_s[j * ld + c]);
+      const T kappa1 = key_signed<fm>(k_s[j * ld + c + 1]);
+      for (int half = 0; half < kHalves<fm>; ++half) {
+        T y0, y1;
+        rotary_pair(split_sign(half, kappa0), split_sign(half, kappa1), sin_s + j * ld + c,
+                    cos_s + j * ld + c, y0, y1);
+        store2(rotated + j * width + half * d + c, y0, y1);
+      }
+    }
+    __syncthreads();
+    for (GridWalk w(d / 4); w.row < width / 4; w.next()) {
+      const int c0 = 4 * w.row, e0 = 4 * w.col;
+      T acc[4][4] = {};
+      accumulate_block(tile, rotated + c0, width, values + e0, d, acc);
+      add_block(kv_sum + c0 * d + e0, d, acc);
+    }
+    for (GridWalk w(d); w.row < groups; w.next()) {
+      T pos = 0, neg = 0;
+      for (int j = w.row; j < tile; j += groups) {
+        const T kappa = key_signed<fm>(k_s[j * ld + w.col]);
+        pos += split_sign(0, kappa);
+        neg += split_sign(1, kappa);
+      }
+      T* sums = key_sums + w.row * width + w.col;
+      sums[0] += pos;
+      if (kHalves<fm> == 2) sums[d] += neg;
+    }
+    __syncthreads();
+  }
+  for (int c = threadIdx.x; c < width; c += blockDim.x) {
+    T sum = 0;
+    for (int g = 0; g < groups; ++g) sum += key_sums[g * width + c];
+    partial[width * d + c] = sum;
+  }
+  __syncthreads();
+  T* out = partials + (head * gridDim.x + blockIdx.x) * (width * d + width);
+  for (int i = threadIdx.x; i < width * d + width; i += blockDim.x) out[i] = partial[i];
+}
+
+struct OutputLayout {
+  int state, kbar, q, sin, cos, scales, z, rotated, den_parts, size;
+  __host__ __device__ OutputLayout(int tile, int d, int width) {
+    SharedLayout s;
+    state = s.take(width * d);  // S
+    kbar = s.take(width);
+    q = s.take(d * (tile + 1));    // staged rows, feature-major
+    sin = s.take(d * (tile + 1));  // staged rows, feature-major
+    cos = s.take(d * (tile + 1));  // staged rows, feature-major
+    scales = s.take(tile * 3);     // QueryScale of each token
+    z = s.take(tile);
+    rotated = s.take(width * tile);    // Q'^T: feature-major
+    den_parts = s.take(d / 2 * tile);  // [pair][token] terms of phiQ . kbar
+    size = s.size;
+  }
+};
+
+// Pass 3: o_i = z_i Q'_i S and z_i = 1 / (phiQ_i . kbar + eps) for a chunk of queries of one
+// head. Per tile: stage q, sin, cos feature-major; a thread per token finds the row's scale; a
+// thread per
+// (token, pair) builds phiQ and Q' (consecutive threads take consecutive tokens, writing Q'
+// feature-major) and its pair's terms of phiQ . kbar; a thread per token sums them into z; the
+// block multiplies Q' S in 4 x 4 register blocks and writes o.
+template <typename T, FeatureMap fm>
+__global__ void __launch_bounds__(kThreads)
+    linear_output_kernel(int64_t n, int d, int tile, const T* q, const T* sin, const T* cos,
+                         const T* state, const T* kbar, T* o, T* z) {
+  const int width = kHalves<fm> * d, half_d = d / 2, ld = tile + 1;
+  const OutputLayout layout(tile, d, width);
+  T* shared = shared_memory<T>();
+  T* state_s = shared + layout.state;
+  T* kbar_s = shared + layout.kbar;
+  T* q_s = shared + layout.q;
+  T* sin_s = shared + layout.sin;
+  T* cos_s = shared + layout.cos;
+  auto* scales = reinterpret_cast<QueryScale<T>*>(shared + layout.scales);
+  T* z_s = shared + layout.z;
+  T* rotated = shared + layout.rotated;
+  T* den_parts = shared + layout.den_parts;
+
+  const int64_t head = blockIdx.y;
+  for (int i = threadIdx.x; i < width * d; i += blockDim.x)
+    state_s[i] = state[head * width * d + i];
+  for (int c = threadIdx.x; c < width; c += blockDim.x) kbar_s[c] = kbar[head * width + c];
+
+  const int64_t first = blockIdx.x * kChunkTokens, last = min(n, first + kChunkTokens);
+  for (int64_t t0 = first; t0 < last; t0 += tile) {
+    const int rows = static_cast<int>(min(static_cast<int64_t>(tile), last - t0));
+    stage_rows_transposed(tile, rows, d, q + (head * n + t0) * d, q_s, ld);
+    stage_rows_transposed(tile, rows, d, sin + t0 * d, sin_s, ld);
+    stage_rows_transposed(tile, rows, d, cos + t0 * d, cos_s, ld);
+    __syncthreads();
+    for (int j = threadIdx.x; j < tile; j += blockDim.x)
+      scales[j] = query_scale<fm>(d, q_s + j, ld);
+    __syncthreads();
+    for (GridWalk w(tile); w.row < half_d; w.next()) {
+      const int j = w.col, pair = w.row, c = 2 * pair, at = c * ld + j;
+      const T s0 = query_signed<fm>(q_s[at], scales[j]);
+      const T s1 = query_signed<fm>(q_s[at + ld], scales[j]);
+      T den = 0;
+      for (int half = 0; half < kHalves<fm>; ++half) {
+        const T f0 = split_sign(half, s0), f1 = split_sign(half, s1);
+        den += f0 * kbar_s[half * d + c] + f1 * kbar_s[half * d + c + 1];
+        T y0, y1;
+        rotary_pair(f0, f1, sin_s + at, cos_s + at, y0, y1, ld);
+        rotated[(half * d + c) * tile + j] = y0;
+        rotated[(half * d + c + 1) * tile + j] = y1;
+      }
+      den_parts[pair * tile + j] = den;
+    }
+    __syncthreads();
+    for (int j = threadIdx.x; j < tile; j += blockDim.x) {
+      T den = T(kDenominatorEps);
+      for (int pair = 0; pair < half_d; ++pair) den += den_parts[pair * tile + j];
+      z_s[j] = 1 / den;
+      if (j < rows) z[head * n + t0 + j] = z_s[j];
+    }
+    __syncthreads();
+    for (GridWalk w(d / 4); w.row < tile / 4; w.next()) {
+      const int j0 = 4 * w.row, e0 = 4 * w.col;
+      T acc[4][4] = {};
+      accumulate_block(width, rotated + j0, tile, state_s + e0, d, acc);
+      for (int r = 0; r < 4 && j0 + r < rows; ++r) {
+        for (int e = 0; e < 4; ++e) acc[r][e] *= z_s[j0 + r];
+        store4(o + (head * n + t0 + j0 + r) * d + e0, acc[r]);
+      }
+    }
+    __syncthreads();
+  }
+}
+
+// ---- linear attention, backward ----
+
+struct QueryBackwardLayout {
+  int state_t, kbar, q, dout, sin, cos, scales, z, dden, dnorm, zdo_t, zdo, sigma, rotated,
+      drotated, dsigma, den_parts, power_parts, scale_parts, partial, size;
+  __host__ __device__ QueryBackwardLayout(int tile, int d, int width) {
+    const int parts = tile * (d / 2 + 1);  // [token][pair], row stride d / 2 + 1 (odd)
+    SharedLayout s;
+    state_t = s.take(d * width);  // S^T
+    kbar = s.take(width);
+    q = s.take(tile * (d + 1));     // staged rows
+    dout = s.take(tile * (d + 1));  // staged rows
+    sin = s.take(tile * (d + 1));   // staged rows
+    cos = s.take(tile * (d + 1));   // staged rows
+    scales = s.take(tile * 3);
+    z = s.take(tile);
+    dden = s.take(tile);
+    dnorm = s.take(tile);
+    zdo_t = s.take(d * tile);         // z_i do_i, feature-major
+    zdo = s.take(tile * d);           // z_i do_i, token-major
+    sigma = s.take(tile * d);         // token-major
+    rotated = s.take(tile * width);   // Q', token-major
+    drotated = s.take(tile * width);  // dQ', token-major
+    dsigma = s.take(tile * d);        // token-major
+    den_parts = s.take(parts);
+    power_parts = s.take(parts);
+    scale_parts = s.take(parts);
+    partial = s.take(width * d + width);  // the chunk's sums of z_i Q'_i^T do_i, dden_i phiQ_i
+    size = s.size;
+  }
+};
+
+// Backward pass 1 for a chunk of queries of one head: dq, and the chunk's partial sums
+// [dS = sum_i z_i Q'_i^T do_i (D x d), dkbar = sum_i dden_i phiQ_i (D)] into partials. Per tile:
+//   dQ'_i = z_i S do_i,  dden_i = -z_i Q'_i . dQ'_i,  dphiQ_i = rho^T(dQ'_i) + dden_i kbar,
+//   dsigma = split^T(dphiQ), then dq through the power, the norm and the direction.
+// Threads per (token, pair) take consecutive pairs here (token-major arrays, coalesced dq).
+template <typename T, FeatureMap fm>
+__global__ void __launch_bounds__(kThreads)
+    linear_query_backward_kernel(int64_t n, int d, int tile, const T* q, const T* sin, const T* cos,
+                                 const T* state, const T* kbar, const T* z, const T* dout, T* dq,
+                                 T* partials) {
+  const int width = kHalves<fm> * d, half_d = d / 2, ld = d + 1, parts_ld = half_d + 1;
+  const QueryBackwardLayout layout(tile, d, width);
+  T* shared = shared_memory<T>();
+  T* state_t = shared + layout.state_t;
+  T* kbar_s = shared + layout.kbar;
+  T* q_s = shared + layout.q;
+  T* dout_s = shared + layout.dout;
+  T* sin_s = shared + layout.sin;
+  T* cos_s = shared + layout.cos;
+  auto* scales = reinterpret_cast<QueryScale<T>*>(shared + layout.scales);
+  T* z_s = shared + layout.z;
+  T* dden = shared + layout.dden;
+  T* dnorm = shared + layout.dnorm;
+  T* zdo_t = shared + layout.zdo_t;
+  T* zdo = shared + layout.zdo;
+  T* sigma = shared + layout.sigma;
+  T* rotated = shared + layout.rotated;
+  T* drotated = shared + layout.drotated;
+  T* dsigma = shared + layout.dsigma;
+  T* den_parts = shared + layout.den_parts;
+  T* power_parts = shared + layout.power_parts;
+  T* scale_parts = shared + layout.scale_parts;
+  T* partial = shared + layout.partial;
+  T* dstate = partial;
+  T* dkbar = partial + width * d;
+
+  const int64_t head = blockIdx.y;
+  for (GridWalk w(d); w.row < width; w.next())
+    state_t[w.col * width + w.row] = state[(head * width + w.row) * d + w.col];
+  for (int c = threadIdx.x; c < width; c += blockDim.x) kbar_s[c] = kbar[head * width + c];
+  for (int i = threadIdx.x; i < width * d + width; i += blockDim.x) partial[i] = 0;
+
+  const int64_t first = blockIdx.x * kChunkTokens, last = min(n, first + kChunkTokens);
+  for (int64_t t0 = first; t0 < last; t0 += tile) {
+    const int rows = static_cast<int>(min(static_cast<int64_t>(tile), last - t0));
+    const int64_t row0 = head * n + t0;
+    stage_rows(tile, rows, d, q + row0 * d, q_s, ld);
+    stage_rows(tile, rows, d, dout + row0 * d, dout_s, ld);
+    stage_rows(tile, rows, d, sin + t0 * d, sin_s, ld);
+    stage_rows(tile, rows, d, cos + t0 * d, cos_s, ld);
+    for (int j = threadIdx.x; j < tile; j += blockDim.x) z_s[j] = j < rows ? z[row0 + j] : T(0);
+    finish_staging();
+    __syncthreads();
+    // A thread per token: the row's scale, and z_i do_i feature-major.
+    for (int j = threadIdx.x; j < tile; j += blockDim.x) {
+      scales[j] = query_scale<fm>(d, q_s + j * ld, 1);
+      for (int e = 0; e < d; ++e) zdo_t[e * tile + j] = z_s[j] * dout_s[j * ld + e];
+    }
+    __syncthreads();
+    // A thread per (token, pair): sigma, Q' and z_i do_i token-major.
+    for (GridWalk w(half_d); w.row < tile; w.next()) {
+      const int j = w.row, c = 2 * w.col;
+      const T s0 = query_signed<fm>(q_s[j * ld + c], scales[j]);
+      const T s1 = query_signed<fm>(q_s[j * ld + c + 1], scales[j]);
+      store2(sigma + j * d + c, s0, s1);
+      store2(zdo + j * d + c, z_s[j] * dout_s[j * ld + c], z_s[j] * dout_s[j * ld + c + 1]);
+      for (int half = 0; half < kHalves<fm>; ++half) {
+        T y0, y1;
+        rotary_pair(split_sign(half, s0), split_sign(half, s1), sin_s + j * ld + c,
+                    cos_s + j * ld + c, y0, y1);
+        store2(rotated + j * width + half * d + c, y0, y1);
+      }
+    }
+    __syncthreads();
+    // dQ' = (z do) S^T for the tile; the chunk's dS += Q'^T (z do).
+    for (GridWalk w(width / 4); w.row < tile / 4; w.next()) {
+      const int j0 = 4 * w.row, c0 = 4 * w.col;
+      T acc[4][4] = {};
+      accumulate_block(d, zdo_t + j0, tile, state_t + c0, width, acc);
+      for (int r = 0; r < 4; ++r) store4(drotated + (j0 + r) * width + c0, acc[r]);
+    }
+    for (GridWalk w(d / 4); w.row < width / 4; w.next()) {
+      const int c0 = 4 * w.row, e0 = 4 * w.col;
+      T acc[4][4] = {};
+      accumulate_block(tile, rotated + c0, width, zdo + e0, d, acc);
+      add_block(dstate + c0 * d + e0, d, acc);
+    }
+    __syncthreads();
+    for (GridWalk w(half_d); w.row < tile; w.next()) {
+      const int j = w.row, c = 2 * w.col;
+      T sum = 0;
+      for (int half = 0; half < kHalves<fm>; ++half) {
+        const int at = j * width + half * d + c;
+        sum += rotated[at] * drotated[at] + rotated[at + 1] * drotated[at + 1];
+      }
+      den_parts[j * parts_ld + w.col] = sum;
+    }
+    __syncthreads();
+    for (int j = threadIdx.x; j < tile; j += blockDim.x) {
+      T sum = 0;
+      for (int pair = 0; pair < half_d; ++pair) sum += den_parts[j * parts_ld + pair];
+      dden[j] = -z_s[j] * sum;
+    }
+    __syncthreads();
+    // dphiQ = rho^T(dQ') + dden kbar, then dsigma, and the pair's terms of A and B.
+    for (GridWalk w(half_d); w.row < tile; w.next()) {
+      const int j = w.row, pair = w.col, c = 2 * pair;
+      T dphi[2][2] = {};
+      for (int half = 0; half < kHalves<fm>; ++half) {
+        const int at = j * width + half * d + c;
+        T g0, g1;
+        rotary_pair_transposed(drotated[at], drotated[at + 1], sin_s + j * ld + c,
+                               cos_s + j * ld + c, g0, g1);
+        dphi[half][0] = g0 + dden[j] * kbar_s[half * d + c];
+        dphi[half][1] = g1 + dden[j] * kbar_s[half * d + c + 1];
+      }
+      const T s0 = sigma[j * d + c], s1 = sigma[j * d + c + 1];
+      const T ds0 = split_signs_backward<fm>(s0, dphi[0][0], dphi[1][0]);
+      const T ds1 = split_signs_backward<fm>(s1, dphi[0][1], dphi[1][1]);
+      store2(dsigma + j * d + c, ds0, ds1);
+      if constexpr (fm == FeatureMap::Nala) {
+        const T q0 = q_s[j * ld + c], q1 = q_s[j * ld + c + 1];
+        power_parts[j * parts_ld + pair] =
+            norm_power_term(q0, s0, ds0, scales[j]) + norm_power_term(q1, s1, ds1, scales[j]);
+        scale_parts[j * parts_ld + pair] = ds0 * s0 + ds1 * s1;
+      }
+    }
+    // The chunk's dkbar += dden_i phiQ_i, phiQ = split(sigma), by columns.
+    for (int c = threadIdx.x; c < d; c += blockDim.x)
+      for (int half = 0; half < kHalves<fm>; ++half) {
+        T sum = 0;
+        for (int j = 0; j < tile; ++j) sum += dden[j] * split_sign(half, sigma[j * d + c]);
+        dkbar[half * d + c] += sum;
+      }
+    __syncthreads();
+    if constexpr (fm == FeatureMap::Nala) {
+      for (int j = threadIdx.x; j < tile; j += blockDim.x) {
+        T power_sum = 0, scale_sum = 0;
+        for (int pair = 0; pair < half_d; ++pair) {
+          power_sum += power_parts[j * parts_ld + pair];
+          scale_sum += scale_parts[j * parts_ld + pair];
+        }
+        dnorm[j] = query_norm_grad(scales[j], power_sum, scale_sum);
+      }
+      __syncthreads();
+    }
+    for (GridWalk w(half_d); w.row < rows; w.next()) {
+      const int j = w.row, c = 2 * w.col;
+      T dn = 0;
+      if constexpr (fm == FeatureMap::Nala) dn = dnorm[j];
+      const T* qj = q_s + j * ld + c;
+      const T* sj = sigma + j * d + c;
+      const T* dsj = dsigma + j * d + c;
+      store2(dq + (row0 + j) * d + c,
+             query_signed_backward<fm>(qj[0], sj[0], dsj[0], scales[j], dn),
+             query_signed_backward<fm>(qj[1], sj[1], dsj[1], scales[j], dn));
+    }
+    __syncthreads();
+  }
+  T* out = partials + (head * gridDim.x + blockIdx.x) * (width * d + width);
+  for (int i = threadIdx.x; i < width * d + width; i += blockDim.x) out[i] = partial[i];
+}
+
+struct KeyBackwardLayout {
+  int dstate, dstate_t, dkbar, k, v, sin, cos, rotated, values_t, drotated, dk, size;
+  __host__ __device__ KeyBackwardLayout(int tile, int d, int width) {
+    SharedLayout s;
+    dstate = s.take(width * d);       // dS / N
+    dstate_t = s.take(d * width);     // its transpose
+    dkbar = s.take(width);            // dkbar / N
+    k = s.take(tile * (d + 1));       // staged rows
+    v = s.take(tile * (d + 1));       // staged rows
+    sin = s.take(tile * (d + 1));     // staged rows
+    cos = s.take(tile * (d + 1));     // staged rows
+    rotated = s.take(width * tile);   // K'^T: feature-major
+    values_t = s.take(d * tile);      // v^T: feature-major
+    drotated = s.take(width * tile);  // dK'^T: feature-major
+    dk = s.take(tile * (d + 1));      // staged dk rows, written out coalesced
+    size = s.size;
+  }
+};
+
+// Backward pass 3 for a chunk of keys of one head, from dstate_token = dS / N and
+// dkbar_token = dkbar / N (the gradients each key's terms receive):
+//   dv_j = dstate_token^T K'_j,  dK'_j = dstate_token v_j,
+//   dphiK_j = rho^T(dK'_j) + dkbar_token,  dkappa = split^T(dphiK),  dk = 3 k^2 dkappa (NaLa).
+// Threads per (token, pair) take consecutive tokens here (feature-major arrays).
+template <typename T, FeatureMap fm>
+__global__ void __launch_bounds__(kThreads)
+    linear_key_backward_kernel(int64_t n, int d, int tile, const T* k, const T* v, const T* sin,
+                               const T* cos, const T* token_grads, T* dk, T* dv) {
+  const int width = kHalves<fm> * d, half_d = d / 2, ld = d + 1;
+  const KeyBackwardLayout layout(tile, d, width);
+  T* shared = shared_memory<T>();
+  T* dstate = shared + layout.dstate;
+  T* dstate_t = shared + layout.dstate_t;
+  T* dkbar = shared + layout.dkbar;
+  T* k_s = shared + layout.k;
+  T* v_s = shared + layout.v;
+  T* sin_s = shared + layout.sin;
+  T* cos_s = shared + layout.cos;
+  T* rotated = shared + layout.rotated;
+  T* values_t = shared + layout.values_t;
+  T* drotated = shared + layout.drotated;
+  T* dk_s = shared + layout.dk;
+
+  const int64_t head = blockIdx.y;
+  const T* grads = token_grads + head * (width * d + width);
+  for (GridWalk w(d); w.row < width; w.next()) {
+    dstate[w.row * d + w.col] = grads[w.row * d + w.col];
+    dstate_t[w.col * width + w.row] = grads[w.row * d + w.col];
+  }
+  for (int c = threadIdx.x; c < width; c += blockDim.x) dkbar[c] = grads[width * d + c];
+
+  const int64_t first = blockIdx.x * kChunkTokens, last = min(n, first + kChunkTokens);
+  for (int64_t t0 = first; t0 < last; t0 += tile) {
+    const int rows = static_cast<int>(min(static_cast<int64_t>(tile), last - t0));
+    const int64_t row0 = head * n + t0;
+    stage_rows(tile, rows, d, k + row0 * d, k_s, ld);
+    stage_rows(tile, rows, d, v + row0 * d, v_s, ld);
+    stage_rows(tile, rows, d, sin + t0 * d, sin_s, ld);
+    stage_rows(tile, rows, d, cos + t0 * d, cos_s, ld);
+    finish_staging();
+    __syncthreads();
+    for (GridWalk w(tile); w.row < half_d; w.next()) {
+      const int j = w.col, c = 2 * w.row;
+      const T kappa0 = key_signed<fm>(k_s[j * ld + c]),
+              kappa1 = key_signed<fm>(k_s[j * ld + c + 1]);
+      for (int half = 0; half < kHalves<fm>; ++half) {
+        T y0, y1;
+        rotary_pair(split_sign(half, kappa0), split_sign(half, kappa1), sin_s + j * ld + c,
+                    cos_s + j * ld + c, y0, y1);
+        rotated[(half * d + c) * tile + j] = y0;
+        rotated[(half * d + c + 1) * tile + j] = y1;
+      }
+      values_t[c * tile + j] = v_s[j * ld + c];
+      values_t[(c + 1) * tile + j] = v_s[j * ld + c + 1];
+    }
+    __syncthreads();
+    // dv = K' dstate_token, written out; dK'^T = dstate_token v^T, feature-major.
+    for (GridWalk w(d / 4); w.row < tile / 4; w.next()) {
+      const int j0 = 4 * w.row, e0 = 4 * w.col;
+      T acc[4][4] = {};
+      accumulate_block(width, rotated + j0, tile, dstate + e0, d, acc);
+      for (int r = 0; r < 4 && j0 + r < rows; ++r) store4(dv + (row0 + j0 + r) * d + e0, acc[r]);
+    }
+    for (GridWalk w(tile / 4); w.row < width / 4; w.next()) {
+      const int c0 = 4 * w.row, j0 = 4 * w.col;
+      T acc[4][4] = {};
+      accumulate_block(d, dstate_t + c0, width, values_t + j0, tile, acc);
+      for (int r = 0; r < 4; ++r) store4(drotated + (c0 + r) * tile + j0, acc[r]);
+    }
+    __syncthreads();
+    for (GridWalk w(tile); w.row < half_d; w.next()) {
+      const int j = w.col, c = 2 * w.row;
+      T dphi[2][2] = {};
+      for (int half = 0; half < kHalves<fm>; ++half) {
+        const int at = (half * d + c) * tile + j;
+        T g0, g1;
+        rotary_pair_transposed(drotated[at], drotated[at + tile], sin_s + j * ld + c,
+                               cos_s + j * ld + c, g0, g1);
+        dphi[half][0] = g0 + dkbar[half * d + c];
+        dphi[half][1] = g1 + dkbar[half * d + c + 1];
+      }
+      for (int e = 0; e < 2; ++e) {
+        const T kc = k_s[j * ld + c + e];
+        const T dkappa = split_signs_backward<fm>(key_signed<fm>(kc), dphi[0][e], dphi[1][e]);
+        dk_s[j * ld + c + e] = key_signed_backward<fm>(kc, dkappa);
+      }
+    }
+    __syncthreads();
+    for (GridWalk w(d); w.row < rows; w.next())
+      dk[(row0 + w.row) * d + w.col] = dk_s[w.row * ld + w.col];
+    __syncthreads();
+  }
+}
+
+// ---- linear attention: host side ----
+
+template <typename T, FeatureMap fm>
+void linear_forward(int64_t bh, int64_t n, int d, const T* q, const T* k, const T* v, const T* sin,
+                    const T* cos, T* o, T* state, T* kbar, T* z, T* workspace) {
+  const int width = kHalves<fm> * d;
+  const int64_t chunks = num_chunks(n);
+  const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>(bh));
+  const char* name = "linear_attention_forward";
+
+  const auto sums_bytes = [&](int tile) { return KeySumsLayout(tile, d, width).size * sizeof(T); };
+  const int sums_tile = choose_tile(name, sums_bytes);
+  launch(linear_key_sums_kernel<T, fm>, grid, sums_bytes(sums_tile), n, d, sums_tile, k, v, sin,
+         cos, workspace);
+
+  const int64_t matrix_size = int64_t(width) * d;
+  for_each_index(bh * (matrix_size + width),
+                 SumPartials<T>{workspace, chunks, matrix_size, width, T(1) / T(n), state, kbar});
+
+  const auto out_bytes = [&](int tile) { return OutputLayout(tile, d, width).size * sizeof(T); };
+  const int out_tile = choose_tile(name, out_bytes);
+  launch(linear_output_kernel<T, fm>, grid, out_bytes(out_tile), n, d, out_tile, q, sin, cos, state,
+         kbar, o, z);
+}
+
+template <typename T, FeatureMap fm>
+void linear_backward(int64_t bh, int64_t n, int d, const T* q, const T* k, const T* v, const T* sin,
+                     const T* cos, const T* state, const T* kbar, const T* z, const T* dout, T* dq,
+                     T* dk, T* dv, T* workspace) {
+  const int width = kHalves<fm> * d;
+  const int64_t chunks = num_chunks(n);
+  const int64_t matrix_size = int64_t(width) * d, partial_size = matrix_size + width;
+  const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>(bh));
+  const char* name = "linear_attention_backward";
+  T* token_grads = workspace + bh * chunks * partial_size;  // dS / N and dkbar / N per head
+
+  const auto query_bytes = [&](int tile) {
+    return QueryBackwardLayout(tile, d, width).size * sizeof(T);
+  };
+  const int query_tile = choose_tile(name, query_bytes);
+  launch(linear_query_backward_kernel<T, fm>, grid, query_bytes(query_tile), n, d, query_tile, q,
+         sin, cos, state, kbar, z, dout, dq, workspace);
+
+  // token_grads holds, per head, the D x d matrix dS / N then the D vector dkbar / N.
+  for_each_index(bh * partial_size, SumPartials<T>{workspace, chunks, partial_size, 0, T(1) / T(n),
+                                                   token_grads, nullptr});
+
+  const auto key_bytes = [&](int tile) {
+    return KeyBackwardLayout(tile, d, width).size * sizeof(T);
+  };
+  const int key_tile = choose_tile(name, key_bytes);
+  launch(linear_key_backward_kernel<T, fm>, grid, key_bytes(key_tile), n, d, key_tile, k, v, sin,
+         cos, token_grads, dk, dv);
+}
+
+// ---- softmax attention ----
+// Scores are s_ij = d^-1/2 rho(q_i) . rho(k_j). The kernels stage rows of q / k with their sin
+// and cos, then rotate them into feature-major arrays (the operands of the score products) or
+// token-major ones (the operands of the products that sum over tokens).
+
+// out[c][j] (leading dim tile) = scale rho(x_j)[c] from staged rows x, sin, cos; a thread per
+// (token, pair), consecutive threads on consecutive tokens.
+template <typename T>
+__device__ void rotate_feature_major(int tile, int d, const T* x, const T* sin, const T* cos,
+                                     T scale, T* out) {
+  const int ld = d + 1;
+  for (GridWalk w(tile); w.row < d / 2; w.next()) {
+    const int j = w.col, c = 2 * w.row;
+    T y0, y1;
+    rotary_pair(x[j * ld + c], x[j * ld + c + 1], sin + j * ld + c, cos + j * ld + c, y0, y1);
+    out[c * tile + j] = scale * y0;
+    out[(c + 1) * tile + j] = scale * y1;
+  }
+}
+
+// out[j][c] (leading dim d) = rho(x_j)[c]; consecutive threads on consecutive pairs.
+template <typename T>
+__device__ void rotate_token_major(int tile, int d, const T* x, const T* sin, const T* cos,
+                                   T* out) {
+  const int ld = d + 1;
+  for (GridWalk w(d / 2); w.row < tile; w.next()) {
+    const int j = w.row, c = 2 * w.col;
+    T y0, y1;
+    rotary_pair(x[j * ld + c], x[j * ld + c + 1], sin + j * ld + c, cos + j * ld + c, y0, y1);
+    store2(out + j * d + c, y0, y1);
+  }
+}
+
+// out[c][j] (leading dim tile) = x[j][c] from staged rows; consecutive threads on consecutive
+// tokens.
+template <typename T>
+__device__ void transpose_staged(int tile, int d, const T* x, T* out) {
+  for (GridWalk w(tile); w.row < d; w.next())
+    out[w.row * tile + w.col] = x[w.col * (d + 1) + w.row];
+}
+
+// dx_j = rho^T(g_j) for the first `rows` rows of g (token-major, leading dim d), times scale,
+// written to x (global rows of d) whose tables start at sin, cos.
+template <typename T>
+__device__ void write_rotary_transposed(int rows, int d, const T* g, const T* sin, const T* cos,
+                                        T scale, T* x) {
+  for (GridWalk w(d / 2); w.row < rows; w.next()) {
+    const int j = w.row, c = 2 * w.col;
+    T y0, y1;
+    rotary_pair_transposed(g[j * d + c], g[j * d + c + 1], sin + j * d + c, cos + j * d + c, y0,
+                           y1);
+    store2(x + static_cast<int64_t>(j) * d + c, scale * y0, scale * y1);
+  }
+}
+
+struct SoftmaxForwardLayout {
+  int x, sin, cos, q_t, k_t, values, probs_t, out, row_max, row_sum, rescale, size;
+  __host__ __device__ SoftmaxForwardLayout(int tile, int d) {
+    SharedLayout s;
+    x = s.take(tile * (d + 1));     // staged q, then k rows
+    sin = s.take(tile * (d + 1));   // staged rows
+    cos = s.take(tile * (d + 1));   // staged rows
+    q_t = s.take(d * tile);         // d^-1/2 rho(q)^T
+    k_t = s.take(d * tile);         // rho(k)^T
+    values = s.take(tile * d);      // v, token-major
+    probs_t = s.take(tile * tile);  // [key][query]: scores, then e^(s - m)
+    out = s.take(tile * d);         // the unnormalised output rows
+    row_max = s.take(tile);
+    row_sum = s.take(tile);
+    rescale = s.take(tile);
+    size = s.size;
+  }
+};
+
+// Block (query tile, head): o and lse by an online softmax over the key tiles. Per query row,
+// with m the running max and l the running sum, a key tile's scores s_j give
+//   m' = max(m, max_j s_j),  l' = e^(m - m') l + sum_j e^(s_j - m'),
+//   o' = e^(m - m') o + sum_j e^(s_j - m') v_j;   at the end o /= l, lse = m + ln l.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    softmax_forward_kernel(int64_t n, int d, int tile, const T* q, const T* k, const T* v,
+                           const T* sin, const T* cos, T* o, T* lse) {
+  const SoftmaxForwardLayout layout(tile, d);
+  T* shared = shared_memory<T>();
+  T* x_s = shared + layout.x;
+  T* sin_s = shared + layout.sin;
+  T* cos_s = shared + layout.cos;
+  T* q_t = shared + layout.q_t;
+  T* k_t = shared + layout.k_t;
+  T* values = shared + layout.values;
+  T* probs_t = shared + layout.probs_t;
+  T* out = shared + layout.out;
+  T* row_max = shared + layout.row_max;
+  T* row_sum = shared + layout.row_sum;
+  T* rescale = shared + layout.rescale;
+
+  const int64_t head = blockIdx.y, i0 = int64_t(blockIdx.x) * tile;
+  const int queries = static_cast<int>(min(static_cast<int64_t>(tile), n - i0));
+  const T* head_k = k + head * n * d;
+  const T* head_v = v + head * n * d;
+  const int ld = d + 1;
+  stage_rows(tile, queries, d, q + (head * n + i0) * d, x_s, ld);
+  stage_rows(tile, queries, d, sin + i0 * d, sin_s, ld);
+  stage_rows(tile, queries, d, cos + i0 * d, cos_s, ld);
+  for (int i = threadIdx.x; i < tile * d; i += blockDim.x) out[i] = 0;
+  for (int i = threadIdx.x; i < tile; i += blockDim.x) {
+    row_max[i] = -INFINITY;
+    row_sum[i] = 0;
+  }
+  finish_staging();
+  __syncthreads();
+  rotate_feature_major(tile, d, x_s, sin_s, cos_s, 1 / sqrt(T(d)), q_t);
+  for (int64_t j0 = 0; j0 < n; j0 += tile) {
+    const int keys = static_cast<int>(min(static_cast<int64_t>(tile), n - j0));
+    __syncthreads();  // x_s is free again, and the last tile's products are done
+    stage_rows(tile, keys, d, head_k + j0 * d, x_s, ld);
+    stage_rows(tile, keys, d, sin + j0 * d, sin_s, ld);
+    stage_rows(tile, keys, d, cos + j0 * d, cos_s, ld);
+    stage_rows(tile, keys, d, head_v + j0 * d, values, d);
+    finish_staging();
+    __syncthreads();
+    rotate_feature_major(tile, d, x_s, sin_s, cos_s, T(1), k_t);
+    __syncthreads();
+    for (GridWalk w(tile / 4); w.row < tile / 4; w.next()) {
+      const int j = 4 * w.row, i = 4 * w.col;  // 4 keys x 4 queries
+      T acc[4][4] = {};
+      accumulate_block(d, k_t + j, tile, q_t + i, tile, acc);
+      for (int r = 0; r < 4; ++r) {
+        if (j + r >= keys)
+          for (int c = 0; c < 4; ++c) acc[r][c] = -INFINITY;
+        store4(probs_t + (j + r) * tile + i, acc[r]);
+      }
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < tile; i += blockDim.x) {
+      T m = row_max[i];
+      for (int j = 0; j < keys; ++j) m = fmax(m, probs_t[j * tile + i]);
+      T sum = 0;
+      for (int j = 0; j < tile; ++j) {
+        const T p = exp(probs_t[j * tile + i] - m);
+        probs_t[j * tile + i] = p;
+        sum += p;
+      }
+      rescale[i] = exp(row_max[i] - m);
+      row_sum[i] = rescale[i] * row_sum[i] + sum;
+      row_max[i] = m;
+    }
+    __syncthreads();
+    for (GridWalk w(d / 4); w.row < tile / 4; w.next()) {
+      const int i = 4 * w.row, e = 4 * w.col;
+      T acc[4][4];
+      for (int r = 0; r < 4; ++r) {
+        T row[4];
+        load4(out + (i + r) * d + e, row);
+        for (int c = 0; c < 4; ++c) acc[r][c] = rescale[i + r] * row[c];
+      }
+      accumulate_block(tile, probs_t + i, tile, values + e, d, acc);
+      for (int r = 0; r < 4; ++r) store4(out + (i + r) * d + e, acc[r]);
+    }
+  }
+  __syncthreads();
+  for (GridWalk w(d); w.row < queries; w.next())
+    o[(head * n + i0 + w.row) * d + w.col] = out[w.row * d + w.col] / row_sum[w.row];
+  for (int i = threadIdx.x; i < queries; i += blockDim.x)
+    lse[head * n + i0 + i] = row_max[i] + log(row_sum[i]);
+}
+
+// D_i = do_i . o_i, a team of threads per row.
+template <typename T, typename Team>
+__global__ void row_dot_kernel(Team team, int64_t rows, int d, const T* a, const T* b, T* out) {
+  for (int64_t row = team.first_row(); row < rows; row += team.row_stride()) {
+    T sum = 0;
+    for (int c = team.rank(); c < d; c += team.size()) sum += a[row * d + c] * b[row * d + c];
+    sum = team_reduce<SumOp<T>>(team, sum);
+    if (team.rank() == 0) out[row] = sum;
+  }
+}
+
+struct SoftmaxKeyBackwardLayout {
+  int x, sin, cos, y, k_t, values_t, q_t, dout_t, rotated_q, dout, lse, delta, probs, dscores, dk,
+      dv, size;
+  __host__ __device__ SoftmaxKeyBackwardLayout(int tile, int d) {
+    SharedLayout s;
+    x = s.take(tile * (d + 1));    // staged k, then q rows
+    sin = s.take(tile * (d + 1));  // staged rows
+    cos = s.take(tile * (d + 1));  // staged rows
+    y = s.take(tile * (d + 1));    // staged v, then do rows
+    k_t = s.take(d * tile);        // rho(k)^T
+    values_t = s.take(d * tile);   // v^T
+    q_t = s.take(d * tile);        // d^-1/2 rho(q)^T
+    dout_t = s.take(d * tile);     // do^T
+    rotated_q = s.take(tile * d);  // rho(q), token-major
+    dout = s.take(tile * d);       // do, token-major
+    lse = s.take(tile);
+    delta = s.take(tile);
+    probs = s.take(tile * tile);    // [query][key]
+    dscores = s.take(tile * tile);  // [query][key]
+    dk = s.take(tile * d);          // the gradient of rho(k), token-major
+    dv = s.take(tile * d);
+    size = s.size;
+  }
+};
+
+// Block (key tile, head): dk and dv, summing over the query tiles. With P_ij = e^(s_ij - lse_i)
+// recomputed, dP_ij = do_i . v_j and D_i = do_i . o_i:
+//   dv_j = sum_i P_ij do_i,  ds_ij = P_ij (dP_ij - D_i),
+//   drk_j = d^-1/2 sum_i ds_ij rho(q_i),  dk_j = rho^T(drk_j).
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    softmax_key_backward_kernel(int64_t n, int d, int tile, const T* q, const T* k, const T* v,
+                                const T* sin, const T* cos, const T* lse, const T* delta,
+                                const T* dout, T* dk, T* dv) {
+  const SoftmaxKeyBackwardLayout layout(tile, d);
+  T* shared = shared_memory<T>();
+  T* x_s = shared + layout.x;
+  T* sin_s = shared + layout.sin;
+  T* cos_s = shared + layout.cos;
+  T* y_s = shared + layout.y;
+  T* k_t = shared + layout.k_t;
+  T* values_t = shared + layout.values_t;
+  T* q_t = shared + layout.q_t;
+  T* dout_t = shared + layout.dout_t;
+  T* rotated_q = shared + layout.rotated_q;
+  T* dout_s = shared + layout.dout;
+  T* lse_s = shared + layout.lse;
+  T* delta_s = shared + layout.delta;
+  T* probs = shared + layout.probs;
+  T* dscores = shared + layout.dscores;
+  T* dk_s = shared + layout.dk;
+  T* dv_s = shared + layout.dv;
+
+  const T scale = 1 / sqrt(T(d));
+  const int64_t head = blockIdx.y, j0 = int64_t(blockIdx.x) * tile;
+  const int keys = static_cast<int>(min(static_cast<int64_t>(tile), n - j0));
+  const int64_t head_row = head * n;
+  const int ld = d + 1;
+  stage_rows(tile, keys, d, k + (head_row + j0) * d, x_s, ld);
+  stage_rows(tile, keys, d, sin + j0 * d, sin_s, ld);
+  stage_rows(tile, keys, d, cos + j0 * d, cos_s, ld);
+  stage_rows(tile, keys, d, v + (head_row + j0) * d, y_s, ld);
+  for (int i = threadIdx.x; i < tile * d; i += blockDim.x) dk_s[i] = dv_s[i] = 0;
+  finish_staging();
+  __syncthreads();
+  rotate_feature_major(tile, d, x_s, sin_s, cos_s, T(1), k_t);
+  transpose_staged(tile, d, y_s, values_t);
+  for (int64_t i0 = 0; i0 < n; i0 += tile) {
+    const int queries = static_cast<int>(min(static_cast<int64_t>(tile), n - i0));
+    __syncthreads();
+    stage_rows(tile, queries, d, q + (head_row + i0) * d, x_s, ld);
+    stage_rows(tile, queries, d, sin + i0 * d, sin_s, ld);
+    stage_rows(tile, queries, d, cos + i0 * d, cos_s, ld);
+    stage_rows(tile, queries, d, dout + (head_row + i0) * d, y_s, ld);
+    stage_rows(tile, queries, d, dout + (head_row + i0) * d, dout_s, d);
+    for (int i = threadIdx.x; i < tile; i += blockDim.x) {
+      lse_s[i] = i < queries ? lse[head_row + i0 + i] : T(INFINITY);  // P = 0 for padding rows
+      delta_s[i] = i < queries ? delta[head_row + i0 + i] : T(0);
+    }
+    finish_staging();
+    __syncthreads();
+    rotate_feature_major(tile, d, x_s, sin_s, cos_s, scale, q_t);
+    rotate_token_major(tile, d, x_s, sin_s, cos_s, rotated_q);
+    transpose_staged(tile, d, y_s, dout_t);
+    __syncthreads();
+    for (GridWalk w(tile / 4); w.row < tile / 4; w.next()) {
+      const int i = 4 * w.row, j = 4 * w.col;  // 4 queries x 4 keys
+      T score[4][4] = {}, dprob[4][4] = {};
+      accumulate_block(d, q_t + i, tile, k_t + j, tile, score);
+      accumulate_block(d, dout_t + i, tile, values_t + j, tile, dprob);
+      for (int r = 0; r < 4; ++r) {
+        T p[4], ds[4];
+        for (int c = 0; c < 4; ++c) {
+          p[c] = j + c < keys ? exp(score[r][c] - lse_s[i + r]) : T(0);
+          ds[c] = p[c] * (dprob[r][c] - delta_s[i + r]);
+        }
+        store4(probs + (i + r) * tile + j, p);
+        store4(dscores + (i + r) * tile + j, ds);
+      }
+    }
+    __syncthreads();
+    for (GridWalk w(d / 4); w.row < tile / 4; w.next()) {
+      const int j = 4 * w.row, c = 4 * w.col;  // 4 keys x 4 columns
+      T acc_v[4][4] = {}, acc_k[4][4] = {};
+      accumulate_block(tile, probs + j, tile, dout_s + c, d, acc_v);
+      accumulate_block(tile, dscores + j, tile, rotated_q + c, d, acc_k);
+      add_block(dv_s + j * d + c, d, acc_v);
+      add_block(dk_s + j * d + c, d, acc_k);
+    }
+  }
+  __syncthreads();
+  for (GridWalk w(d); w.row < keys; w.next())
+    dv[(head_row + j0 + w.row) * d + w.col] = dv_s[w.row * d + w.col];
+  write_rotary_transposed(keys, d, dk_s, sin + j0 * d, cos + j0 * d, scale,
+                          dk + (head_row + j0) * d);
+}
+
+struct SoftmaxQueryBackwardLayout {
+  int x, sin, cos, y, q_t, dout_t, k_t, values_t, rotated_k, lse, delta, dscores_t, dq, size;
+  __host__ __device__ SoftmaxQueryBackwardLayout(int tile, int d) {
+    SharedLayout s;
+    x = s.take(tile * (d + 1));    // staged q, then k rows
+    sin = s.take(tile * (d + 1));  // staged rows
+    cos = s.take(tile * (d + 1));  // staged rows
+    y = s.take(tile * (d + 1));    // staged do, then v rows
+    q_t = s.take(d * tile);        // d^-1/2 rho(q)^T
+    dout_t = s.take(d * tile);     // do^T
+    k_t = s.take(d * tile);        // rho(k)^T
+    values_t = s.take(d * tile);   // v^T
+    rotated_k = s.take(tile * d);  // rho(k), token-major
+    lse = s.take(tile);
+    delta = s.take(tile);
+    dscores_t = s.take(tile * tile);  // [key][query]
+    dq = s.take(tile * d);            // the gradient of rho(q), token-major
+    size = s.size;
+  }
+};
+
+// Block (query tile, head): drq_i = d^-1/2 sum_j ds_ij rho(k_j) over the key tiles, then
+// dq_i = rho^T(drq_i).
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    softmax_query_backward_kernel(int64_t n, int d, int tile, const T* q, const T* k, const T* v,
+                                  const T* sin, const T* cos, const T* lse, const T* delta,
+                                  const T* dout, T* dq) {
+  const SoftmaxQueryBackwardLayout layout(tile, d);
+  T* shared = shared_memory<T>();
+  T* x_s = shared + layout.x;
+  T* sin_s = shared + layout.sin;
+  T* cos_s = shared + layout.cos;
+  T* y_s = shared + layout.y;
+  T* q_t = shared + layout.q_t;
+  T* dout_t = shared + layout.dout_t;
+  T* k_t = shared + layout.k_t;
+  T* values_t = shared + layout.values_t;
+  T* rotated_k = shared + layout.rotated_k;
+  T* lse_s = shared + layout.lse;
+  T* delta_s = shared + layout.delta;
+  T* dscores_t = shared + layout.dscores_t;
+  T* dq_s = shared + layout.dq;
+
+  const T scale = 1 / sqrt(T(d));
+  const int64_t head = blockIdx.y, i0 = int64_t(blockIdx.x) * tile;
+  const int queries = static_cast<int>(min(static_cast<int64_t>(tile), n - i0));
+  const int64_t head_row = head * n;
+  const int ld = d + 1;
+  stage_rows(tile, queries, d, q + (head_row + i0) * d, x_s, ld);
+  stage_rows(tile, queries, d, sin + i0 * d, sin_s, ld);
+  stage_rows(tile, queries, d, cos + i0 * d, cos_s, ld);
+  stage_rows(tile, queries, d, dout + (head_row + i0) * d, y_s, ld);
+  for (int i = threadIdx.x; i < tile; i += blockDim.x) {
+    lse_s[i] = i < queries ? lse[head_row + i0 + i] : T(INFINITY);
+    delta_s[i] = i < queries ? delta[head_row + i0 + i] : T(0);
+  }
+  for (int i = threadIdx.x; i < tile * d; i += blockDim.x) dq_s[i] = 0;
+  finish_staging();
+  __syncthreads();
+  rotate_feature_major(tile, d, x_s, sin_s, cos_s, scale, q_t);
+  transpose_staged(tile, d, y_s, dout_t);
+  for (int64_t j0 = 0; j0 < n; j0 += tile) {
+    const int keys = static_cast<int>(min(static_cast<int64_t>(tile), n - j0));
+    __syncthreads();
+    stage_rows(tile, keys, d, k + (head_row + j0) * d, x_s, ld);
+    stage_rows(tile, keys, d, sin + j0 * d, sin_s, ld);
+    stage_rows(tile, keys, d, cos + j0 * d, cos_s, ld);
+    stage_rows(tile, keys, d, v + (head_row + j0) * d, y_s, ld);
+    finish_staging();
+    __syncthreads();
+    rotate_feature_major(tile, d, x_s, sin_s, cos_s, T(1), k_t);
+    rotate_token_major(tile, d, x_s, sin_s, cos_s, rotated_k);
+    transpose_staged(tile, d, y_s, values_t);
+    __syncthreads();
+    for (GridWalk w(tile / 4); w.row < tile / 4; w.next()) {
+      const int j = 4 * w.row, i = 4 * w.col;  // 4 keys x 4 queries
+      T score[4][4] = {}, dprob[4][4] = {};
+      accumulate_block(d, k_t + j, tile, q_t + i, tile, score);
+      accumulate_block(d, values_t + j, tile, dout_t + i, tile, dprob);
+      for (int r = 0; r < 4; ++r) {
+        T ds[4];
+        for (int c = 0; c < 4; ++c) {
+          const T p = j + r < keys ? exp(score[r][c] - lse_s[i + c]) : T(0);
+          ds[c] = p * (dprob[r][c] - delta_s[i + c]);
+        }
+        store4(dscores_t + (j + r) * tile + i, ds);
+      }
+    }
+    __syncthreads();
+    for (GridWalk w(d / 4); w.row < tile / 4; w.next()) {
+      const int i = 4 * w.row, c = 4 * w.col;  // 4 queries x 4 columns
+      T acc[4][4] = {};
+      accumulate_block(tile, dscores_t + i, tile, rotated_k + c, d, acc);
+      add_block(dq_s + i * d + c, d, acc);
+    }
+  }
+  __syncthreads();
+  write_rotary_transposed(queries, d, dq_s, sin + i0 * d, cos + i0 * d, scale,
+                          dq + (head_row + i0) * d);
+}
+
+}  // namespace
+
+// ---- the kernels of kernel_list.inc ----
+
+int64_t linear_attention_workspace_size(FeatureMap fm, int64_t bh, int64_t n, int64_t d) {
+  const int64_t width = feature_dim(fm, d);
+  return bh * (num_chunks(n) + 1) * (width * d + width);
+}
+
+template <typename T>
+void linear_attention_forward(FeatureMap fm, int64_t bh, int64_t n, int64_t d, const T* q,
+                              const T* k, const T* v, const T* sin, const T* cos, T* o, T* state,
+                              T* kbar, T* z, T* workspace) {
+  check_head_dim("linear_attention_forward", d);
+  check_aligned("linear_attention_forward", {q, k, v, sin, cos, o, state, kbar, z, workspace});
+  if (bh == 0 || n == 0) return;
+  const int dim = static_cast<int>(d);
+  if (fm == FeatureMap::Nala)
+    linear_forward<T, FeatureMap::Nala>(bh, n, dim, q, k, v, sin, cos, o, state, kbar, z,
+                                        workspace);
+  else
+    linear_forward<T, FeatureMap::Relu>(bh, n, dim, q, k, v, sin, cos, o, state, kbar, z,
+                                        workspace);
+}
+
+template <typename T>
+void linear_attention_backward(FeatureMap fm, int64_t bh, int64_t n, int64_t d, const T* q,
+                               const T* k, const T* v, const T* sin, const T* cos, const T* state,
+                               const T* kbar, const T* z, const T* dout, T* dq, T* dk, T* dv,
+                               T* workspace) {
+  check_head_dim("linear_attention_backward", d);
+  check_aligned("linear_attention_backward",
+                {q, k, v, sin, cos, state, kbar, z, dout, dq, dk, dv, workspace});
+  if (bh == 0 || n == 0) return;
+  const int dim = static_cast<int>(d);
+  if (fm == FeatureMap::Nala)
+    linear_backward<T, FeatureMap::Nala>(bh, n, dim, q, k, v, sin, cos, state, kbar, z, dout, dq,
+                                         dk, dv, workspace);
+  else
+    linear_backward<T, FeatureMap::Relu>(bh, n, dim, q, k, v, sin, cos, state, kbar, z, dout, dq,
+                                         dk, dv, workspace);
+}
+
+template <typename T>
+void softmax_attention_forward(int64_t bh, int64_t n, int64_t d, const T* q, const T* k, const T* v,
+                               const T* sin, const T* cos, T* o, T* lse) {
+  check_head_dim("softmax_attention_forward", d);
+  check_aligned("softmax_attention_forward", {q, k, v, sin, cos, o, lse});
+  if (bh == 0 || n == 0) return;
+  const int dim = static_cast<int>(d);
+  const auto bytes = [&](int tile) { return SoftmaxForwardLayout(tile, dim).size * sizeof(T); };
+  const int tile = choose_tile("softmax_attention_forward", bytes);
+  const dim3 grid(static_cast<unsigned>((n + tile - 1) / tile), static_cast<unsigned>(bh));
+  launch(softmax_forward_kernel<T>, grid, bytes(tile), n, dim, tile, q, k, v, sin, cos, o, lse);
+}
+
+// The workspace holds D_i = do_i . o_i, (bh, n).
+int64_t softmax_attention_workspace_size(int64_t bh, int64_t n, int64_t /*d*/) { return bh * n; }
+
+template <typename T>
+void softmax_attention_backward(int64_t bh, int64_t n, int64_t d, const T* q, const T* k,
+                                const T* v, const T* sin, const T* cos, const T* o, const T* lse,
+                                const T* dout, T* dq, T* dk, T* dv, T* workspace) {
+  check_head_dim("softmax_attention_backward", d);
+  check_aligned("softmax_attention_backward", {q, k, v, sin, cos, o, lse, dout, dq, dk, dv});
+  if (bh == 0 || n == 0) return;
+  const int dim = static_cast<int>(d);
+  T* delta = workspace;
+  launch_per_row(bh * n, d, [&](auto team, unsigned blocks, unsigned threads) {
+    row_dot_kernel<<<blocks, threads, 0, stream()>>>(team, bh * n, dim, dout, o, delta);
+  });
+  const char* name = "softmax_attention_backward";
+  const auto key_bytes = [&](int tile) {
+    return SoftmaxKeyBackwardLayout(tile, dim).size * sizeof(T);
+  };
+  const int key_tile = choose_tile(name, key_bytes);
+  const dim3 key_grid(static_cast<unsigned>((n + key_tile - 1) / key_tile),
+                      static_cast<unsigned>(bh));
+  launch(softmax_key_backward_kernel<T>, key_grid, key_bytes(key_tile), n, dim, key_tile, q, k, v,
+         sin, cos, lse, delta, dout, dk, dv);
+  const auto query_bytes = [&](int tile) {
+    return SoftmaxQueryBackwardLayout(tile, dim).size * sizeof(T);
+  };
+  const int query_tile = choose_tile(name, query_bytes);
+  const dim3 query_grid(static_cast<unsigned>((n + query_tile - 1) / query_tile),
+                        static_cast<unsigned>(bh));
+  launch(softmax_query_backward_kernel<T>, query_grid, query_bytes(query_tile), n, dim, query_tile,
+         q, k, v, sin, cos, lse, delta, dout, dq);
+}
+
+#define NALA_INSTANTIATE(T)                                                                     \
+  template void linear_attention_forward<T>(FeatureMap, int64_t, int64_t, int64_t, const T*,    \
+                                            const T*, const T*, const T*, const T*, T*, T*, T*, \
+                                            T*, T*);                                            \
+  template void linear_attention_backward<T>(FeatureMap, int64_t, int64_t, int64_t, const T*,   \
+                                             const T*, const T*, const T*, const T*, const T*,  \
+                                             const T*, const T*, const T*, T*, T*, T*, T*);     \
+  template void softmax_attention_forward<T>(int64_t, int64_t, int64_t, const T*, const T*,     \
+                                             const T*, const T*, const T*, T*, T*);             \
+  template void softmax_attention_backward<T>(int64_t, int64_t, int64_t, const T*, const T*,    \
+                                              const T*, const T*, const T*, const T*, const T*, \
+                                              const T*, T*, T*, T*, T*);
+NALA_INSTANTIATE(float)
+NALA_INSTANTIATE(double)
+#undef NALA_INSTANTIATE
+
+}  // namespace nala::kernels::cuda
