@@ -81,6 +81,24 @@ struct Conv2dShape {
   int64_t out_h, out_w;
 };
 
+// Up to kMaxTensors tensors handed to one kernel launch (a "multi-tensor apply", so an
+// optimizer step costs a few launches instead of several per parameter). Passed by value, so it
+// must stay well under CUDA's 4 KiB of kernel arguments. arrays[a][t] is array a of tensor t
+// (for AdamW: 0 param, 1 grad, 2 exp_avg, 3 exp_avg_sq), each sizes[t] elements, contiguous.
+template <typename T>
+struct TensorList {
+  static constexpr int kMaxTensors = 24;
+  int count = 0;
+  int64_t sizes[kMaxTensors] = {};
+  T* arrays[4][kMaxTensors] = {};
+  T weight_decay[kMaxTensors] = {};
+};
+
+// The scalars of one AdamW step (bias corrections 1 - beta^t for step t).
+struct AdamWStep {
+  double lr, beta1, beta2, eps, bias_correction1, bias_correction2;
+};
+
 // Feature maps of the linear attentions (NALAFORMER.md section 1).
 enum class FeatureMap {
   Nala,  // phiQ = [a^p, b^p] (query-norm-aware power), phiK = [relu(k^3), relu(-k^3)]: 2d wide

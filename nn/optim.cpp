@@ -1,9 +1,11 @@
 #include "nn/optim.h"
 
+#include <array>
 #include <cmath>
 #include <set>
 #include <stdexcept>
 
+#include "autograd/dispatch.h"
 #include "autograd/ops.h"
 
 namespace nala {
@@ -17,6 +19,25 @@ std::vector<ParamGroup> split_decay_groups(const Module& module, double weight_d
     (skip ? no_decay : decay).params.push_back(p);
   }
   return {decay, no_decay};
+}
+
+// Rows of (up to 4 arrays of one tensor, its weight decay) for the multi-tensor kernels.
+using TensorRows = std::vector<std::pair<std::array<Tensor, 4>, double>>;
+
+// The rows packed into TensorLists of at most TensorList<T>::kMaxTensors tensors each.
+template <typename T>
+static std::vector<kernels::TensorList<T>> tensor_lists(const TensorRows& entries) {
+  std::vector<kernels::TensorList<T>> lists;
+  for (size_t i = 0; i < entries.size(); ++i) {
+    if (lists.empty() || lists.back().count == kernels::TensorList<T>::kMaxTensors) lists.emplace_back();
+    kernels::TensorList<T>& l = lists.back();
+    const auto& [arrays, decay] = entries[i];
+    l.sizes[l.count] = arrays[0].numel();
+    for (int a = 0; a < 4; ++a) l.arrays[a][l.count] = arrays[a].defined() ? arrays[a].data<T>() : nullptr;
+    l.weight_decay[l.count] = static_cast<T>(decay);
+    ++l.count;
+  }
+  return lists;
 }
 
 // ---- the optimizer base ----
@@ -34,10 +55,10 @@ Optimizer::Optimizer(std::vector<ParamGroup> groups, double lr)
     }
 }
 
-void Optimizer::step() {
+void Optimizer::step(const Tensor& grad_scale) {
   NoGradGuard no_grad;
   ++step_;
-  update_all();
+  update_all(grad_scale);
 }
 
 void Optimizer::zero_grad() {
@@ -97,12 +118,12 @@ Sgd::Sgd(std::vector<ParamGroup> groups, SgdOptions options)
     throw std::invalid_argument("Sgd: Nesterov momentum needs momentum > 0 and dampening 0");
 }
 
-void Sgd::update_all() {
+void Sgd::update_all(const Tensor& grad_scale) {
   for (const ParamGroup& group : groups_)
     for (const NamedTensor& param : group.params) {
       const Tensor& p = param.second;
       if (!p.grad().defined()) continue;
-      Tensor g = p.grad();
+      Tensor g = grad_scale.defined() ? mul(p.grad(), grad_scale) : p.grad();
       if (group.weight_decay != 0) g = add(g, mul(p, group.weight_decay));
       if (options.momentum != 0) {
         bool first = !has_state("momentum_buffer", param);
@@ -119,26 +140,62 @@ void Sgd::update_all() {
 AdamW::AdamW(std::vector<ParamGroup> groups, AdamWOptions options)
     : Optimizer(std::move(groups), options.lr), options(options) {}
 
-void AdamW::update_all() {
+// The whole update is the adamw_update kernel (formula in kernels/kernel_list.inc), applied to
+// the parameters in lists of TensorList::kMaxTensors: a few launches per step in all.
+void AdamW::update_all(const Tensor& grad_scale) {
   double t = static_cast<double>(steps());
-  double bias_correction1 = 1.0 - std::pow(options.beta1, t);
-  double bias_correction2 = 1.0 - std::pow(options.beta2, t);
+  kernels::AdamWStep step{lr, options.beta1, options.beta2, options.eps,
+                          1.0 - std::pow(options.beta1, t), 1.0 - std::pow(options.beta2, t)};
+  TensorRows entries;  // (p, g, m, v), weight decay
   for (const ParamGroup& group : groups_)
     for (const NamedTensor& param : group.params) {
       const Tensor& p = param.second;
       if (!p.grad().defined()) continue;
-      const Tensor& g = p.grad();
-      Tensor& m = state("exp_avg", param);
-      Tensor& v = state("exp_avg_sq", param);
-      m = add(mul(m, options.beta1), mul(g, 1.0 - options.beta1));
-      v = add(mul(v, options.beta2), mul(mul(g, g), 1.0 - options.beta2));
-      Tensor denom = add(sqrt(mul(v, 1.0 / bias_correction2)), options.eps);
-      Tensor decayed = group.weight_decay != 0 ? mul(p, 1.0 - lr * group.weight_decay) : p;
-      p.copy_(sub(decayed, mul(div(m, denom), lr / bias_correction1)));
+      if (!p.is_contiguous())
+        throw std::invalid_argument("AdamW: parameter '" + param.first + "' is not contiguous");
+      entries.push_back({{p, p.grad().contiguous(), state("exp_avg", param), state("exp_avg_sq", param)},
+                         group.weight_decay});
     }
+  if (entries.empty()) return;
+  const Tensor& first = entries[0].first[0];
+  for (const auto& e : entries) check_same("AdamW", {first, e.first[0], e.first[1], e.first[2], e.first[3], grad_scale});
+  Tensor scale = grad_scale.defined() ? grad_scale.contiguous() : Tensor();
+  dispatch_floating(first, "AdamW", [&](auto zero) {
+    using T = decltype(zero);
+    const T* scale_ptr = scale.defined() ? scale.data<T>() : nullptr;
+    for (const kernels::TensorList<T>& list : tensor_lists<T>(entries)) {
+      if (first.is_cuda())
+        NALA_CUDA_KERNEL(adamw_update<T>, list, step, scale_ptr);
+      else
+        kernels::cpu::adamw_update<T>(list, step, scale_ptr);
+    }
+  });
 }
 
 // ---- clipping ----
+
+Tensor grad_clip_scale(const std::vector<Tensor>& params, double max_norm) {
+  NoGradGuard no_grad;
+  TensorRows grads;
+  for (const Tensor& p : params)
+    if (p.grad().defined()) grads.push_back({{p.grad().contiguous(), Tensor(), Tensor(), Tensor()}, 0.0});
+  if (grads.empty()) throw std::invalid_argument("grad_clip_scale: no parameter has a gradient");
+  const Tensor& first = grads[0].first[0];
+  for (const auto& g : grads) check_same("grad_clip_scale", {first, g.first[0]});
+  Tensor total_sq = zeros({}, TensorOptions{first.dtype(), first.device()});
+  dispatch_floating(first, "grad_clip_scale", [&](auto zero) {
+    using T = decltype(zero);
+    for (const kernels::TensorList<T>& list : tensor_lists<T>(grads)) {
+      if (first.is_cuda())
+        NALA_CUDA_KERNEL(sum_of_squares<T>, list, total_sq.data<T>());
+      else
+        kernels::cpu::sum_of_squares<T>(list, total_sq.data<T>());
+    }
+  });
+  // min(1, c) = 1 - relu(1 - c)
+  Tensor c = div(full({}, max_norm, TensorOptions{first.dtype(), first.device()}), add(sqrt(total_sq), 1e-6));
+  return neg(add(relu(neg(add(c, -1.0))), -1.0));
+}
 
 double clip_grad_norm(const std::vector<Tensor>& params, double max_norm) {
   NoGradGuard no_grad;

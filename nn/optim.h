@@ -5,8 +5,8 @@
 // parameter, its state tensors (momentum, Adam moments), all by name so that they survive a
 // checkpoint: state_dict() gives `step` and `<state>.<parameter name>` tensors. step() updates
 // every parameter that has a gradient, in place (handles held by the model stay valid), outside
-// autograd. Each optimizer's update_all() is the one function that touches the parameters, so a
-// fused multi-tensor kernel can later replace it whole.
+// autograd. Each optimizer's update_all() is the one function that touches the parameters; AdamW's
+// is one multi-tensor kernel (kernels adamw_update), a launch per 24 parameters.
 #pragma once
 
 #include <map>
@@ -32,7 +32,10 @@ class Optimizer {
   Optimizer(std::vector<ParamGroup> groups, double lr);
   virtual ~Optimizer() = default;
 
-  void step();       // one update of every parameter with a gradient; counts steps
+  // One update of every parameter with a gradient; counts steps. `grad_scale`, a one-element
+  // tensor on the parameters' device (e.g. from grad_clip_scale), multiplies every gradient
+  // without a round trip to the host.
+  void step(const Tensor& grad_scale = Tensor());
   void zero_grad();  // drops every parameter's gradient
   int64_t steps() const { return step_; }
   const std::vector<ParamGroup>& param_groups() const { return groups_; }
@@ -47,7 +50,7 @@ class Optimizer {
 
  protected:
   // The update of every parameter with a gradient, for step number steps() (1 on the first).
-  virtual void update_all() = 0;
+  virtual void update_all(const Tensor& grad_scale) = 0;
   virtual std::vector<std::string> state_names() const = 0;
   // The state tensor `name` of parameter `param`, zeros like the parameter when first used.
   Tensor& state(const std::string& name, const NamedTensor& param);
@@ -75,7 +78,7 @@ class Sgd : public Optimizer {
   SgdOptions options;
 
  protected:
-  void update_all() override;
+  void update_all(const Tensor& grad_scale) override;
   std::vector<std::string> state_names() const override { return {"momentum_buffer"}; }
 };
 
@@ -96,7 +99,7 @@ class AdamW : public Optimizer {
   AdamWOptions options;
 
  protected:
-  void update_all() override;
+  void update_all(const Tensor& grad_scale) override;
   std::vector<std::string> state_names() const override { return {"exp_avg", "exp_avg_sq"}; }
 };
 
@@ -104,6 +107,12 @@ class AdamW : public Optimizer {
 // max_norm, and returns total (before clipping). A non-finite total leaves the gradients as they
 // are, so the caller can see it and skip the step.
 double clip_grad_norm(const std::vector<Tensor>& params, double max_norm);
+
+// The coefficient clip_grad_norm would scale the gradients by, min(1, max_norm / (total +
+// 1e-6)), as a one-element tensor on the gradients' device, computed there with one
+// multi-tensor kernel per 24 gradients and no host synchronisation (pass it to
+// Optimizer::step). A non-finite total gives a coefficient of 0 or NaN, which the step passes on.
+Tensor grad_clip_scale(const std::vector<Tensor>& params, double max_norm);
 
 // ---- learning-rate schedules: lr_at(step) for the 0-based step about to be taken ----
 

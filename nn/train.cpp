@@ -275,8 +275,8 @@ EvalResult train(const TrainOptions& o, std::ostream& log) {
                         : cross_entropy(logits, y, o.label_smoothing);
       optimizer.zero_grad();
       loss.backward();
-      if (o.clip_grad > 0) clip_grad_norm(model->parameters(), o.clip_grad);
-      optimizer.step();
+      // Clipping stays on the device: the coefficient is a tensor the fused update reads.
+      optimizer.step(o.clip_grad > 0 ? grad_clip_scale(model->parameters(), o.clip_grad) : Tensor());
       if (ema) ema->update(*model);
       {
         NoGradGuard no_grad;

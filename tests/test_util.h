@@ -40,6 +40,22 @@ inline std::vector<Device> devices() {
   return d;
 }
 
+// Full float32 GEMMs on CUDA for its scope (TF32 tensor cores, on by default, round operands to
+// 10 mantissa bits: ~5e-4 relative, too coarse for comparisons with the CPU at 1e-4).
+class FullFloat32Guard {
+ public:
+#ifndef NALA_WITH_CUDA
+  FullFloat32Guard() {}  // user-provided: a guard variable is not "unused"
+  ~FullFloat32Guard() {}
+#else
+  FullFloat32Guard() : previous_(kernels::cuda::allow_tf32()) { kernels::cuda::set_allow_tf32(false); }
+  ~FullFloat32Guard() { kernels::cuda::set_allow_tf32(previous_); }
+
+ private:
+  bool previous_;
+#endif
+};
+
 // Max |a - b| / max(|b|, 1) over all elements; shapes must match.
 inline double max_rel_diff(const Tensor& a, const Tensor& b) {
   REQUIRE(a.shape() == b.shape());

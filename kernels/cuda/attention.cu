@@ -2,7 +2,7 @@
 // section 1) and softmax attention, forward and backward. The passes mirror
 // kernels/cpu/attention.cpp; docs/nala_backward.md derives the gradients.
 //
-// Linear attention, per head (a block per chunk of kChunkTokens tokens and head):
+// Linear attention, per head (a block per chunk of chunk_tokens(bh, n) tokens and head):
 //   forward   1. linear_key_sums_kernel: per key chunk, sum_j K'_j^T v_j and sum_j phiK_j;
 //             2. SumPartials: S and kbar = (sum over the chunks) / N, in a fixed order;
 //             3. linear_output_kernel: per query, z_i and o_i = z_i Q'_i S.
@@ -43,14 +43,24 @@ namespace nala::kernels::cuda {
 namespace {
 
 constexpr int kThreads = 128;  // threads per block of every kernel below
-// Linear attention: tokens per block (each block writes one partial sum of its chunk).
-constexpr int64_t kChunkTokens = 1024;
+// Linear attention: tokens per block (each block writes one partial sum of its chunk). Chunks
+// are small enough that the bh heads give about 512 blocks (a few per SM, so short sequences
+// still fill the GPU) and at most 1024 tokens long (a power of two, at least 64).
+int64_t chunk_tokens(int64_t bh, int64_t n) {
+  const int64_t chunks_wanted = std::max<int64_t>(1, 512 / std::max<int64_t>(bh, 1));
+  int64_t chunk = 64;
+  while (chunk < 1024 && chunk * chunks_wanted < n) chunk *= 2;
+  return chunk;
+}
 // Added to the normaliser's denominator: z_i = 1 / (phiQ_i . kbar + eps).
 constexpr double kDenominatorEps = 1e-6;
 // The largest tile of tokens a block works on (tiles are powers of two, at least 4).
 constexpr int kMaxTile = 64;
 
-int64_t num_chunks(int64_t n) { return (n + kChunkTokens - 1) / kChunkTokens; }
+int64_t num_chunks(int64_t bh, int64_t n) {
+  const int64_t chunk = chunk_tokens(bh, n);
+  return (n + chunk - 1) / chunk;
+}
 
 void check_head_dim(const char* kernel, int64_t d) {
   if (d <= 0 || d % 4 != 0)
@@ -423,7 +433,7 @@ struct KeySumsLayout {
 // adds the tile's K'^T V in 4 x 4 register blocks and the column sums of phiK = split(kappa).
 template <typename T, FeatureMap fm>
 __global__ void __launch_bounds__(kThreads)
-    linear_key_sums_kernel(int64_t n, int d, int tile, const T* k, const T* v, const T* sin,
+    linear_key_sums_kernel(int64_t n, int64_t chunk, int d, int tile, const T* k, const T* v, const T* sin,
                            const T* cos, T* partials) {
   const int width = kHalves<fm> * d, ld = d, groups = key_sum_groups(d);
   const KeySumsLayout layout(tile, d, width);
@@ -440,7 +450,7 @@ __global__ void __launch_bounds__(kThreads)
   for (int i = threadIdx.x; i < groups * width; i += blockDim.x) key_sums[i] = 0;
 
   const int64_t head = blockIdx.y;
-  const int64_t first = blockIdx.x * kChunkTokens, last = min(n, first + kChunkTokens);
+  const int64_t first = blockIdx.x * chunk, last = min(n, first + chunk);
   for (int64_t t0 = first; t0 < last; t0 += tile) {
     const int rows = static_cast<int>(min(static_cast<int64_t>(tile), last - t0));
     const int64_t row0 = head * n + t0;
@@ -516,7 +526,7 @@ struct OutputLayout {
 // block multiplies Q' S in 4 x 4 register blocks and writes o.
 template <typename T, FeatureMap fm>
 __global__ void __launch_bounds__(kThreads)
-    linear_output_kernel(int64_t n, int d, int tile, const T* q, const T* sin, const T* cos,
+    linear_output_kernel(int64_t n, int64_t chunk, int d, int tile, const T* q, const T* sin, const T* cos,
                          const T* state, const T* kbar, T* o, T* z) {
   const int width = kHalves<fm> * d, half_d = d / 2, ld = tile + 1;
   const OutputLayout layout(tile, d, width);
@@ -536,7 +546,7 @@ __global__ void __launch_bounds__(kThreads)
     state_s[i] = state[head * width * d + i];
   for (int c = threadIdx.x; c < width; c += blockDim.x) kbar_s[c] = kbar[head * width + c];
 
-  const int64_t first = blockIdx.x * kChunkTokens, last = min(n, first + kChunkTokens);
+  const int64_t first = blockIdx.x * chunk, last = min(n, first + chunk);
   for (int64_t t0 = first; t0 < last; t0 += tile) {
     const int rows = static_cast<int>(min(static_cast<int64_t>(tile), last - t0));
     stage_rows_transposed(tile, rows, d, q + (head * n + t0) * d, q_s, ld);
@@ -621,7 +631,7 @@ struct QueryBackwardLayout {
 // Threads per (token, pair) take consecutive pairs here (token-major arrays, coalesced dq).
 template <typename T, FeatureMap fm>
 __global__ void __launch_bounds__(kThreads)
-    linear_query_backward_kernel(int64_t n, int d, int tile, const T* q, const T* sin, const T* cos,
+    linear_query_backward_kernel(int64_t n, int64_t chunk, int d, int tile, const T* q, const T* sin, const T* cos,
                                  const T* state, const T* kbar, const T* z, const T* dout, T* dq,
                                  T* partials) {
   const int width = kHalves<fm> * d, half_d = d / 2, ld = d + 1, parts_ld = half_d + 1;
@@ -656,7 +666,7 @@ __global__ void __launch_bounds__(kThreads)
   for (int c = threadIdx.x; c < width; c += blockDim.x) kbar_s[c] = kbar[head * width + c];
   for (int i = threadIdx.x; i < width * d + width; i += blockDim.x) partial[i] = 0;
 
-  const int64_t first = blockIdx.x * kChunkTokens, last = min(n, first + kChunkTokens);
+  const int64_t first = blockIdx.x * chunk, last = min(n, first + chunk);
   for (int64_t t0 = first; t0 < last; t0 += tile) {
     const int rows = static_cast<int>(min(static_cast<int64_t>(tile), last - t0));
     const int64_t row0 = head * n + t0;
@@ -803,7 +813,7 @@ struct KeyBackwardLayout {
 // Threads per (token, pair) take consecutive tokens here (feature-major arrays).
 template <typename T, FeatureMap fm>
 __global__ void __launch_bounds__(kThreads)
-    linear_key_backward_kernel(int64_t n, int d, int tile, const T* k, const T* v, const T* sin,
+    linear_key_backward_kernel(int64_t n, int64_t chunk, int d, int tile, const T* k, const T* v, const T* sin,
                                const T* cos, const T* token_grads, T* dk, T* dv) {
   const int width = kHalves<fm> * d, half_d = d / 2, ld = d + 1;
   const KeyBackwardLayout layout(tile, d, width);
@@ -828,7 +838,7 @@ __global__ void __launch_bounds__(kThreads)
   }
   for (int c = threadIdx.x; c < width; c += blockDim.x) dkbar[c] = grads[width * d + c];
 
-  const int64_t first = blockIdx.x * kChunkTokens, last = min(n, first + kChunkTokens);
+  const int64_t first = blockIdx.x * chunk, last = min(n, first + chunk);
   for (int64_t t0 = first; t0 < last; t0 += tile) {
     const int rows = static_cast<int>(min(static_cast<int64_t>(tile), last - t0));
     const int64_t row0 = head * n + t0;
@@ -897,13 +907,13 @@ template <typename T, FeatureMap fm>
 void linear_forward(int64_t bh, int64_t n, int d, const T* q, const T* k, const T* v, const T* sin,
                     const T* cos, T* o, T* state, T* kbar, T* z, T* workspace) {
   const int width = kHalves<fm> * d;
-  const int64_t chunks = num_chunks(n);
+  const int64_t chunks = num_chunks(bh, n), chunk = chunk_tokens(bh, n);
   const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>(bh));
   const char* name = "linear_attention_forward";
 
   const auto sums_bytes = [&](int tile) { return KeySumsLayout(tile, d, width).size * sizeof(T); };
   const int sums_tile = choose_tile(name, sums_bytes);
-  launch(linear_key_sums_kernel<T, fm>, grid, sums_bytes(sums_tile), n, d, sums_tile, k, v, sin,
+  launch(linear_key_sums_kernel<T, fm>, grid, sums_bytes(sums_tile), n, chunk, d, sums_tile, k, v, sin,
          cos, workspace);
 
   const int64_t matrix_size = int64_t(width) * d;
@@ -912,7 +922,7 @@ void linear_forward(int64_t bh, int64_t n, int d, const T* q, const T* k, const 
 
   const auto out_bytes = [&](int tile) { return OutputLayout(tile, d, width).size * sizeof(T); };
   const int out_tile = choose_tile(name, out_bytes);
-  launch(linear_output_kernel<T, fm>, grid, out_bytes(out_tile), n, d, out_tile, q, sin, cos, state,
+  launch(linear_output_kernel<T, fm>, grid, out_bytes(out_tile), n, chunk, d, out_tile, q, sin, cos, state,
          kbar, o, z);
 }
 
@@ -921,7 +931,7 @@ void linear_backward(int64_t bh, int64_t n, int d, const T* q, const T* k, const
                      const T* cos, const T* state, const T* kbar, const T* z, const T* dout, T* dq,
                      T* dk, T* dv, T* workspace) {
   const int width = kHalves<fm> * d;
-  const int64_t chunks = num_chunks(n);
+  const int64_t chunks = num_chunks(bh, n), chunk = chunk_tokens(bh, n);
   const int64_t matrix_size = int64_t(width) * d, partial_size = matrix_size + width;
   const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>(bh));
   const char* name = "linear_attention_backward";
@@ -931,7 +941,7 @@ void linear_backward(int64_t bh, int64_t n, int d, const T* q, const T* k, const
     return QueryBackwardLayout(tile, d, width).size * sizeof(T);
   };
   const int query_tile = choose_tile(name, query_bytes);
-  launch(linear_query_backward_kernel<T, fm>, grid, query_bytes(query_tile), n, d, query_tile, q,
+  launch(linear_query_backward_kernel<T, fm>, grid, query_bytes(query_tile), n, chunk, d, query_tile, q,
          sin, cos, state, kbar, z, dout, dq, workspace);
 
   // token_grads holds, per head, the D x d matrix dS / N then the D vector dkbar / N.
@@ -942,7 +952,7 @@ void linear_backward(int64_t bh, int64_t n, int d, const T* q, const T* k, const
     return KeyBackwardLayout(tile, d, width).size * sizeof(T);
   };
   const int key_tile = choose_tile(name, key_bytes);
-  launch(linear_key_backward_kernel<T, fm>, grid, key_bytes(key_tile), n, d, key_tile, k, v, sin,
+  launch(linear_key_backward_kernel<T, fm>, grid, key_bytes(key_tile), n, chunk, d, key_tile, k, v, sin,
          cos, token_grads, dk, dv);
 }
 
@@ -1349,7 +1359,7 @@ __global__ void __launch_bounds__(kThreads)
 
 int64_t linear_attention_workspace_size(FeatureMap fm, int64_t bh, int64_t n, int64_t d) {
   const int64_t width = feature_dim(fm, d);
-  return bh * (num_chunks(n) + 1) * (width * d + width);
+  return bh * (num_chunks(bh, n) + 1) * (width * d + width);
 }
 
 template <typename T>

@@ -180,6 +180,7 @@ TEST_CASE("attention gradients match finite differences (float64)") {
 }
 
 TEST_CASE("fused attention matches the composition of primitive ops (float32, forward and gradients)") {
+  test::FullFloat32Guard full_float32;  // the composition's matmuls in full float32
   for (Device device : test::devices()) {
     CAPTURE(std::string(device_name(device)));
     for (AttentionKind kind : {AttentionKind::Nala, AttentionKind::Relu, AttentionKind::Softmax}) {

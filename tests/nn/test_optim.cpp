@@ -174,6 +174,63 @@ TEST_CASE("clip_grad_norm scales all gradients to the max norm and returns the n
   CHECK_FALSE(none.grad().defined());
 }
 
+TEST_CASE("grad_clip_scale is min(1, max_norm / norm) on the device, and step applies it") {
+  Tensor a = zeros({2}, TensorOptions{DType::Float64, Device::CPU, true});
+  Tensor b = zeros({1}, TensorOptions{DType::Float64, Device::CPU, true});
+  a.set_grad(from_vector({3, 4}, {2}, TensorOptions{DType::Float64}));
+  b.set_grad(from_vector({12}, {1}, TensorOptions{DType::Float64}));
+  CHECK(grad_clip_scale({a, b}, 20.0).item() == 1.0);
+  Tensor scale = grad_clip_scale({a, b}, 6.5);
+  CHECK(scale.dim() == 0);
+  CHECK(scale.item() == doctest::Approx(6.5 / (13.0 + 1e-6)).epsilon(1e-15));
+  // SGD without momentum: p = -lr * scale * g.
+  Sgd sgd({ParamGroup{{{"a", a}, {"b", b}}, 0.0}}, SgdOptions{1.0});
+  sgd.step(scale);
+  CHECK(b.item() == doctest::Approx(-12 * 6.5 / (13.0 + 1e-6)).epsilon(1e-15));
+}
+
+// More parameters than one TensorList holds (24), so the fused step needs several launches.
+TEST_CASE("fused AdamW over many tensors: CPU float64 vs the formula, CUDA vs CPU") {
+  auto run = [](Device device, DType dtype) {
+    std::vector<NamedTensor> params;
+    for (int i = 0; i < 30; ++i) {
+      Tensor p = test::random_tensor({i + 1, 3}, 100 + i, dtype, device).requires_grad_();
+      p.set_grad(test::random_tensor({i + 1, 3}, 200 + i, dtype, device));
+      params.push_back({"p" + std::to_string(i), p});
+    }
+    std::vector<NamedTensor> first(params.begin(), params.begin() + 15), rest(params.begin() + 15, params.end());
+    AdamW adamw({ParamGroup{first, 0.1}, ParamGroup{rest, 0.0}}, AdamWOptions{0.01});
+    Tensor scale = full({}, 0.5, TensorOptions{dtype, device});
+    adamw.step(scale);
+    adamw.step(scale);
+    std::vector<Tensor> out;
+    for (const auto& [name, p] : params) out.push_back(p.detach().cpu().to(DType::Float64));
+    return out;
+  };
+  // The reference: two steps of the formula with the same gradient g' = 0.5 g each time.
+  std::vector<Tensor> cpu = run(Device::CPU, DType::Float64);
+  for (int i = 0; i < 30; i += 7) {
+    std::vector<double> p = test::random_tensor({i + 1, 3}, 100 + i, DType::Float64).to_vector<double>();
+    std::vector<double> g = test::random_tensor({i + 1, 3}, 200 + i, DType::Float64).to_vector<double>();
+    double wd = i < 15 ? 0.1 : 0.0, lr = 0.01;
+    for (size_t j = 0; j < p.size(); ++j) {
+      double m = 0, v = 0, x = p[j], gj = 0.5 * g[j];
+      for (int t = 1; t <= 2; ++t) {
+        x *= 1 - lr * wd;
+        m = 0.9 * m + 0.1 * gj;
+        v = 0.999 * v + 0.001 * gj * gj;
+        x -= lr * (m / (1 - std::pow(0.9, t))) / (std::sqrt(v / (1 - std::pow(0.999, t))) + 1e-8);
+      }
+      CHECK(cpu[i].to_vector<double>()[j] == doctest::Approx(x).epsilon(1e-13));
+    }
+  }
+  if (!test::cuda_available()) return;
+  for (DType dtype : {DType::Float64, DType::Float32}) {
+    std::vector<Tensor> c = run(Device::CPU, dtype), g = run(Device::CUDA, dtype);
+    for (size_t i = 0; i < c.size(); ++i) CHECK(test::max_rel_diff(g[i], c[i]) < (dtype == DType::Float64 ? 1e-14 : 1e-6));
+  }
+}
+
 TEST_CASE("warmup-cosine and step-decay schedules") {
   WarmupCosineSchedule cosine(1.0, 110, 10, 0.1);
   CHECK(cosine.lr_at(0) == 0.0);

@@ -1,0 +1,84 @@
+// CUDA multi-tensor optimizer kernels: one launch covers up to TensorList::kMaxTensors
+// parameters (grid.y picks the tensor, grid.x strides over its elements), so an optimizer step
+// costs a few launches instead of a dozen per parameter.
+#include "kernels/cuda/common.h"
+#include "kernels/kernels.h"
+
+namespace nala::kernels::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+
+// Per-tensor partial sums of sum_of_squares, combined by a second launch in a fixed order (no
+// atomics: the result is the same on every run). Safe because all work runs on one stream.
+__device__ double g_square_partials[TensorList<float>::kMaxTensors];
+
+// Block t: sum of arrays[0][t]^2 into g_square_partials[t], in double.
+template <typename T>
+__global__ void __launch_bounds__(kThreads) tensor_square_sums_kernel(TensorList<T> list) {
+  const int t = blockIdx.x;
+  const T* x = list.arrays[0][t];
+  double s = 0;
+  for (int64_t i = threadIdx.x; i < list.sizes[t]; i += blockDim.x) s += double(x[i]) * double(x[i]);
+  s = block_reduce<SumOp<double>>(s);
+  if (threadIdx.x == 0) g_square_partials[t] = s;
+}
+
+template <typename T>
+__global__ void add_square_partials_kernel(int count, T* out) {
+  double total = 0;
+  for (int t = 0; t < count; ++t) total += g_square_partials[t];
+  *out += static_cast<T>(total);
+}
+
+// grid.y = tensor, grid-stride over its elements along grid.x.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    adamw_kernel(TensorList<T> list, AdamWStep s, const T* grad_scale) {
+  const int t = blockIdx.y;
+  T* p = list.arrays[0][t];
+  const T* g = list.arrays[1][t];
+  T* m = list.arrays[2][t];
+  T* v = list.arrays[3][t];
+  const T scale = grad_scale ? *grad_scale : T(1);
+  const T lr = T(s.lr), b1 = T(s.beta1), b2 = T(s.beta2), eps = T(s.eps);
+  const T inv_bc1 = T(1 / s.bias_correction1), inv_bc2 = T(1 / s.bias_correction2);
+  const T decay = T(1) - lr * list.weight_decay[t];
+  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < list.sizes[t]; i += step) {
+    const T gi = g[i] * scale;
+    const T mi = b1 * m[i] + (T(1) - b1) * gi;
+    const T vi = b2 * v[i] + (T(1) - b2) * gi * gi;
+    m[i] = mi;
+    v[i] = vi;
+    p[i] = p[i] * decay - lr * (mi * inv_bc1) / (sqrt(vi * inv_bc2) + eps);
+  }
+}
+
+}  // namespace
+
+template <typename T>
+void sum_of_squares(const TensorList<T>& list, T* out) {
+  if (list.count == 0) return;
+  tensor_square_sums_kernel<T><<<list.count, kThreads, 0, stream()>>>(list);
+  NALA_CUDA_CHECK_LAUNCH();
+  add_square_partials_kernel<T><<<1, 1, 0, stream()>>>(list.count, out);
+  NALA_CUDA_CHECK_LAUNCH();
+}
+
+template <typename T>
+void adamw_update(const TensorList<T>& list, const AdamWStep& step, const T* grad_scale) {
+  if (list.count == 0) return;
+  int64_t largest = 0;
+  for (int t = 0; t < list.count; ++t) largest = std::max(largest, list.sizes[t]);
+  const dim3 grid(std::min<unsigned>(num_blocks(largest, kThreads), 1024), list.count);
+  adamw_kernel<T><<<grid, kThreads, 0, stream()>>>(list, step, grad_scale);
+  NALA_CUDA_CHECK_LAUNCH();
+}
+
+template void sum_of_squares<float>(const TensorList<float>&, float*);
+template void sum_of_squares<double>(const TensorList<double>&, double*);
+template void adamw_update<float>(const TensorList<float>&, const AdamWStep&, const float*);
+template void adamw_update<double>(const TensorList<double>&, const AdamWStep&, const double*);
+
+}  // namespace nala::kernels::cuda
