@@ -1,34 +1,40 @@
 #!/usr/bin/env bash
-# One call on the GPU machine: build (sm_90), run every test suite, gradcheck on CUDA, the
-# benchmarks with their PyTorch peers, and a CIFAR-10 training run; logs under $OUT, a short
-# summary printed last. From the repository root, after unpacking the carried Debian packages
-# (DEVELOPERS.md):
-#   cp -rn .carry/deps/usr/. /usr/ && ldconfig && bash bench/gpu_run.sh [TRAIN_SECONDS] [EPOCHS]
+# The GPU machine's work in one script, logs under $OUT and a short summary printed last.
+#   bash bench/gpu_run.sh check                 build (sm_90), all tests, gradcheck on CUDA,
+#                                               benchmarks with their PyTorch peers
+#   bash bench/gpu_run.sh train SECONDS EPOCHS  build, then xt-cifar on CIFAR-10 (JPEG folder)
+# Run from the repository root after unpacking the carried Debian packages (DEVELOPERS.md):
+#   cp -rn .carry/deps/usr/. /usr/ && ldconfig && bash bench/gpu_run.sh check
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
-TRAIN_SECONDS=${1:-120}
-EPOCHS=${2:-30}
+MODE=${1:-check}
 mkdir -p "$OUT"
 export OMP_WAIT_POLICY=passive
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
-(mkdir -p /tmp/data && tar xzf .carry/cifar10-jpg.tar.gz -C /tmp/data) &
-untar=$!
+if [ "$MODE" = train ]; then
+  (mkdir -p /tmp/data && tar xzf .carry/cifar10-jpg.tar.gz -C /tmp/data) &
+fi
 cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 > "$OUT/configure.log" 2>&1
 cmake --build build-gpu -j16 > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
-timeout 120 ctest --test-dir build-gpu --output-on-failure > "$OUT/ctest.log" 2>&1
-ctest_rc=$?
-timeout 60 build-gpu/nala gradcheck --device cuda > "$OUT/gradcheck_cuda.log" 2>&1
-gc_rc=$?
-timeout 70 bash -c 'build-gpu/nala bench copy --device cuda; build-gpu/nala bench matmul --device cuda;
-  build-gpu/nala bench attention --device cuda' > "$OUT/bench_nala.log" 2>&1
-PYTHONUNBUFFERED=1 timeout 100 python3 tools/bench_attention_torch.py --device cuda > "$OUT/bench_torch.log" 2>&1
-wait $untar
-timeout "$TRAIN_SECONDS" build-gpu/nala train --model xt-cifar --data folder=/tmp/data/cifar10 --device cuda \
-  --epochs "$EPOCHS" --batch-size 256 --lr 3e-3 --workers 12 --out "$OUT/run" > "$OUT/train.log" 2>&1
-echo "==== ctest (rc $ctest_rc)"; grep -E "tests passed|Failed|\*\*\*|test cases|skip" "$OUT/ctest.log" | head -20
-grep -B3 -A10 "ERROR" "$OUT/ctest.log" | head -50
-echo "==== gradcheck cuda (rc $gc_rc)"; grep -E "FAIL|failed" "$OUT/gradcheck_cuda.log"
-echo "==== nala"; cat "$OUT/bench_nala.log"
-echo "==== torch"; tail -30 "$OUT/bench_torch.log"
-echo "==== train"; tr '\r' '\n' < "$OUT/train.log" | grep -E "^epoch [0-9]+:|model|error|done" | tail -12
-tr '\r' '\n' < "$OUT/train.log" | tail -2
+
+if [ "$MODE" = check ]; then
+  timeout 150 ctest --test-dir build-gpu --output-on-failure > "$OUT/ctest.log" 2>&1
+  ctest_rc=$?
+  for t in tensor autograd nn data; do build-gpu/test_$t 2>&1 | grep -E "^\[doctest\] (test cases|assertions)" | sed "s/^/$t: /"; done > "$OUT/counts.log"
+  timeout 60 build-gpu/nala gradcheck --device cuda > "$OUT/gradcheck_cuda.log" 2>&1
+  gc_rc=$?
+  timeout 90 bash -c 'build-gpu/nala bench copy --device cuda; build-gpu/nala bench matmul --device cuda;
+    build-gpu/nala bench attention --device cuda' > "$OUT/bench_nala.log" 2>&1
+  PYTHONUNBUFFERED=1 timeout 120 python3 tools/bench_attention_torch.py --device cuda > "$OUT/bench_torch.log" 2>&1
+  echo "==== ctest (rc $ctest_rc)"; grep -E "tests passed|Failed|\*\*\*" "$OUT/ctest.log" | head; cat "$OUT/counts.log"
+  grep -B3 -A10 "ERROR" "$OUT/ctest.log" | head -40
+  echo "==== gradcheck cuda (rc $gc_rc)"; grep -E "FAIL|failed" "$OUT/gradcheck_cuda.log"
+  echo "==== nala"; cat "$OUT/bench_nala.log"
+  echo "==== torch"; grep -v Warn "$OUT/bench_torch.log" | tail -30
+else
+  wait
+  timeout "${2:-300}" build-gpu/nala train --model xt-cifar --data folder=/tmp/data/cifar10 --device cuda \
+    --epochs "${3:-40}" --batch-size 256 --lr 3e-3 --warmup-epochs 2 --workers 12 --out "$OUT/run" > "$OUT/train.log" 2>&1
+  cp "$OUT/run/metrics.csv" "$OUT/metrics.csv" 2>/dev/null
+  echo "==== train"; tr '\r' '\n' < "$OUT/train.log" | grep -E "^epoch [0-9]+:|model|error|done" | tail -50
+fi
