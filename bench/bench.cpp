@@ -140,12 +140,56 @@ static int bench_copy(const BenchOptions& o, std::ostream& os) {
   return 0;
 }
 
+// The memory-bound ops of xt-cifar at batch 256, forward+backward: achieved GB/s (the bytes each
+// must move at least, over the time) against the copy bandwidth measured in the same run.
+static int bench_ops(const BenchOptions& o, std::ostream& os) {
+  Device device = parse_device(o.device);
+  TensorOptions opt{DType::Float32, device};
+  Tensor big = randn({int64_t(1) << 26}, opt);
+  double copy_gbs = 2.0 * big.numel() * 4 / median_seconds([&] { big.clone(); }, o.repeats, device) / 1e9;
+  big = Tensor();
+  struct Case {
+    std::string name;
+    Shape shape;        // of the input x
+    double bytes_per;   // bytes per element of x that forward + backward must move at least
+    std::function<Tensor(const Tensor&)> f;
+  };
+  Tensor ln_w = ones({32}, opt).requires_grad_(), ln_b = zeros({32}, opt).requires_grad_();
+  Tensor dw3 = randn({112, 1, 3, 3}, opt).requires_grad_(), db3 = zeros({112}, opt).requires_grad_();
+  Tensor dw5 = randn({32, 1, 5, 5}, opt).requires_grad_(), db5 = zeros({32}, opt).requires_grad_();
+  Tensor labels = from_data(std::vector<int64_t>(65536, 3), {65536}, device);
+  // forward reads x, writes y; backward reads x (or y) and dy, writes dx: 5 passes of 4 bytes.
+  std::vector<Case> cases = {
+      {"layer_norm (65536, 32)", {65536, 32}, 20, [&](const Tensor& x) { return layer_norm(x, ln_w, ln_b, 1e-6); }},
+      {"gelu (256, 256, 112)", {256, 256, 112}, 20, [&](const Tensor& x) { return gelu(x); }},
+      {"dwconv 3x3 (256,112,16,16)", {256, 112, 16, 16}, 24,  // + weight grad reads x and dy again
+       [&](const Tensor& x) { return conv2d(x, dw3, db3, 1, 1, 112); }},
+      {"dwconv 5x5 (256,32,16,16)", {256, 32, 16, 16}, 24, [&](const Tensor& x) { return conv2d(x, dw5, db5, 1, 2, 32); }},
+      {"softmax+CE (65536, 10)", {65536, 10}, 12,  // read logits twice, write dlogits
+       [&](const Tensor& x) { return cross_entropy(x, labels, 0.1); }},
+  };
+  os << "memory-bound ops, float32 forward+backward on " << o.device << "; copy bandwidth " << std::fixed
+     << std::setprecision(1) << copy_gbs << " GB/s\n";
+  os << std::left << std::setw(30) << "op" << std::right << std::setw(10) << "ms" << std::setw(10) << "GB/s"
+     << std::setw(12) << "% of copy" << std::endl;
+  for (const Case& c : cases) {
+    Tensor x = randn(c.shape, opt).requires_grad_();
+    double s = median_seconds([&] { sum(c.f(x)).backward(); }, o.repeats, device);
+    double gbs = c.bytes_per * x.numel() / s / 1e9;
+    os << std::left << std::setw(30) << c.name << std::right << std::setw(10) << std::setprecision(3) << s * 1e3
+       << std::setw(10) << std::setprecision(1) << gbs << std::setw(11) << 100 * gbs / copy_gbs << "%" << std::endl;
+  }
+  os << "(times include the sum and its backward that drive the op: one more read and one fill)\n";
+  return 0;
+}
+
 int run_benchmark(const std::string& name, const BenchOptions& options, std::ostream& os) {
   static const std::map<std::string, std::function<int(const BenchOptions&, std::ostream&)>> benches = {
       {"matmul", bench_matmul},
       {"conv2d", bench_conv2d},
       {"attention", bench_attention},
       {"copy", bench_copy},
+      {"ops", bench_ops},
   };
   auto it = benches.find(name);
   if (it == benches.end()) {

@@ -3,6 +3,8 @@
 #   bash bench/gpu_run.sh check                 build (sm_90), all tests, gradcheck on CUDA,
 #                                               benchmarks with their PyTorch peers
 #   bash bench/gpu_run.sh train SECONDS EPOCHS  build, then xt-cifar on CIFAR-10 (JPEG folder)
+#   bash bench/gpu_run.sh imagenette SECONDS EPOCHS SIZE   build, then xt on Imagenette
+#   bash bench/gpu_run.sh ops                   build, then the memory-bound ops vs PyTorch eager
 # Run from the repository root after unpacking the carried Debian packages (DEVELOPERS.md):
 #   cp -rn .carry/deps/usr/. /usr/ && ldconfig && bash bench/gpu_run.sh check
 set -uo pipefail
@@ -11,8 +13,8 @@ MODE=${1:-check}
 mkdir -p "$OUT"
 export OMP_WAIT_POLICY=passive
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
-if [ "$MODE" = train ]; then
-  (mkdir -p /tmp/data && tar xzf .carry/cifar10-jpg.tar.gz -C /tmp/data) &
+if [ "$MODE" = train ] || [ "$MODE" = imagenette ]; then
+  (mkdir -p /tmp/data && for a in .carry/*.tar.gz; do tar xzf "$a" -C /tmp/data; done) &
 fi
 cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 > "$OUT/configure.log" 2>&1
 cmake --build build-gpu -j16 > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
@@ -31,6 +33,16 @@ if [ "$MODE" = check ]; then
   echo "==== gradcheck cuda (rc $gc_rc)"; grep -E "FAIL|failed" "$OUT/gradcheck_cuda.log"
   echo "==== nala"; cat "$OUT/bench_nala.log"
   echo "==== torch"; grep -v Warn "$OUT/bench_torch.log" | tail -30
+elif [ "$MODE" = ops ]; then
+  build-gpu/nala bench ops --device cuda > "$OUT/bench_ops_nala.log" 2>&1
+  PYTHONUNBUFFERED=1 timeout 100 python3 tools/bench_ops_torch.py --device cuda > "$OUT/bench_ops_torch.log" 2>&1
+  cat "$OUT/bench_ops_nala.log" "$OUT/bench_ops_torch.log"
+elif [ "$MODE" = imagenette ]; then
+  wait
+  timeout "${2:-300}" build-gpu/nala train --model xt --data folder=/tmp/data/imagenette-128 --image-size "${4:-224}" \
+    --device cuda --epochs "${3:-10}" --batch-size 128 --lr 2e-3 --warmup-epochs 1 --workers 14 --out "$OUT/run" > "$OUT/train.log" 2>&1
+  cp "$OUT/run/metrics.csv" "$OUT/metrics.csv" 2>/dev/null
+  echo "==== train"; tr '\r' '\n' < "$OUT/train.log" | grep -E "^epoch [0-9]+:|model|error|done|warn|skipped" | tail -30
 else
   wait
   timeout "${2:-300}" build-gpu/nala train --model xt-cifar --data folder=/tmp/data/cifar10 --device cuda \
