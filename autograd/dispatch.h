@@ -30,13 +30,13 @@ void dispatch_floating(const Tensor& t, const char* op, F&& f) {
   throw std::runtime_error(#kernel ": this build of nala has no CUDA support")
 #endif
 
-#define NALA_KERNEL(tensor, kernel, ...)                       \
+#define NALA_KERNEL(tensor, kernel, ...)                         \
   ::nala::dispatch_floating((tensor), #kernel, [&](auto zero_) { \
-    using T = decltype(zero_);                                 \
-    if ((tensor).is_cuda())                                    \
-      NALA_CUDA_KERNEL(kernel<T>, __VA_ARGS__);                \
-    else                                                       \
-      ::nala::kernels::cpu::kernel<T>(__VA_ARGS__);            \
+    using T = decltype(zero_);                                   \
+    if ((tensor).is_cuda())                                      \
+      NALA_CUDA_KERNEL(kernel<T>, __VA_ARGS__);                  \
+    else                                                         \
+      ::nala::kernels::cpu::kernel<T>(__VA_ARGS__);              \
   })
 
 // Throws unless t is a float tensor.

@@ -21,11 +21,13 @@ bool Tensor::requires_grad() const { return impl_ && impl_->autograd->requires_g
 
 Tensor& Tensor::requires_grad_(bool value) {
   if (!is_leaf())
-    throw std::invalid_argument("requires_grad_: only a leaf tensor's flag can be set (this one was made by " +
-                                grad_fn()->name + ")");
+    throw std::invalid_argument(
+        "requires_grad_: only a leaf tensor's flag can be set (this one was made by " +
+        grad_fn()->name + ")");
   if (value && !is_floating(dtype()))
-    throw std::invalid_argument(std::string("requires_grad_: only float tensors can require grad, got ") +
-                                dtype_name(dtype()));
+    throw std::invalid_argument(
+        std::string("requires_grad_: only float tensors can require grad, got ") +
+        dtype_name(dtype()));
   impl_->autograd->requires_grad = value;
   return *this;
 }
@@ -86,7 +88,9 @@ static std::vector<Node*> topological_order(Node* root) {
   return {order.rbegin(), order.rend()};  // consumers first
 }
 
-static Tensor accumulate(const Tensor& sum, const Tensor& g) { return sum.defined() ? add(sum, g) : g; }
+static Tensor accumulate(const Tensor& sum, const Tensor& g) {
+  return sum.defined() ? add(sum, g) : g;
+}
 
 void Tensor::backward(const Tensor& grad_in, bool retain_graph) const {
   if (!requires_grad())
@@ -95,8 +99,9 @@ void Tensor::backward(const Tensor& grad_in, bool retain_graph) const {
   Tensor grad = grad_in;
   if (!grad.defined()) {
     if (numel() != 1)
-      throw std::invalid_argument("backward: a gradient must be given for a non-scalar output of shape " +
-                                  shape_str(shape()));
+      throw std::invalid_argument(
+          "backward: a gradient must be given for a non-scalar output of shape " +
+          shape_str(shape()));
     grad = ones(shape(), TensorOptions{dtype(), device()});
   }
   if (grad.shape() != shape())

@@ -34,8 +34,8 @@ GradcheckResult gradcheck(const TensorFn& f, const std::vector<Tensor>& inputs, 
   for (size_t i = 0; i < inputs.size(); ++i) {
     const Tensor& x = inputs[i];
     if (!x.defined() || !x.requires_grad()) continue;
-    std::vector<double> analytic = x.grad().defined() ? x.grad().to_vector<double>()
-                                                      : std::vector<double>(x.numel(), 0.0);
+    std::vector<double> analytic =
+        x.grad().defined() ? x.grad().to_vector<double>() : std::vector<double>(x.numel(), 0.0);
     std::vector<double> values = x.to_vector<double>();
     for (int64_t j = 0; j < x.numel(); ++j) {
       // Evaluate L with element j moved by +h and -h (fresh leaf tensors, no graph).
@@ -65,7 +65,8 @@ GradcheckResult gradcheck(const TensorFn& f, const std::vector<Tensor>& inputs, 
 
 int run_gradcheck_table(const std::vector<GradcheckCase>& cases, Device device, std::ostream& os) {
   int failures = 0;
-  os << std::left << std::setw(28) << "op" << std::setw(14) << "worst error" << "result\n";
+  os << std::left << std::setw(28) << "op" << std::setw(14) << "worst error"
+     << "result\n";
   for (const GradcheckCase& c : cases) {
     GradcheckResult r;
     std::string error;

@@ -22,8 +22,8 @@ struct GradcheckResult {
   std::string worst;         // where: input, index, both values
 };
 
-GradcheckResult gradcheck(const TensorFn& f, const std::vector<Tensor>& inputs,
-                          double step = 1e-6, double tolerance = 1e-6);
+GradcheckResult gradcheck(const TensorFn& f, const std::vector<Tensor>& inputs, double step = 1e-6,
+                          double tolerance = 1e-6);
 
 // One entry of the table `nala gradcheck` prints: an op applied to inputs made for a device.
 struct GradcheckCase {

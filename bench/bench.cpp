@@ -58,8 +58,13 @@ static int bench_conv2d(const BenchOptions& o, std::ostream& os) {
   Tensor x = randn({64, 32, 32, 32}, opt);
   os << "conv2d float32 forward on " << o.device << ", input [64, 32, 32, 32], padding 1\n";
   os << std::setw(22) << "conv" << std::setw(12) << "ms" << std::setw(12) << "GFLOP/s\n";
-  struct Case { const char* name; Shape w; int64_t groups; };
-  for (const Case& c : {Case{"3x3 32->32", {32, 32, 3, 3}, 1}, Case{"3x3 depthwise 32", {32, 1, 3, 3}, 32}}) {
+  struct Case {
+    const char* name;
+    Shape w;
+    int64_t groups;
+  };
+  for (const Case& c :
+       {Case{"3x3 32->32", {32, 32, 3, 3}, 1}, Case{"3x3 depthwise 32", {32, 1, 3, 3}, 32}}) {
     Tensor w = randn(c.w, opt), b = zeros({c.w[0]}, opt);
     double s = median_seconds([&] { conv2d(x, w, b, 1, 1, c.groups); }, o.repeats, device);
     double flops = 2.0 * 64 * c.w[0] * 32 * 32 * c.w[1] * 9;
@@ -97,26 +102,38 @@ static int bench_attention(const BenchOptions& o, std::ostream& os) {
   int64_t B = device == Device::CUDA ? 8 : 2, H = 4;
   os << "attention float32 on " << o.device << ", B = " << B << ", H = " << H
      << " (ms; peak MiB beyond inputs, CUDA only)\n";
-  os << std::setw(10) << "kind" << std::setw(4) << "d" << std::setw(8) << "N" << std::setw(11) << "fwd ms"
-     << std::setw(12) << "fwd+bwd ms" << std::setw(11) << "peak MiB" << "\n";
-  std::vector<int64_t> dims = device == Device::CUDA ? std::vector<int64_t>{32, 64} : std::vector<int64_t>{32};
+  os << std::setw(10) << "kind" << std::setw(4) << "d" << std::setw(8) << "N" << std::setw(11)
+     << "fwd ms" << std::setw(12) << "fwd+bwd ms" << std::setw(11) << "peak MiB"
+     << "\n";
+  std::vector<int64_t> dims =
+      device == Device::CUDA ? std::vector<int64_t>{32, 64} : std::vector<int64_t>{32};
   for (int64_t d : dims)
     for (int64_t side : sides) {
       int64_t N = side * side;
-      Tensor q = randn({B, H, N, d}, opt).requires_grad_(), k = randn({B, H, N, d}, opt).requires_grad_();
+      Tensor q = randn({B, H, N, d}, opt).requires_grad_(),
+             k = randn({B, H, N, d}, opt).requires_grad_();
       Tensor v = randn({B, H, N, d}, opt).requires_grad_(), g = randn({B, H, N, d}, opt);
-      struct Variant { const char* name; AttentionKind kind; bool composed; };
-      for (const Variant& var : {Variant{"nala", AttentionKind::Nala, false}, Variant{"composed", AttentionKind::Nala, true},
+      struct Variant {
+        const char* name;
+        AttentionKind kind;
+        bool composed;
+      };
+      for (const Variant& var : {Variant{"nala", AttentionKind::Nala, false},
+                                 Variant{"composed", AttentionKind::Nala, true},
                                  Variant{"softmax", AttentionKind::Softmax, false}}) {
-        if (var.composed && N > 16384) continue;                         // materialises 2d-wide features
+        if (var.composed && N > 16384) continue;  // materialises 2d-wide features
         // O(N^2): seconds per call beyond these sizes.
-        if (var.kind == AttentionKind::Softmax && N > (device == Device::CUDA ? 16384 : 4096)) continue;
+        if (var.kind == AttentionKind::Softmax && N > (device == Device::CUDA ? 16384 : 4096))
+          continue;
         auto run = [&](bool backward) {
           Tensor out = var.composed ? attention_composed(var.kind, q, k, v, side, side)
                                     : attention(var.kind, q, k, v, side, side);
           if (backward) sum(mul(out, g)).backward();
         };
-        double fwd = [&] { NoGradGuard ng; return median_seconds([&] { run(false); }, o.repeats, device); }();
+        double fwd = [&] {
+          NoGradGuard ng;
+          return median_seconds([&] { run(false); }, o.repeats, device);
+        }();
         double both = median_seconds([&] { run(true); }, o.repeats, device);
         double peak = peak_extra_bytes([&] { run(true); }, device);
         q.zero_grad(), k.zero_grad(), v.zero_grad();
@@ -125,7 +142,8 @@ static int bench_attention(const BenchOptions& o, std::ostream& os) {
            << std::setw(11) << std::setprecision(1) << peak / (1 << 20) << std::endl;
       }
     }
-  os << "forward floor: 16 B*H*N*d bytes (q, k, v read, o written once) at `nala bench copy` GB/s\n";
+  os << "forward floor: 16 B*H*N*d bytes (q, k, v read, o written once) at `nala bench copy` "
+        "GB/s\n";
   return 0;
 }
 
@@ -135,8 +153,8 @@ static int bench_copy(const BenchOptions& o, std::ostream& os) {
   int64_t n = device == Device::CUDA ? (int64_t(1) << 28) : (int64_t(1) << 26);
   Tensor x = randn({n}, TensorOptions{DType::Float32, device});
   double s = median_seconds([&] { x.clone(); }, o.repeats, device);
-  os << "copy of " << n * 4 / (1 << 20) << " MiB on " << o.device << ": " << std::fixed << std::setprecision(1)
-     << 2.0 * n * 4 / s / 1e9 << " GB/s (read + write)\n";
+  os << "copy of " << n * 4 / (1 << 20) << " MiB on " << o.device << ": " << std::fixed
+     << std::setprecision(1) << 2.0 * n * 4 / s / 1e9 << " GB/s (read + write)\n";
   return 0;
 }
 
@@ -146,51 +164,62 @@ static int bench_ops(const BenchOptions& o, std::ostream& os) {
   Device device = parse_device(o.device);
   TensorOptions opt{DType::Float32, device};
   Tensor big = randn({int64_t(1) << 26}, opt);
-  double copy_gbs = 2.0 * big.numel() * 4 / median_seconds([&] { big.clone(); }, o.repeats, device) / 1e9;
+  double copy_gbs =
+      2.0 * big.numel() * 4 / median_seconds([&] { big.clone(); }, o.repeats, device) / 1e9;
   big = Tensor();
   struct Case {
     std::string name;
-    Shape shape;        // of the input x
-    double bytes_per;   // bytes per element of x that forward + backward must move at least
+    Shape shape;       // of the input x
+    double bytes_per;  // bytes per element of x that forward + backward must move at least
     std::function<Tensor(const Tensor&)> f;
   };
   Tensor ln_w = ones({32}, opt).requires_grad_(), ln_b = zeros({32}, opt).requires_grad_();
-  Tensor dw3 = randn({112, 1, 3, 3}, opt).requires_grad_(), db3 = zeros({112}, opt).requires_grad_();
+  Tensor dw3 = randn({112, 1, 3, 3}, opt).requires_grad_(),
+         db3 = zeros({112}, opt).requires_grad_();
   Tensor dw5 = randn({32, 1, 5, 5}, opt).requires_grad_(), db5 = zeros({32}, opt).requires_grad_();
   Tensor labels = from_data(std::vector<int64_t>(65536, 3), {65536}, device);
   // forward reads x, writes y; backward reads x (or y) and dy, writes dx: 5 passes of 4 bytes.
   std::vector<Case> cases = {
-      {"layer_norm (65536, 32)", {65536, 32}, 20, [&](const Tensor& x) { return layer_norm(x, ln_w, ln_b, 1e-6); }},
+      {"layer_norm (65536, 32)",
+       {65536, 32},
+       20,
+       [&](const Tensor& x) { return layer_norm(x, ln_w, ln_b, 1e-6); }},
       {"gelu (256, 256, 112)", {256, 256, 112}, 20, [&](const Tensor& x) { return gelu(x); }},
-      {"dwconv 3x3 (256,112,16,16)", {256, 112, 16, 16}, 24,  // + weight grad reads x and dy again
+      {"dwconv 3x3 (256,112,16,16)",
+       {256, 112, 16, 16},
+       24,  // + weight grad reads x and dy again
        [&](const Tensor& x) { return conv2d(x, dw3, db3, 1, 1, 112); }},
-      {"dwconv 5x5 (256,32,16,16)", {256, 32, 16, 16}, 24, [&](const Tensor& x) { return conv2d(x, dw5, db5, 1, 2, 32); }},
-      {"softmax+CE (65536, 10)", {65536, 10}, 12,  // read logits twice, write dlogits
+      {"dwconv 5x5 (256,32,16,16)",
+       {256, 32, 16, 16},
+       24,
+       [&](const Tensor& x) { return conv2d(x, dw5, db5, 1, 2, 32); }},
+      {"softmax+CE (65536, 10)",
+       {65536, 10},
+       12,  // read logits twice, write dlogits
        [&](const Tensor& x) { return cross_entropy(x, labels, 0.1); }},
   };
-  os << "memory-bound ops, float32 forward+backward on " << o.device << "; copy bandwidth " << std::fixed
-     << std::setprecision(1) << copy_gbs << " GB/s\n";
-  os << std::left << std::setw(30) << "op" << std::right << std::setw(10) << "ms" << std::setw(10) << "GB/s"
-     << std::setw(12) << "% of copy" << std::endl;
+  os << "memory-bound ops, float32 forward+backward on " << o.device << "; copy bandwidth "
+     << std::fixed << std::setprecision(1) << copy_gbs << " GB/s\n";
+  os << std::left << std::setw(30) << "op" << std::right << std::setw(10) << "ms" << std::setw(10)
+     << "GB/s" << std::setw(12) << "% of copy" << std::endl;
   for (const Case& c : cases) {
     Tensor x = randn(c.shape, opt).requires_grad_();
     double s = median_seconds([&] { sum(c.f(x)).backward(); }, o.repeats, device);
     double gbs = c.bytes_per * x.numel() / s / 1e9;
-    os << std::left << std::setw(30) << c.name << std::right << std::setw(10) << std::setprecision(3) << s * 1e3
-       << std::setw(10) << std::setprecision(1) << gbs << std::setw(11) << 100 * gbs / copy_gbs << "%" << std::endl;
+    os << std::left << std::setw(30) << c.name << std::right << std::setw(10)
+       << std::setprecision(3) << s * 1e3 << std::setw(10) << std::setprecision(1) << gbs
+       << std::setw(11) << 100 * gbs / copy_gbs << "%" << std::endl;
   }
   os << "(times include the sum and its backward that drive the op: one more read and one fill)\n";
   return 0;
 }
 
 int run_benchmark(const std::string& name, const BenchOptions& options, std::ostream& os) {
-  static const std::map<std::string, std::function<int(const BenchOptions&, std::ostream&)>> benches = {
-      {"matmul", bench_matmul},
-      {"conv2d", bench_conv2d},
-      {"attention", bench_attention},
-      {"copy", bench_copy},
-      {"ops", bench_ops},
-  };
+  static const std::map<std::string, std::function<int(const BenchOptions&, std::ostream&)>>
+      benches = {
+          {"matmul", bench_matmul}, {"conv2d", bench_conv2d}, {"attention", bench_attention},
+          {"copy", bench_copy},     {"ops", bench_ops},
+      };
   auto it = benches.find(name);
   if (it == benches.end()) {
     os << "unknown benchmark '" << name << "'; known:";

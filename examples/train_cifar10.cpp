@@ -54,7 +54,8 @@ int main(int argc, char** argv) try {
   //    warms up linearly for one epoch, then follows a cosine to zero.
   AdamW optimizer(split_decay_groups(*model, 0.05), AdamWOptions{2e-3});
   int64_t steps = epochs * train_loader.batches_per_epoch();
-  WarmupCosineSchedule schedule(2e-3, steps, std::min<int64_t>(train_loader.batches_per_epoch(), steps - 1));
+  WarmupCosineSchedule schedule(2e-3, steps,
+                                std::min<int64_t>(train_loader.batches_per_epoch(), steps - 1));
 
   // 4. The loop: forward, loss, backward, clip, step.
   int64_t step = 0;
@@ -70,15 +71,18 @@ int main(int argc, char** argv) try {
       loss.backward();  // fills .grad of every parameter
       clip_grad_norm(model->parameters(), 5.0);
       optimizer.step();
-      if (step % 10 == 0) std::cout << "epoch " << epoch + 1 << " step " << step << " loss " << loss.item() << "\n";
+      if (step % 10 == 0)
+        std::cout << "epoch " << epoch + 1 << " step " << step << " loss " << loss.item() << "\n";
     }
     // 5. Evaluate on the held-out split (eval mode: batch norm uses its running statistics).
     EvalResult r = evaluate(*model, test_loader, device);
-    std::cout << "epoch " << epoch + 1 << ": test top-1 " << r.top1 << "%, top-5 " << r.top5 << "%\n";
+    std::cout << "epoch " << epoch + 1 << ": test top-1 " << r.top1 << "%, top-5 " << r.top5
+              << "%\n";
   }
 
   // 6. Save the weights (safetensors: readable by PyTorch's `safetensors` library).
-  save_checkpoint("xt_cifar.safetensors", *model, &optimizer, nullptr, TrainingProgress{step, epochs},
+  save_checkpoint("xt_cifar.safetensors", *model, &optimizer, nullptr,
+                  TrainingProgress{step, epochs},
                   nalaformer_variant("xt-cifar", train_set.num_classes()).to_metadata());
   return 0;
 } catch (const std::exception& e) {

@@ -14,7 +14,7 @@ int main(int argc, char** argv) try {
     return 2;
   }
   TrainOptions options;
-  options.model = "xt";                      // the ImageNet stem: stride 4 overall
+  options.model = "xt";  // the ImageNet stem: stride 4 overall
   options.data = std::string("folder=") + argv[1];
   options.epochs = argc > 2 ? std::stoll(argv[2]) : 10;
   options.device = argc > 3 ? argv[3] : "cpu";

@@ -42,17 +42,17 @@ struct Broadcast {
 };
 
 enum class UnaryOp {
-  Neg,      // -x
-  Exp,      // e^x
-  Log,      // ln x
-  Sqrt,     // sqrt(x)
-  Abs,      // |x|
-  Tanh,     // tanh x
-  Sigmoid,  // 1 / (1 + e^-x)
-  Relu,     // max(x, 0)
-  GeluTanh, // x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
-  GeluErf,  // x/2 (1 + erf(x / sqrt 2))
-  Silu,     // x * sigmoid(x)
+  Neg,       // -x
+  Exp,       // e^x
+  Log,       // ln x
+  Sqrt,      // sqrt(x)
+  Abs,       // |x|
+  Tanh,      // tanh x
+  Sigmoid,   // 1 / (1 + e^-x)
+  Relu,      // max(x, 0)
+  GeluTanh,  // x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+  GeluErf,   // x/2 (1 + erf(x / sqrt 2))
+  Silu,      // x * sigmoid(x)
 };
 
 enum class BinaryOp {

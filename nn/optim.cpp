@@ -29,11 +29,13 @@ template <typename T>
 static std::vector<kernels::TensorList<T>> tensor_lists(const TensorRows& entries) {
   std::vector<kernels::TensorList<T>> lists;
   for (size_t i = 0; i < entries.size(); ++i) {
-    if (lists.empty() || lists.back().count == kernels::TensorList<T>::kMaxTensors) lists.emplace_back();
+    if (lists.empty() || lists.back().count == kernels::TensorList<T>::kMaxTensors)
+      lists.emplace_back();
     kernels::TensorList<T>& l = lists.back();
     const auto& [arrays, decay] = entries[i];
     l.sizes[l.count] = arrays[0].numel();
-    for (int a = 0; a < 4; ++a) l.arrays[a][l.count] = arrays[a].defined() ? arrays[a].data<T>() : nullptr;
+    for (int a = 0; a < 4; ++a)
+      l.arrays[a][l.count] = arrays[a].defined() ? arrays[a].data<T>() : nullptr;
     l.weight_decay[l.count] = static_cast<T>(decay);
     ++l.count;
   }
@@ -144,8 +146,12 @@ AdamW::AdamW(std::vector<ParamGroup> groups, AdamWOptions options)
 // the parameters in lists of TensorList::kMaxTensors: a few launches per step in all.
 void AdamW::update_all(const Tensor& grad_scale) {
   double t = static_cast<double>(steps());
-  kernels::AdamWStep step{lr, options.beta1, options.beta2, options.eps,
-                          1.0 - std::pow(options.beta1, t), 1.0 - std::pow(options.beta2, t)};
+  kernels::AdamWStep step{lr,
+                          options.beta1,
+                          options.beta2,
+                          options.eps,
+                          1.0 - std::pow(options.beta1, t),
+                          1.0 - std::pow(options.beta2, t)};
   TensorRows entries;  // (p, g, m, v), weight decay
   for (const ParamGroup& group : groups_)
     for (const NamedTensor& param : group.params) {
@@ -153,12 +159,14 @@ void AdamW::update_all(const Tensor& grad_scale) {
       if (!p.grad().defined()) continue;
       if (!p.is_contiguous())
         throw std::invalid_argument("AdamW: parameter '" + param.first + "' is not contiguous");
-      entries.push_back({{p, p.grad().contiguous(), state("exp_avg", param), state("exp_avg_sq", param)},
-                         group.weight_decay});
+      entries.push_back(
+          {{p, p.grad().contiguous(), state("exp_avg", param), state("exp_avg_sq", param)},
+           group.weight_decay});
     }
   if (entries.empty()) return;
   const Tensor& first = entries[0].first[0];
-  for (const auto& e : entries) check_same("AdamW", {first, e.first[0], e.first[1], e.first[2], e.first[3], grad_scale});
+  for (const auto& e : entries)
+    check_same("AdamW", {first, e.first[0], e.first[1], e.first[2], e.first[3], grad_scale});
   Tensor scale = grad_scale.defined() ? grad_scale.contiguous() : Tensor();
   dispatch_floating(first, "AdamW", [&](auto zero) {
     using T = decltype(zero);
@@ -178,7 +186,8 @@ Tensor grad_clip_scale(const std::vector<Tensor>& params, double max_norm) {
   NoGradGuard no_grad;
   TensorRows grads;
   for (const Tensor& p : params)
-    if (p.grad().defined()) grads.push_back({{p.grad().contiguous(), Tensor(), Tensor(), Tensor()}, 0.0});
+    if (p.grad().defined())
+      grads.push_back({{p.grad().contiguous(), Tensor(), Tensor(), Tensor()}, 0.0});
   if (grads.empty()) throw std::invalid_argument("grad_clip_scale: no parameter has a gradient");
   const Tensor& first = grads[0].first[0];
   for (const auto& g : grads) check_same("grad_clip_scale", {first, g.first[0]});
@@ -193,7 +202,8 @@ Tensor grad_clip_scale(const std::vector<Tensor>& params, double max_norm) {
     }
   });
   // min(1, c) = 1 - relu(1 - c)
-  Tensor c = div(full({}, max_norm, TensorOptions{first.dtype(), first.device()}), add(sqrt(total_sq), 1e-6));
+  Tensor c = div(full({}, max_norm, TensorOptions{first.dtype(), first.device()}),
+                 add(sqrt(total_sq), 1e-6));
   return neg(add(relu(neg(add(c, -1.0))), -1.0));
 }
 

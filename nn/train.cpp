@@ -276,7 +276,8 @@ EvalResult train(const TrainOptions& o, std::ostream& log) {
       optimizer.zero_grad();
       loss.backward();
       // Clipping stays on the device: the coefficient is a tensor the fused update reads.
-      optimizer.step(o.clip_grad > 0 ? grad_clip_scale(model->parameters(), o.clip_grad) : Tensor());
+      optimizer.step(o.clip_grad > 0 ? grad_clip_scale(model->parameters(), o.clip_grad)
+                                     : Tensor());
       if (ema) ema->update(*model);
       {
         NoGradGuard no_grad;

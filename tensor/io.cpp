@@ -14,8 +14,8 @@ namespace nala {
 
 // Prints dims [d, ...) of the values starting at flat position `base`; tensors with more than
 // 1000 elements show the first and last 3 entries of each dim, like NumPy.
-static void print_dim(std::ostream& os, const std::vector<double>& v, const Shape& shape,
-                      size_t d, int64_t base, bool integral, bool summarize, int indent) {
+static void print_dim(std::ostream& os, const std::vector<double>& v, const Shape& shape, size_t d,
+                      int64_t base, bool integral, bool summarize, int indent) {
   int64_t stride = 1;
   for (size_t i = d + 1; i < shape.size(); ++i) stride *= shape[i];
   os << "[";
@@ -80,11 +80,16 @@ static DType dtype_from_descr(const std::string& descr, const std::string& path)
 
 static const char* descr_of(DType dtype) {
   switch (dtype) {
-    case DType::Float32: return "<f4";
-    case DType::Float64: return "<f8";
-    case DType::Int32: return "<i4";
-    case DType::Int64: return "<i8";
-    case DType::UInt8: return "|u1";
+    case DType::Float32:
+      return "<f4";
+    case DType::Float64:
+      return "<f8";
+    case DType::Int32:
+      return "<i4";
+    case DType::Int64:
+      return "<i8";
+    case DType::UInt8:
+      return "|u1";
   }
   return "";
 }
@@ -93,11 +98,14 @@ static const char* descr_of(DType dtype) {
 static std::string header_value(const std::string& header, const std::string& key,
                                 const std::string& path) {
   size_t k = header.find("'" + key + "'");
-  if (k == std::string::npos) throw std::runtime_error("load_npy: " + path + ": header has no '" + key + "'");
+  if (k == std::string::npos)
+    throw std::runtime_error("load_npy: " + path + ": header has no '" + key + "'");
   size_t colon = header.find(':', k);
-  if (colon == std::string::npos) throw std::runtime_error("load_npy: " + path + ": malformed header");
+  if (colon == std::string::npos)
+    throw std::runtime_error("load_npy: " + path + ": malformed header");
   size_t start = header.find_first_not_of(' ', colon + 1);
-  if (start == std::string::npos) throw std::runtime_error("load_npy: " + path + ": malformed header");
+  if (start == std::string::npos)
+    throw std::runtime_error("load_npy: " + path + ": malformed header");
   return header.substr(start);
 }
 
@@ -111,29 +119,36 @@ Tensor load_npy(const std::string& path) {
   uint32_t header_len = 0;
   if (major == 1) {
     unsigned char b[2];
-    if (!f.read(reinterpret_cast<char*>(b), 2)) throw std::runtime_error("load_npy: " + path + ": truncated header");
+    if (!f.read(reinterpret_cast<char*>(b), 2))
+      throw std::runtime_error("load_npy: " + path + ": truncated header");
     header_len = b[0] | (b[1] << 8);
   } else if (major == 2 || major == 3) {
     unsigned char b[4];
-    if (!f.read(reinterpret_cast<char*>(b), 4)) throw std::runtime_error("load_npy: " + path + ": truncated header");
+    if (!f.read(reinterpret_cast<char*>(b), 4))
+      throw std::runtime_error("load_npy: " + path + ": truncated header");
     header_len = b[0] | (b[1] << 8) | (b[2] << 16) | (uint32_t(b[3]) << 24);
   } else {
-    throw std::runtime_error("load_npy: " + path + ": unsupported .npy version " + std::to_string(major));
+    throw std::runtime_error("load_npy: " + path + ": unsupported .npy version " +
+                             std::to_string(major));
   }
   if (header_len > (1u << 20)) throw std::runtime_error("load_npy: " + path + ": header too long");
   std::string header(header_len, '\0');
-  if (!f.read(header.data(), header_len)) throw std::runtime_error("load_npy: " + path + ": truncated header");
+  if (!f.read(header.data(), header_len))
+    throw std::runtime_error("load_npy: " + path + ": truncated header");
 
   std::string descr_v = header_value(header, "descr", path);
-  if (descr_v.empty() || descr_v[0] != '\'') throw std::runtime_error("load_npy: " + path + ": malformed descr");
+  if (descr_v.empty() || descr_v[0] != '\'')
+    throw std::runtime_error("load_npy: " + path + ": malformed descr");
   size_t end = descr_v.find('\'', 1);
   if (end == std::string::npos) throw std::runtime_error("load_npy: " + path + ": malformed descr");
   DType dtype = dtype_from_descr(descr_v.substr(1, end - 1), path);
   bool fortran = header_value(header, "fortran_order", path).rfind("True", 0) == 0;
   std::string shape_v = header_value(header, "shape", path);
-  if (shape_v.empty() || shape_v[0] != '(') throw std::runtime_error("load_npy: " + path + ": malformed shape");
+  if (shape_v.empty() || shape_v[0] != '(')
+    throw std::runtime_error("load_npy: " + path + ": malformed shape");
   size_t close = shape_v.find(')');
-  if (close == std::string::npos) throw std::runtime_error("load_npy: " + path + ": malformed shape");
+  if (close == std::string::npos)
+    throw std::runtime_error("load_npy: " + path + ": malformed shape");
   Shape shape;
   std::stringstream ss(shape_v.substr(1, close - 1));
   std::string item;
@@ -169,8 +184,10 @@ void save_npy(const std::string& path, const Tensor& t_in) {
   Tensor t = copy_tensor(t_in, Device::CPU, t_in.dtype());
   std::string shape = "(";
   for (int64_t s : t.shape()) shape += std::to_string(s) + ", ";
-  if (t.dim() > 1) shape.resize(shape.size() - 2);
-  else if (t.dim() == 1) shape.resize(shape.size() - 1);
+  if (t.dim() > 1)
+    shape.resize(shape.size() - 2);
+  else if (t.dim() == 1)
+    shape.resize(shape.size() - 1);
   shape += ")";
   std::string header = std::string("{'descr': '") + descr_of(t.dtype()) +
                        "', 'fortran_order': False, 'shape': " + shape + ", }";

@@ -38,10 +38,12 @@ Tensor uniform(const Shape& shape, double low, double high, TensorOptions option
     using T = decltype(zero);
     if (t.is_cuda()) {
 #ifdef NALA_WITH_CUDA
-      kernels::cuda::random_uniform<T>(t.numel(), g_state.seed, offset, T(low), T(high), t.data<T>());
+      kernels::cuda::random_uniform<T>(t.numel(), g_state.seed, offset, T(low), T(high),
+                                       t.data<T>());
 #endif
     } else {
-      kernels::cpu::random_uniform<T>(t.numel(), g_state.seed, offset, T(low), T(high), t.data<T>());
+      kernels::cpu::random_uniform<T>(t.numel(), g_state.seed, offset, T(low), T(high),
+                                      t.data<T>());
     }
   });
 }

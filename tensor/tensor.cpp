@@ -17,11 +17,16 @@ size_t dtype_size(DType dtype) {
 
 const char* dtype_name(DType dtype) {
   switch (dtype) {
-    case DType::Float32: return "float32";
-    case DType::Float64: return "float64";
-    case DType::Int32: return "int32";
-    case DType::Int64: return "int64";
-    case DType::UInt8: return "uint8";
+    case DType::Float32:
+      return "float32";
+    case DType::Float64:
+      return "float64";
+    case DType::Int32:
+      return "int32";
+    case DType::Int64:
+      return "int64";
+    case DType::UInt8:
+      return "uint8";
   }
   return "?";
 }
@@ -52,12 +57,15 @@ Storage::Storage(size_t nbytes, Device device) : nbytes_(nbytes), device_(device
   if (nbytes == 0) return;
   if (device == Device::CPU) {
     data_ = std::aligned_alloc(64, (nbytes + 63) / 64 * 64);
-    if (!data_) throw std::runtime_error("out of host memory allocating " + std::to_string(nbytes) + " bytes");
+    if (!data_)
+      throw std::runtime_error("out of host memory allocating " + std::to_string(nbytes) +
+                               " bytes");
   } else {
 #ifdef NALA_WITH_CUDA
     data_ = kernels::cuda::allocate(nbytes);
 #else
-    throw std::runtime_error("this build of nala has no CUDA support (configure with nvcc present)");
+    throw std::runtime_error(
+        "this build of nala has no CUDA support (configure with nvcc present)");
 #endif
   }
 }

@@ -57,8 +57,14 @@ struct TensorOptions {
   DType dtype = DType::Float32;
   Device device = Device::CPU;
   bool requires_grad = false;
-  TensorOptions& with_dtype(DType d) { dtype = d; return *this; }
-  TensorOptions& with_device(Device d) { device = d; return *this; }
+  TensorOptions& with_dtype(DType d) {
+    dtype = d;
+    return *this;
+  }
+  TensorOptions& with_device(Device d) {
+    device = d;
+    return *this;
+  }
 };
 
 class Tensor {

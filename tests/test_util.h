@@ -48,7 +48,9 @@ class FullFloat32Guard {
   FullFloat32Guard() {}  // user-provided: a guard variable is not "unused"
   ~FullFloat32Guard() {}
 #else
-  FullFloat32Guard() : previous_(kernels::cuda::allow_tf32()) { kernels::cuda::set_allow_tf32(false); }
+  FullFloat32Guard() : previous_(kernels::cuda::allow_tf32()) {
+    kernels::cuda::set_allow_tf32(false);
+  }
   ~FullFloat32Guard() { kernels::cuda::set_allow_tf32(previous_); }
 
  private:

@@ -5,23 +5,10 @@
     python3 tools/bench_ops_torch.py --device cuda
 """
 import argparse
-import time
-
 import torch
 import torch.nn.functional as F
 
-
-def median_ms(f, device, repeats):
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    f()
-    sync()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        f()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2] * 1e3
+from bench_attention_torch import median_ms  # same folder
 
 
 def main():

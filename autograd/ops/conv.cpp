@@ -11,7 +11,8 @@
 
 namespace nala {
 
-static kernels::Conv2dShape conv_shape(const Tensor& x, const Tensor& w, int64_t stride, int64_t padding) {
+static kernels::Conv2dShape conv_shape(const Tensor& x, const Tensor& w, int64_t stride,
+                                       int64_t padding) {
   kernels::Conv2dShape s{};
   s.batch = x.size(0);
   s.channels = x.size(1);
@@ -56,10 +57,13 @@ Tensor conv2d(const Tensor& x_in, const Tensor& w_in, const Tensor& bias, int64_
                                 ", padding " + std::to_string(padding) + ", groups " +
                                 std::to_string(groups) + ": " + why);
   };
-  if (stride < 1 || padding < 0 || groups < 1) fail("stride >= 1, padding >= 0, groups >= 1 needed");
-  if (x_in.size(1) % groups || w_in.size(0) % groups) fail("groups must divide both channel counts");
+  if (stride < 1 || padding < 0 || groups < 1)
+    fail("stride >= 1, padding >= 0, groups >= 1 needed");
+  if (x_in.size(1) % groups || w_in.size(0) % groups)
+    fail("groups must divide both channel counts");
   if (w_in.size(1) * groups != x_in.size(1)) fail("weight dim 1 must be in_channels / groups");
-  if (bias.defined() && (bias.dim() != 1 || bias.size(0) != w_in.size(0))) fail("bias must be [out_channels]");
+  if (bias.defined() && (bias.dim() != 1 || bias.size(0) != w_in.size(0)))
+    fail("bias must be [out_channels]");
   kernels::Conv2dShape s = conv_shape(x_in, w_in, stride, padding);
   if (s.out_h <= 0 || s.out_w <= 0) fail("the kernel is larger than the padded input");
 
@@ -73,13 +77,16 @@ Tensor conv2d(const Tensor& x_in, const Tensor& w_in, const Tensor& bias, int64_
     Tensor b = bias.defined() ? bias.detach().contiguous() : Tensor();
     NALA_KERNEL(x, depthwise_conv2d_forward, s, x.data<T>(), w.data<T>(),
                 b.defined() ? b.data<T>() : nullptr, y.data<T>());
-    record(y, "conv2d_depthwise", {x_in, w_in, bias}, [s, x, w, has_bias = bias.defined()](const Tensor& dy_in) {
-      Tensor dy = dy_in.contiguous();
-      Tensor dx = empty_like(x), dw = empty_like(w);
-      NALA_KERNEL(x, depthwise_conv2d_backward_input, s, dy.data<T>(), w.data<T>(), dx.data<T>());
-      NALA_KERNEL(x, depthwise_conv2d_backward_weight, s, x.data<T>(), dy.data<T>(), dw.data<T>());
-      return std::vector<Tensor>{dx, dw, has_bias ? sum(dy, {0, 2, 3}) : Tensor()};
-    });
+    record(y, "conv2d_depthwise", {x_in, w_in, bias},
+           [s, x, w, has_bias = bias.defined()](const Tensor& dy_in) {
+             Tensor dy = dy_in.contiguous();
+             Tensor dx = empty_like(x), dw = empty_like(w);
+             NALA_KERNEL(x, depthwise_conv2d_backward_input, s, dy.data<T>(), w.data<T>(),
+                         dx.data<T>());
+             NALA_KERNEL(x, depthwise_conv2d_backward_weight, s, x.data<T>(), dy.data<T>(),
+                         dw.data<T>());
+             return std::vector<Tensor>{dx, dw, has_bias ? sum(dy, {0, 2, 3}) : Tensor()};
+           });
     return y;
   }
 
@@ -102,8 +109,8 @@ Tensor conv2d(const Tensor& x_in, const Tensor& w_in, const Tensor& bias, int64_
     Tensor dx = empty_like(x);
     NALA_KERNEL(x, col2im, s, dcol.data<T>(), dx.data<T>());
     // dW = dy' col'^T with the (n, l) pairs as one contraction axis: move n next to l first.
-    Tensor dy_t = dy.view({N, Co, L}).permute({1, 0, 2}).contiguous();    // (Co, N, L)
-    Tensor col_t = col.permute({1, 0, 2}).contiguous();                   // (C*kk, N, L)
+    Tensor dy_t = dy.view({N, Co, L}).permute({1, 0, 2}).contiguous();  // (Co, N, L)
+    Tensor col_t = col.permute({1, 0, 2}).contiguous();                 // (C*kk, N, L)
     Tensor dw = empty_like(w);
     for (int64_t g = 0; g < G; ++g)
       NALA_KERNEL(x, gemm, false, true, Cog, Cg * kk, N * L, T(1), dy_t.data<T>() + g * Cog * N * L,

@@ -23,7 +23,8 @@ static Tensor unary(UnaryOp op, const char* name, const Tensor& x_in) {
   record(y, name, {x_in}, [op, x, y = y.detach()](const Tensor& dy_in) {
     Tensor dy = dy_in.contiguous();
     Tensor dx = empty_like(x);
-    NALA_KERNEL(x, unary_backward, op, x.numel(), x.data<T>(), y.data<T>(), dy.data<T>(), dx.data<T>());
+    NALA_KERNEL(x, unary_backward, op, x.numel(), x.data<T>(), y.data<T>(), dy.data<T>(),
+                dx.data<T>());
     return std::vector<Tensor>{dx};
   });
   return y;

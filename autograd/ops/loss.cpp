@@ -8,8 +8,11 @@ namespace nala {
 static Tensor softmax_impl(const Tensor& x_in, int64_t dim, bool log, const char* name) {
   check_floating(name, x_in);
   int64_t d = wrap_dim(name, dim, x_in.dim());
-  if (x_in.dim() == 0) return log ? zeros({}, TensorOptions{x_in.dtype(), x_in.device()}) : ones({}, TensorOptions{x_in.dtype(), x_in.device()});
-  if (d != x_in.dim() - 1) return softmax_impl(x_in.transpose(d, -1), -1, log, name).transpose(d, -1);
+  if (x_in.dim() == 0)
+    return log ? zeros({}, TensorOptions{x_in.dtype(), x_in.device()})
+               : ones({}, TensorOptions{x_in.dtype(), x_in.device()});
+  if (d != x_in.dim() - 1)
+    return softmax_impl(x_in.transpose(d, -1), -1, log, name).transpose(d, -1);
   Tensor x = x_in.detach().contiguous();
   int64_t cols = x.size(-1), rows = cols ? x.numel() / cols : 0;
   Tensor y = empty_like(x);
@@ -24,21 +27,26 @@ static Tensor softmax_impl(const Tensor& x_in, int64_t dim, bool log, const char
 }
 
 Tensor softmax(const Tensor& x, int64_t dim) { return softmax_impl(x, dim, false, "softmax"); }
-Tensor log_softmax(const Tensor& x, int64_t dim) { return softmax_impl(x, dim, true, "log_softmax"); }
+Tensor log_softmax(const Tensor& x, int64_t dim) {
+  return softmax_impl(x, dim, true, "log_softmax");
+}
 
 // Per-row losses (rows); the public op takes their mean.
-static Tensor cross_entropy_rows(const Tensor& logits_in, const Tensor& labels_in, double smoothing) {
+static Tensor cross_entropy_rows(const Tensor& logits_in, const Tensor& labels_in,
+                                 double smoothing) {
   Tensor logits = logits_in.detach().contiguous();
   Tensor labels = labels_in.contiguous();
   int64_t rows = logits.size(0), classes = logits.size(1);
-  Tensor loss = empty({rows}, TensorOptions{logits.dtype(), logits.device()}), lse = empty_like(loss);
-  NALA_KERNEL(logits, cross_entropy_forward, rows, classes, logits.data<T>(), labels.data<int64_t>(),
-              T(smoothing), loss.data<T>(), lse.data<T>());
+  Tensor loss = empty({rows}, TensorOptions{logits.dtype(), logits.device()}),
+         lse = empty_like(loss);
+  NALA_KERNEL(logits, cross_entropy_forward, rows, classes, logits.data<T>(),
+              labels.data<int64_t>(), T(smoothing), loss.data<T>(), lse.data<T>());
   record(loss, "cross_entropy", {logits_in}, [=](const Tensor& dloss_in) {
     Tensor dloss = dloss_in.contiguous();
     Tensor dlogits = empty_like(logits);
-    NALA_KERNEL(logits, cross_entropy_backward, rows, classes, logits.data<T>(), labels.data<int64_t>(),
-                T(smoothing), lse.data<T>(), dloss.data<T>(), dlogits.data<T>());
+    NALA_KERNEL(logits, cross_entropy_backward, rows, classes, logits.data<T>(),
+                labels.data<int64_t>(), T(smoothing), lse.data<T>(), dloss.data<T>(),
+                dlogits.data<T>());
     return std::vector<Tensor>{dlogits};
   });
   return loss;
@@ -47,14 +55,16 @@ static Tensor cross_entropy_rows(const Tensor& logits_in, const Tensor& labels_i
 Tensor cross_entropy(const Tensor& logits, const Tensor& labels, double label_smoothing) {
   check_floating("cross_entropy", logits);
   if (logits.dim() != 2 || labels.dim() != 1 || labels.size(0) != logits.size(0))
-    throw std::invalid_argument("cross_entropy: logits " + shape_str(logits.shape()) + " and labels " +
-                                shape_str(labels.shape()) + " (need [N, C] and [N])");
+    throw std::invalid_argument("cross_entropy: logits " + shape_str(logits.shape()) +
+                                " and labels " + shape_str(labels.shape()) +
+                                " (need [N, C] and [N])");
   if (labels.dtype() != DType::Int64)
     throw std::invalid_argument(std::string("cross_entropy: labels must be int64, got ") +
                                 dtype_name(labels.dtype()));
   if (labels.device() != logits.device())
-    throw std::invalid_argument(std::string("cross_entropy: logits on ") + device_name(logits.device()) +
-                                " but labels on " + device_name(labels.device()));
+    throw std::invalid_argument(std::string("cross_entropy: logits on ") +
+                                device_name(logits.device()) + " but labels on " +
+                                device_name(labels.device()));
   if (label_smoothing < 0.0 || label_smoothing > 1.0)
     throw std::invalid_argument("cross_entropy: label_smoothing must be in [0, 1]");
   if (logits.size(0) == 0) throw std::invalid_argument("cross_entropy: empty batch");
@@ -65,7 +75,8 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& labels, double label_sm
 Tensor soft_target_cross_entropy(const Tensor& logits, const Tensor& target) {
   if (logits.dim() != 2 || target.shape() != logits.shape())
     throw std::invalid_argument("soft_target_cross_entropy: logits " + shape_str(logits.shape()) +
-                                " and target " + shape_str(target.shape()) + " (need equal [N, C])");
+                                " and target " + shape_str(target.shape()) +
+                                " (need equal [N, C])");
   return neg(mean(sum(mul(target, log_softmax(logits, -1)), {1})));
 }
 

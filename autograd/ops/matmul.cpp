@@ -131,14 +131,15 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   GemmOperand X = gemm_operand(x2);
   Tensor w = weight.detach().contiguous();
   if (rows > 0 && out > 0)
-    NALA_KERNEL(x, gemm, X.trans, true, rows, out, in, T(1), X.t.data<T>(), X.ld, 0,
-                w.data<T>(), in, 0, T(bias.defined() ? 1 : 0), y.data<T>(), out, 0, 1);
+    NALA_KERNEL(x, gemm, X.trans, true, rows, out, in, T(1), X.t.data<T>(), X.ld, 0, w.data<T>(),
+                in, 0, T(bias.defined() ? 1 : 0), y.data<T>(), out, 0, 1);
   y = y.view(out_shape);
-  record(y, "linear", {x, weight, bias}, [x2, w, xs = x.shape(), has_bias = bias.defined()](const Tensor& dy_in) {
-    Tensor dy = dy_in.reshape({x2.size(0), w.size(0)});
-    return std::vector<Tensor>{matmul_raw(dy, w).view(xs), matmul_raw(dy.t(), x2),
-                               has_bias ? sum(dy, {0}) : Tensor()};
-  });
+  record(y, "linear", {x, weight, bias},
+         [x2, w, xs = x.shape(), has_bias = bias.defined()](const Tensor& dy_in) {
+           Tensor dy = dy_in.reshape({x2.size(0), w.size(0)});
+           return std::vector<Tensor>{matmul_raw(dy, w).view(xs), matmul_raw(dy.t(), x2),
+                                      has_bias ? sum(dy, {0}) : Tensor()};
+         });
   return y;
 }
 

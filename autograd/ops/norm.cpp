@@ -7,7 +7,9 @@
 namespace nala {
 
 template <typename T>
-static T* ptr_or_null(const Tensor& t) { return t.defined() ? t.data<T>() : nullptr; }
+static T* ptr_or_null(const Tensor& t) {
+  return t.defined() ? t.data<T>() : nullptr;
+}
 
 Tensor layer_norm(const Tensor& x_in, const Tensor& weight, const Tensor& bias, double eps) {
   check_floating("layer_norm", x_in);
@@ -31,7 +33,8 @@ Tensor layer_norm(const Tensor& x_in, const Tensor& weight, const Tensor& bias, 
     Tensor dx = empty_like(x);
     Tensor dw = w.defined() ? empty_like(w) : Tensor(), db = b.defined() ? empty_like(b) : Tensor();
     NALA_KERNEL(x, layer_norm_backward, rows, cols, x.data<T>(), dy.data<T>(), ptr_or_null<T>(w),
-                mean.data<T>(), rstd.data<T>(), dx.data<T>(), ptr_or_null<T>(dw), ptr_or_null<T>(db));
+                mean.data<T>(), rstd.data<T>(), dx.data<T>(), ptr_or_null<T>(dw),
+                ptr_or_null<T>(db));
     return std::vector<Tensor>{dx, dw, db};
   });
   return y;
@@ -68,8 +71,9 @@ Tensor batch_norm(const Tensor& x_in, const Tensor& weight, const Tensor& bias,
     return add(mul(x_in, scale.view(bshape)), shift.view(bshape));
   }
   if (N * spatial < 2)
-    throw std::invalid_argument("batch_norm: training needs more than one value per channel, got input " +
-                                shape_str(x_in.shape()));
+    throw std::invalid_argument(
+        "batch_norm: training needs more than one value per channel, got input " +
+        shape_str(x_in.shape()));
   Tensor mean = empty({C}, TensorOptions{x.dtype(), x.device()}), invstd = empty_like(mean);
   NALA_KERNEL(x, batch_norm_forward_train, N, C, spatial, x.data<T>(), ptr_or_null<T>(w),
               ptr_or_null<T>(b), T(eps), T(momentum), ptr_or_null<T>(running_mean),

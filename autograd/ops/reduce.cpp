@@ -9,7 +9,8 @@
 namespace nala {
 
 // Sorted, unique, non-negative dims; empty means all.
-static std::vector<int64_t> normalize_dims(const char* op, std::vector<int64_t> dims, int64_t ndim) {
+static std::vector<int64_t> normalize_dims(const char* op, std::vector<int64_t> dims,
+                                           int64_t ndim) {
   if (dims.empty())
     for (int64_t d = 0; d < ndim; ++d) dims.push_back(d);
   for (int64_t& d : dims) d = wrap_dim(op, d, ndim);
@@ -42,14 +43,18 @@ static Tensor reduce_raw(kernels::ReduceOp op, const char* name, const Tensor& x
   if (block) {
     x = x.contiguous();
     for (int64_t d = 0; d < x.dim(); ++d) {
-      if (d < dims.front()) outer *= x.shape()[d];
-      else if (d <= dims.back()) r *= x.shape()[d];
-      else inner *= x.shape()[d];
+      if (d < dims.front())
+        outer *= x.shape()[d];
+      else if (d <= dims.back())
+        r *= x.shape()[d];
+      else
+        inner *= x.shape()[d];
     }
   } else {
     std::vector<int64_t> order;
     for (int64_t d = 0; d < x.dim(); ++d)
-      if (!std::binary_search(dims.begin(), dims.end(), d)) order.push_back(d), outer *= x.shape()[d];
+      if (!std::binary_search(dims.begin(), dims.end(), d))
+        order.push_back(d), outer *= x.shape()[d];
     for (int64_t d : dims) order.push_back(d), r *= x.shape()[d];
     x = x.permute(order).contiguous();
   }
@@ -61,7 +66,8 @@ static Tensor reduce_raw(kernels::ReduceOp op, const char* name, const Tensor& x
   return y;
 }
 
-static Tensor drop_dims(const Tensor& y, const Shape& x_shape, const std::vector<int64_t>& dims, bool keepdim) {
+static Tensor drop_dims(const Tensor& y, const Shape& x_shape, const std::vector<int64_t>& dims,
+                        bool keepdim) {
   return keepdim ? y : y.view(reduced_shape(x_shape, dims, false));
 }
 
@@ -69,7 +75,8 @@ static Tensor drop_dims(const Tensor& y, const Shape& x_shape, const std::vector
 Tensor sum(const Tensor& x, std::vector<int64_t> dims_in, bool keepdim) {
   std::vector<int64_t> dims = normalize_dims("sum", dims_in, x.dim());
   if (dims.empty()) return x;  // a 0-d tensor
-  Tensor y = drop_dims(reduce_raw(kernels::ReduceOp::Sum, "sum", x, dims), x.shape(), dims, keepdim);
+  Tensor y =
+      drop_dims(reduce_raw(kernels::ReduceOp::Sum, "sum", x, dims), x.shape(), dims, keepdim);
   record(y, "sum", {x}, [xs = x.shape(), dims](const Tensor& dy) {
     return std::vector<Tensor>{dy.reshape(reduced_shape(xs, dims, true)).expand(xs)};
   });
@@ -106,14 +113,16 @@ Tensor var(const Tensor& x, std::vector<int64_t> dims_in, int64_t correction, bo
     throw std::invalid_argument("var: " + std::to_string(count) + " elements with correction " +
                                 std::to_string(correction) + " in shape " + shape_str(x.shape()));
   Tensor centered = sub(x, mean(x, dims, true));
-  return mul(sum(mul(centered, centered), dims, keepdim), 1.0 / static_cast<double>(count - correction));
+  return mul(sum(mul(centered, centered), dims, keepdim),
+             1.0 / static_cast<double>(count - correction));
 }
 
 Tensor sum_to(const Tensor& x, const Shape& shape) {
   if (x.shape() == shape) return x;
   int64_t lead = x.dim() - static_cast<int64_t>(shape.size());
   if (lead < 0)
-    throw std::invalid_argument("sum_to: cannot sum shape " + shape_str(x.shape()) + " to " + shape_str(shape));
+    throw std::invalid_argument("sum_to: cannot sum shape " + shape_str(x.shape()) + " to " +
+                                shape_str(shape));
   std::vector<int64_t> dims;
   for (int64_t d = 0; d < x.dim(); ++d)
     if (d < lead || (shape[d - lead] == 1 && x.shape()[d] != 1)) dims.push_back(d);

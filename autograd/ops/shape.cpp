@@ -28,9 +28,10 @@ void check_same(const char* op, const std::vector<Tensor>& tensors) {
       continue;
     }
     if (t.device() != first->device())
-      throw std::invalid_argument(std::string(op) + ": tensors on different devices: " +
-                                  shape_str(first->shape()) + " on " + device_name(first->device()) +
-                                  " and " + shape_str(t.shape()) + " on " + device_name(t.device()));
+      throw std::invalid_argument(std::string(op) +
+                                  ": tensors on different devices: " + shape_str(first->shape()) +
+                                  " on " + device_name(first->device()) + " and " +
+                                  shape_str(t.shape()) + " on " + device_name(t.device()));
     if (t.dtype() != first->dtype())
       throw std::invalid_argument(std::string(op) + ": tensors of different dtypes: " +
                                   shape_str(first->shape()) + " " + dtype_name(first->dtype()) +
@@ -69,7 +70,8 @@ static Shape infer_shape(const char* op, const Shape& from, Shape to) {
   int64_t known = 1, infer = -1;
   for (size_t i = 0; i < to.size(); ++i) {
     if (to[i] == -1) {
-      if (infer >= 0) throw std::invalid_argument(std::string(op) + ": only one -1 allowed in " + shape_str(to));
+      if (infer >= 0)
+        throw std::invalid_argument(std::string(op) + ": only one -1 allowed in " + shape_str(to));
       infer = static_cast<int64_t>(i);
     } else {
       known *= to[i];
@@ -78,8 +80,8 @@ static Shape infer_shape(const char* op, const Shape& from, Shape to) {
   int64_t n = shape_numel(from);
   if (infer >= 0 && known != 0 && n % known == 0) to[infer] = n / known;
   if (shape_numel(to) != n || (infer >= 0 && known == 0))
-    throw std::invalid_argument(std::string(op) + ": cannot view shape " + shape_str(from) + " as " +
-                                shape_str(to));
+    throw std::invalid_argument(std::string(op) + ": cannot view shape " + shape_str(from) +
+                                " as " + shape_str(to));
   return to;
 }
 
@@ -119,7 +121,8 @@ Tensor Tensor::view(const Shape& shape_in) const {
                                 " without a copy; use reshape");
   Tensor y = make_view(*this, to, strides_to, offset());
   Shape from = shape();
-  record(y, "view", {*this}, [from](const Tensor& dy) { return std::vector<Tensor>{dy.reshape(from)}; });
+  record(y, "view", {*this},
+         [from](const Tensor& dy) { return std::vector<Tensor>{dy.reshape(from)}; });
   return y;
 }
 
@@ -132,19 +135,21 @@ Tensor Tensor::reshape(const Shape& shape_in) const {
 
 Tensor Tensor::permute(const std::vector<int64_t>& dims) const {
   if (static_cast<int64_t>(dims.size()) != dim())
-    throw std::invalid_argument("permute: " + std::to_string(dims.size()) + " dims given for shape " +
-                                shape_str(shape()));
+    throw std::invalid_argument("permute: " + std::to_string(dims.size()) +
+                                " dims given for shape " + shape_str(shape()));
   Shape sh(dim()), st(dim());
   std::vector<int64_t> inverse(dim(), -1);
   for (int64_t i = 0; i < dim(); ++i) {
     int64_t d = wrap_dim("permute", dims[i], dim());
-    if (inverse[d] != -1) throw std::invalid_argument("permute: dim " + std::to_string(d) + " repeated");
+    if (inverse[d] != -1)
+      throw std::invalid_argument("permute: dim " + std::to_string(d) + " repeated");
     inverse[d] = i;
     sh[i] = shape()[d];
     st[i] = strides()[d];
   }
   Tensor y = make_view(*this, sh, st, offset());
-  record(y, "permute", {*this}, [inverse](const Tensor& dy) { return std::vector<Tensor>{dy.permute(inverse)}; });
+  record(y, "permute", {*this},
+         [inverse](const Tensor& dy) { return std::vector<Tensor>{dy.permute(inverse)}; });
   return y;
 }
 
@@ -194,7 +199,8 @@ Tensor Tensor::select(int64_t dim_in, int64_t index) const {
 Tensor Tensor::expand(const Shape& to) const {
   int64_t n = static_cast<int64_t>(to.size());
   if (n < dim())
-    throw std::invalid_argument("expand: cannot expand shape " + shape_str(shape()) + " to " + shape_str(to));
+    throw std::invalid_argument("expand: cannot expand shape " + shape_str(shape()) + " to " +
+                                shape_str(to));
   Shape st(n, 0);
   for (int64_t i = 0; i < n; ++i) {
     int64_t j = i - (n - dim());
@@ -202,12 +208,14 @@ Tensor Tensor::expand(const Shape& to) const {
     if (shape()[j] == to[i])
       st[i] = strides()[j];
     else if (shape()[j] != 1)
-      throw std::invalid_argument("expand: cannot expand shape " + shape_str(shape()) + " to " + shape_str(to));
+      throw std::invalid_argument("expand: cannot expand shape " + shape_str(shape()) + " to " +
+                                  shape_str(to));
   }
   if (to == shape()) return *this;
   Tensor y = make_view(*this, to, st, offset());
   Shape from = shape();
-  record(y, "expand", {*this}, [from](const Tensor& dy) { return std::vector<Tensor>{sum_to(dy, from)}; });
+  record(y, "expand", {*this},
+         [from](const Tensor& dy) { return std::vector<Tensor>{sum_to(dy, from)}; });
   return y;
 }
 
@@ -252,7 +260,8 @@ Tensor Tensor::to(Device d) const {
   if (d == device()) return *this;
   Tensor y = copy_tensor(*this, d, dtype());
   Device from = device();
-  record(y, "to_device", {*this}, [from](const Tensor& dy) { return std::vector<Tensor>{dy.to(from)}; });
+  record(y, "to_device", {*this},
+         [from](const Tensor& dy) { return std::vector<Tensor>{dy.to(from)}; });
   return y;
 }
 
@@ -261,7 +270,8 @@ Tensor Tensor::to(DType t) const {
   Tensor y = copy_tensor(*this, device(), t);
   DType from = dtype();
   if (is_floating(t) && is_floating(from))
-    record(y, "to_dtype", {*this}, [from](const Tensor& dy) { return std::vector<Tensor>{dy.to(from)}; });
+    record(y, "to_dtype", {*this},
+           [from](const Tensor& dy) { return std::vector<Tensor>{dy.to(from)}; });
   return y;
 }
 
@@ -279,7 +289,8 @@ Tensor concat(const std::vector<Tensor>& tensors, int64_t dim) {
     s[d] = f[d] = 0;
     if (t.dim() != first.dim() || s != f)
       throw std::invalid_argument("concat: shapes " + shape_str(first.shape()) + " and " +
-                                  shape_str(t.shape()) + " differ outside dim " + std::to_string(d));
+                                  shape_str(t.shape()) + " differ outside dim " +
+                                  std::to_string(d));
     shape[d] += t.shape()[d];
   }
   Tensor y = empty(shape, TensorOptions{first.dtype(), first.device()});
@@ -294,7 +305,8 @@ Tensor concat(const std::vector<Tensor>& tensors, int64_t dim) {
   for (const Tensor& t : tensors) lengths.push_back(t.shape()[d]);
   record(y, "concat", tensors, [=](const Tensor& dy) {
     std::vector<Tensor> dx;
-    for (size_t i = 0; i < starts.size(); ++i) dx.push_back(dy.slice(d, starts[i], starts[i] + lengths[i]));
+    for (size_t i = 0; i < starts.size(); ++i)
+      dx.push_back(dy.slice(d, starts[i], starts[i] + lengths[i]));
     return dx;
   });
   return y;

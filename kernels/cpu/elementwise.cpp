@@ -11,7 +11,8 @@ namespace nala::kernels::cpu {
 constexpr int64_t kParallelGrain = 1 << 15;
 
 // Offset of flat (row-major) element i over `sizes` for an operand with `strides`.
-static inline int64_t strided_offset(int64_t i, int ndim, const int64_t* sizes, const int64_t* strides) {
+static inline int64_t strided_offset(int64_t i, int ndim, const int64_t* sizes,
+                                     const int64_t* strides) {
   int64_t off = 0;
   for (int d = ndim - 1; d >= 0; --d) {
     off += (i % sizes[d]) * strides[d];
@@ -55,41 +56,51 @@ void fill(int64_t n, T value, T* y) {
 template <typename T>
 void random_uniform(int64_t n, uint64_t seed, uint64_t offset, T low, T high, T* y) {
 #pragma omp parallel for if (n > kParallelGrain)
-  for (int64_t i = 0; i < n; ++i)
-    y[i] = random_uniform_at<T>(seed, offset + i, low, high);
+  for (int64_t i = 0; i < n; ++i) y[i] = random_uniform_at<T>(seed, offset + i, low, high);
 }
 
 template <typename T>
 void random_normal(int64_t n, uint64_t seed, uint64_t offset, T mean, T std, T* y) {
 #pragma omp parallel for if (n > kParallelGrain)
-  for (int64_t i = 0; i < n; ++i)
-    y[i] = random_normal_at<T>(seed, offset + i, mean, std);
+  for (int64_t i = 0; i < n; ++i) y[i] = random_normal_at<T>(seed, offset + i, mean, std);
 }
 
 // ---- unary: f(x) and f'(x) side by side ----
 
 template <typename T>
-static inline T sigmoid_of(T x) { return T(1) / (T(1) + std::exp(-x)); }
+static inline T sigmoid_of(T x) {
+  return T(1) / (T(1) + std::exp(-x));
+}
 
 constexpr double kSqrt2OverPi = 0.7978845608028654;  // sqrt(2 / pi)
-constexpr double kInvSqrt2 = 0.7071067811865476;      // 1 / sqrt(2)
-constexpr double kInvSqrt2Pi = 0.3989422804014327;    // 1 / sqrt(2 pi)
+constexpr double kInvSqrt2 = 0.7071067811865476;     // 1 / sqrt(2)
+constexpr double kInvSqrt2Pi = 0.3989422804014327;   // 1 / sqrt(2 pi)
 
 template <typename T>
 static inline T unary_value(UnaryOp op, T x) {
   switch (op) {
-    case UnaryOp::Neg: return -x;
-    case UnaryOp::Exp: return std::exp(x);
-    case UnaryOp::Log: return std::log(x);
-    case UnaryOp::Sqrt: return std::sqrt(x);
-    case UnaryOp::Abs: return std::abs(x);
-    case UnaryOp::Tanh: return std::tanh(x);
-    case UnaryOp::Sigmoid: return sigmoid_of(x);
-    case UnaryOp::Relu: return x > T(0) || x != x ? x : T(0);  // NaN stays NaN, as on CUDA
+    case UnaryOp::Neg:
+      return -x;
+    case UnaryOp::Exp:
+      return std::exp(x);
+    case UnaryOp::Log:
+      return std::log(x);
+    case UnaryOp::Sqrt:
+      return std::sqrt(x);
+    case UnaryOp::Abs:
+      return std::abs(x);
+    case UnaryOp::Tanh:
+      return std::tanh(x);
+    case UnaryOp::Sigmoid:
+      return sigmoid_of(x);
+    case UnaryOp::Relu:
+      return x > T(0) || x != x ? x : T(0);  // NaN stays NaN, as on CUDA
     case UnaryOp::GeluTanh:
       return T(0.5) * x * (T(1) + std::tanh(T(kSqrt2OverPi) * (x + T(0.044715) * x * x * x)));
-    case UnaryOp::GeluErf: return T(0.5) * x * (T(1) + std::erf(x * T(kInvSqrt2)));
-    case UnaryOp::Silu: return x * sigmoid_of(x);
+    case UnaryOp::GeluErf:
+      return T(0.5) * x * (T(1) + std::erf(x * T(kInvSqrt2)));
+    case UnaryOp::Silu:
+      return x * sigmoid_of(x);
   }
   return x;
 }
@@ -98,14 +109,22 @@ static inline T unary_value(UnaryOp op, T x) {
 template <typename T>
 static inline T unary_derivative(UnaryOp op, T x, T y) {
   switch (op) {
-    case UnaryOp::Neg: return T(-1);
-    case UnaryOp::Exp: return y;                          // (e^x)' = e^x
-    case UnaryOp::Log: return T(1) / x;                   // (ln x)' = 1/x
-    case UnaryOp::Sqrt: return T(0.5) / y;                // (sqrt x)' = 1 / (2 sqrt x)
-    case UnaryOp::Abs: return x > T(0) ? T(1) : (x < T(0) ? T(-1) : T(0));
-    case UnaryOp::Tanh: return T(1) - y * y;              // tanh' = 1 - tanh^2
-    case UnaryOp::Sigmoid: return y * (T(1) - y);         // s' = s (1 - s)
-    case UnaryOp::Relu: return x > T(0) ? T(1) : T(0);
+    case UnaryOp::Neg:
+      return T(-1);
+    case UnaryOp::Exp:
+      return y;  // (e^x)' = e^x
+    case UnaryOp::Log:
+      return T(1) / x;  // (ln x)' = 1/x
+    case UnaryOp::Sqrt:
+      return T(0.5) / y;  // (sqrt x)' = 1 / (2 sqrt x)
+    case UnaryOp::Abs:
+      return x > T(0) ? T(1) : (x < T(0) ? T(-1) : T(0));
+    case UnaryOp::Tanh:
+      return T(1) - y * y;  // tanh' = 1 - tanh^2
+    case UnaryOp::Sigmoid:
+      return y * (T(1) - y);  // s' = s (1 - s)
+    case UnaryOp::Relu:
+      return x > T(0) ? T(1) : T(0);
     case UnaryOp::GeluTanh: {
       // u = sqrt(2/pi)(x + 0.044715 x^3), gelu = x/2 (1 + tanh u)
       // gelu' = (1 + tanh u)/2 + x/2 (1 - tanh^2 u) sqrt(2/pi)(1 + 3 * 0.044715 x^2)
@@ -114,7 +133,8 @@ static inline T unary_derivative(UnaryOp op, T x, T y) {
              T(0.5) * x * (T(1) - t * t) * T(kSqrt2OverPi) * (T(1) + T(3 * 0.044715) * x * x);
     }
     case UnaryOp::GeluErf:  // gelu' = Phi(x) + x phi(x)
-      return T(0.5) * (T(1) + std::erf(x * T(kInvSqrt2))) + x * T(kInvSqrt2Pi) * std::exp(T(-0.5) * x * x);
+      return T(0.5) * (T(1) + std::erf(x * T(kInvSqrt2))) +
+             x * T(kInvSqrt2Pi) * std::exp(T(-0.5) * x * x);
     case UnaryOp::Silu: {  // (x s)' = s + x s (1 - s)
       T s = sigmoid_of(x);
       return s * (T(1) + x * (T(1) - s));
@@ -139,18 +159,27 @@ void unary_backward(UnaryOp op, int64_t n, const T* x, const T* y, const T* dy, 
 
 // a^b with 0^b = 0 for b > 0 (std::pow agrees; kept explicit as the ops rely on it).
 template <typename T>
-static inline T power(T a, T b) { return a == T(0) && b > T(0) ? T(0) : std::pow(a, b); }
+static inline T power(T a, T b) {
+  return a == T(0) && b > T(0) ? T(0) : std::pow(a, b);
+}
 
 template <typename T>
 static inline T binary_value(BinaryOp op, T a, T b) {
   switch (op) {
-    case BinaryOp::Add: return a + b;
-    case BinaryOp::Sub: return a - b;
-    case BinaryOp::Mul: return a * b;
-    case BinaryOp::Div: return a / b;
-    case BinaryOp::Pow: return power(a, b);
-    case BinaryOp::Eq: return a == b ? T(1) : T(0);
-    case BinaryOp::Gt: return a > b ? T(1) : T(0);
+    case BinaryOp::Add:
+      return a + b;
+    case BinaryOp::Sub:
+      return a - b;
+    case BinaryOp::Mul:
+      return a * b;
+    case BinaryOp::Div:
+      return a / b;
+    case BinaryOp::Pow:
+      return power(a, b);
+    case BinaryOp::Eq:
+      return a == b ? T(1) : T(0);
+    case BinaryOp::Gt:
+      return a > b ? T(1) : T(0);
   }
   return T(0);
 }
@@ -178,18 +207,24 @@ void scalar_forward(ScalarOp op, int64_t n, const T* x, T s, T* y) {
 #pragma omp parallel for if (n > kParallelGrain)
   for (int64_t i = 0; i < n; ++i) {
     switch (op) {
-      case ScalarOp::Add: y[i] = x[i] + s; break;
-      case ScalarOp::Mul: y[i] = x[i] * s; break;
-      case ScalarOp::Pow: y[i] = power(x[i], s); break;
+      case ScalarOp::Add:
+        y[i] = x[i] + s;
+        break;
+      case ScalarOp::Mul:
+        y[i] = x[i] * s;
+        break;
+      case ScalarOp::Pow:
+        y[i] = power(x[i], s);
+        break;
     }
   }
 }
 
 // ---- instantiations ----
 
-#define NALA_COPY_TO(Src)                                                          \
-  template void copy_strided<Src, float>(const Layout&, const Src*, const Layout&, float*);    \
-  template void copy_strided<Src, double>(const Layout&, const Src*, const Layout&, double*);  \
+#define NALA_COPY_TO(Src)                                                                       \
+  template void copy_strided<Src, float>(const Layout&, const Src*, const Layout&, float*);     \
+  template void copy_strided<Src, double>(const Layout&, const Src*, const Layout&, double*);   \
   template void copy_strided<Src, int32_t>(const Layout&, const Src*, const Layout&, int32_t*); \
   template void copy_strided<Src, int64_t>(const Layout&, const Src*, const Layout&, int64_t*); \
   template void copy_strided<Src, uint8_t>(const Layout&, const Src*, const Layout&, uint8_t*);
@@ -206,12 +241,12 @@ template void fill<int32_t>(int64_t, int32_t, int32_t*);
 template void fill<int64_t>(int64_t, int64_t, int64_t*);
 template void fill<uint8_t>(int64_t, uint8_t, uint8_t*);
 
-#define NALA_INSTANTIATE(T)                                                                   \
-  template void random_uniform<T>(int64_t, uint64_t, uint64_t, T, T, T*);                     \
-  template void random_normal<T>(int64_t, uint64_t, uint64_t, T, T, T*);                      \
-  template void unary_forward<T>(UnaryOp, int64_t, const T*, T*);                             \
-  template void unary_backward<T>(UnaryOp, int64_t, const T*, const T*, const T*, T*);        \
-  template void binary_forward<T>(BinaryOp, const Broadcast&, const T*, const T*, T*);        \
+#define NALA_INSTANTIATE(T)                                                            \
+  template void random_uniform<T>(int64_t, uint64_t, uint64_t, T, T, T*);              \
+  template void random_normal<T>(int64_t, uint64_t, uint64_t, T, T, T*);               \
+  template void unary_forward<T>(UnaryOp, int64_t, const T*, T*);                      \
+  template void unary_backward<T>(UnaryOp, int64_t, const T*, const T*, const T*, T*); \
+  template void binary_forward<T>(BinaryOp, const Broadcast&, const T*, const T*, T*); \
   template void scalar_forward<T>(ScalarOp, int64_t, const T*, T, T*);
 NALA_INSTANTIATE(float)
 NALA_INSTANTIATE(double)

@@ -433,8 +433,8 @@ struct KeySumsLayout {
 // adds the tile's K'^T V in 4 x 4 register blocks and the column sums of phiK = split(kappa).
 template <typename T, FeatureMap fm>
 __global__ void __launch_bounds__(kThreads)
-    linear_key_sums_kernel(int64_t n, int64_t chunk, int d, int tile, const T* k, const T* v, const T* sin,
-                           const T* cos, T* partials) {
+    linear_key_sums_kernel(int64_t n, int64_t chunk, int d, int tile, const T* k, const T* v,
+                           const T* sin, const T* cos, T* partials) {
   const int width = kHalves<fm> * d, ld = d, groups = key_sum_groups(d);
   const KeySumsLayout layout(tile, d, width);
   T* shared = shared_memory<T>();
@@ -526,8 +526,8 @@ struct OutputLayout {
 // block multiplies Q' S in 4 x 4 register blocks and writes o.
 template <typename T, FeatureMap fm>
 __global__ void __launch_bounds__(kThreads)
-    linear_output_kernel(int64_t n, int64_t chunk, int d, int tile, const T* q, const T* sin, const T* cos,
-                         const T* state, const T* kbar, T* o, T* z) {
+    linear_output_kernel(int64_t n, int64_t chunk, int d, int tile, const T* q, const T* sin,
+                         const T* cos, const T* state, const T* kbar, T* o, T* z) {
   const int width = kHalves<fm> * d, half_d = d / 2, ld = tile + 1;
   const OutputLayout layout(tile, d, width);
   T* shared = shared_memory<T>();
@@ -631,9 +631,9 @@ struct QueryBackwardLayout {
 // Threads per (token, pair) take consecutive pairs here (token-major arrays, coalesced dq).
 template <typename T, FeatureMap fm>
 __global__ void __launch_bounds__(kThreads)
-    linear_query_backward_kernel(int64_t n, int64_t chunk, int d, int tile, const T* q, const T* sin, const T* cos,
-                                 const T* state, const T* kbar, const T* z, const T* dout, T* dq,
-                                 T* partials) {
+    linear_query_backward_kernel(int64_t n, int64_t chunk, int d, int tile, const T* q,
+                                 const T* sin, const T* cos, const T* state, const T* kbar,
+                                 const T* z, const T* dout, T* dq, T* partials) {
   const int width = kHalves<fm> * d, half_d = d / 2, ld = d + 1, parts_ld = half_d + 1;
   const QueryBackwardLayout layout(tile, d, width);
   T* shared = shared_memory<T>();
@@ -813,8 +813,8 @@ struct KeyBackwardLayout {
 // Threads per (token, pair) take consecutive tokens here (feature-major arrays).
 template <typename T, FeatureMap fm>
 __global__ void __launch_bounds__(kThreads)
-    linear_key_backward_kernel(int64_t n, int64_t chunk, int d, int tile, const T* k, const T* v, const T* sin,
-                               const T* cos, const T* token_grads, T* dk, T* dv) {
+    linear_key_backward_kernel(int64_t n, int64_t chunk, int d, int tile, const T* k, const T* v,
+                               const T* sin, const T* cos, const T* token_grads, T* dk, T* dv) {
   const int width = kHalves<fm> * d, half_d = d / 2, ld = d + 1;
   const KeyBackwardLayout layout(tile, d, width);
   T* shared = shared_memory<T>();
@@ -913,8 +913,8 @@ void linear_forward(int64_t bh, int64_t n, int d, const T* q, const T* k, const 
 
   const auto sums_bytes = [&](int tile) { return KeySumsLayout(tile, d, width).size * sizeof(T); };
   const int sums_tile = choose_tile(name, sums_bytes);
-  launch(linear_key_sums_kernel<T, fm>, grid, sums_bytes(sums_tile), n, chunk, d, sums_tile, k, v, sin,
-         cos, workspace);
+  launch(linear_key_sums_kernel<T, fm>, grid, sums_bytes(sums_tile), n, chunk, d, sums_tile, k, v,
+         sin, cos, workspace);
 
   const int64_t matrix_size = int64_t(width) * d;
   for_each_index(bh * (matrix_size + width),
@@ -922,8 +922,8 @@ void linear_forward(int64_t bh, int64_t n, int d, const T* q, const T* k, const 
 
   const auto out_bytes = [&](int tile) { return OutputLayout(tile, d, width).size * sizeof(T); };
   const int out_tile = choose_tile(name, out_bytes);
-  launch(linear_output_kernel<T, fm>, grid, out_bytes(out_tile), n, chunk, d, out_tile, q, sin, cos, state,
-         kbar, o, z);
+  launch(linear_output_kernel<T, fm>, grid, out_bytes(out_tile), n, chunk, d, out_tile, q, sin, cos,
+         state, kbar, o, z);
 }
 
 template <typename T, FeatureMap fm>
@@ -941,8 +941,8 @@ void linear_backward(int64_t bh, int64_t n, int d, const T* q, const T* k, const
     return QueryBackwardLayout(tile, d, width).size * sizeof(T);
   };
   const int query_tile = choose_tile(name, query_bytes);
-  launch(linear_query_backward_kernel<T, fm>, grid, query_bytes(query_tile), n, chunk, d, query_tile, q,
-         sin, cos, state, kbar, z, dout, dq, workspace);
+  launch(linear_query_backward_kernel<T, fm>, grid, query_bytes(query_tile), n, chunk, d,
+         query_tile, q, sin, cos, state, kbar, z, dout, dq, workspace);
 
   // token_grads holds, per head, the D x d matrix dS / N then the D vector dkbar / N.
   for_each_index(bh * partial_size, SumPartials<T>{workspace, chunks, partial_size, 0, T(1) / T(n),
@@ -952,8 +952,8 @@ void linear_backward(int64_t bh, int64_t n, int d, const T* q, const T* k, const
     return KeyBackwardLayout(tile, d, width).size * sizeof(T);
   };
   const int key_tile = choose_tile(name, key_bytes);
-  launch(linear_key_backward_kernel<T, fm>, grid, key_bytes(key_tile), n, chunk, d, key_tile, k, v, sin,
-         cos, token_grads, dk, dv);
+  launch(linear_key_backward_kernel<T, fm>, grid, key_bytes(key_tile), n, chunk, d, key_tile, k, v,
+         sin, cos, token_grads, dk, dv);
 }
 
 // ---- softmax attention ----

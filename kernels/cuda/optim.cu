@@ -19,7 +19,8 @@ __global__ void __launch_bounds__(kThreads) tensor_square_sums_kernel(TensorList
   const int t = blockIdx.x;
   const T* x = list.arrays[0][t];
   double s = 0;
-  for (int64_t i = threadIdx.x; i < list.sizes[t]; i += blockDim.x) s += double(x[i]) * double(x[i]);
+  for (int64_t i = threadIdx.x; i < list.sizes[t]; i += blockDim.x)
+    s += double(x[i]) * double(x[i]);
   s = block_reduce<SumOp<double>>(s);
   if (threadIdx.x == 0) g_square_partials[t] = s;
 }
@@ -45,7 +46,8 @@ __global__ void __launch_bounds__(kThreads)
   const T inv_bc1 = T(1 / s.bias_correction1), inv_bc2 = T(1 / s.bias_correction2);
   const T decay = T(1) - lr * list.weight_decay[t];
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < list.sizes[t]; i += step) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < list.sizes[t];
+       i += step) {
     const T gi = g[i] * scale;
     const T mi = b1 * m[i] + (T(1) - b1) * gi;
     const T vi = b2 * v[i] + (T(1) - b2) * gi * gi;

@@ -28,7 +28,8 @@ std::vector<double> rho(const std::vector<double>& x, const std::vector<double>&
 Tensor nala_reference(const Tensor& q, const Tensor& k, const Tensor& v, int64_t gh, int64_t gw) {
   int64_t N = q.size(2), d = q.size(3), bh = q.size(0) * q.size(1);
   auto [sin_t, cos_t] = rotary_tables(gh, gw, d, DType::Float64, Device::CPU);
-  std::vector<double> Q = values(q), K = values(k), V = values(v), s = values(sin_t), c = values(cos_t);
+  std::vector<double> Q = values(q), K = values(k), V = values(v), s = values(sin_t),
+                      c = values(cos_t);
   std::vector<double> out(bh * N * d, 0.0);
   for (int64_t h = 0; h < bh; ++h) {
     std::vector<std::vector<double>> phiQ(N), phiK(N);
@@ -72,10 +73,12 @@ Tensor nala_reference(const Tensor& q, const Tensor& k, const Tensor& v, int64_t
 }
 
 // Direct softmax attention: o_i = sum_j softmax_j(rho(q_i) . rho(k_j) / sqrt d) v_j.
-Tensor softmax_reference(const Tensor& q, const Tensor& k, const Tensor& v, int64_t gh, int64_t gw) {
+Tensor softmax_reference(const Tensor& q, const Tensor& k, const Tensor& v, int64_t gh,
+                         int64_t gw) {
   int64_t N = q.size(2), d = q.size(3), bh = q.size(0) * q.size(1);
   auto [sin_t, cos_t] = rotary_tables(gh, gw, d, DType::Float64, Device::CPU);
-  std::vector<double> Q = values(q), K = values(k), V = values(v), s = values(sin_t), c = values(cos_t);
+  std::vector<double> Q = values(q), K = values(k), V = values(v), s = values(sin_t),
+                      c = values(cos_t);
   std::vector<double> out(bh * N * d, 0.0);
   for (int64_t h = 0; h < bh; ++h)
     for (int64_t i = 0; i < N; ++i) {
@@ -83,7 +86,8 @@ Tensor softmax_reference(const Tensor& q, const Tensor& k, const Tensor& v, int6
       std::vector<double> qr = rho(qi, s, c, i, d);
       double m = -INFINITY, total = 0;
       for (int64_t j = 0; j < N; ++j) {
-        std::vector<double> kj(&K[(h * N + j) * d], &K[(h * N + j) * d] + d), kr = rho(kj, s, c, j, d);
+        std::vector<double> kj(&K[(h * N + j) * d], &K[(h * N + j) * d] + d),
+            kr = rho(kj, s, c, j, d);
         double dot = 0;
         for (int64_t t = 0; t < d; ++t) dot += qr[t] * kr[t];
         scores[j] = dot / std::sqrt(double(d));
@@ -91,13 +95,16 @@ Tensor softmax_reference(const Tensor& q, const Tensor& k, const Tensor& v, int6
       }
       for (double& x : scores) total += (x = std::exp(x - m));
       for (int64_t j = 0; j < N; ++j)
-        for (int64_t t = 0; t < d; ++t) out[(h * N + i) * d + t] += scores[j] / total * V[(h * N + j) * d + t];
+        for (int64_t t = 0; t < d; ++t)
+          out[(h * N + i) * d + t] += scores[j] / total * V[(h * N + j) * d + t];
     }
   return from_vector(out, q.shape(), TensorOptions{DType::Float64});
 }
 
 Tensor qkv(const Shape& shape, uint64_t seed, Device device = Device::CPU, double scale = 1.0) {
-  return mul(test::random_tensor(shape, seed, DType::Float64, device), scale).detach().requires_grad_();
+  return mul(test::random_tensor(shape, seed, DType::Float64, device), scale)
+      .detach()
+      .requires_grad_();
 }
 
 }  // namespace
@@ -116,9 +123,11 @@ TEST_CASE("rotary tables follow section 3") {
 
 TEST_CASE("fused NaLa and softmax attention match direct O(N^2) references") {
   for (auto [gh, gw, d] : {std::tuple{2, 3, 8}, {4, 4, 4}, {1, 1, 8}, {3, 5, 16}}) {
-    Tensor q = qkv({2, 2, gh * gw, d}, 1), k = qkv({2, 2, gh * gw, d}, 2), v = qkv({2, 2, gh * gw, d}, 3);
+    Tensor q = qkv({2, 2, gh * gw, d}, 1), k = qkv({2, 2, gh * gw, d}, 2),
+           v = qkv({2, 2, gh * gw, d}, 3);
     CHECK(max_rel_diff(nala_attention(q, k, v, gh, gw), nala_reference(q, k, v, gh, gw)) < 1e-10);
-    CHECK(max_rel_diff(attention(AttentionKind::Softmax, q, k, v, gh, gw), softmax_reference(q, k, v, gh, gw)) < 1e-12);
+    CHECK(max_rel_diff(attention(AttentionKind::Softmax, q, k, v, gh, gw),
+                       softmax_reference(q, k, v, gh, gw)) < 1e-12);
   }
 }
 
@@ -140,7 +149,9 @@ TEST_CASE("attention gradients match finite differences (float64)") {
     CAPTURE(std::string(device_name(device)));
     for (AttentionKind kind : {AttentionKind::Nala, AttentionKind::Relu, AttentionKind::Softmax}) {
       CAPTURE(int(kind));
-      auto f = [kind = kind](const std::vector<Tensor>& x) { return attention(kind, x[0], x[1], x[2], 2, 3); };
+      auto f = [kind = kind](const std::vector<Tensor>& x) {
+        return attention(kind, x[0], x[1], x[2], 2, 3);
+      };
       for (const EdgeCase& e : edge_queries(device)) {
         CAPTURE(e.name);
         Tensor k = qkv({1, 2, 6, 8}, 8, device), v = qkv({1, 2, 6, 8}, 9, device);
@@ -165,12 +176,20 @@ TEST_CASE("attention gradients match finite differences (float64)") {
         for (double x : q0.grad().select(2, 3).to_vector<double>()) CHECK(x == 0.0);
       CHECK(gradcheck(f, {q0.detach(), k0, v0}).passed);
       // N = 1 and non-contiguous inputs (a permuted (B, N, H, d) layout).
-      Tensor q1 = qkv({2, 1, 1, 4}, 10, device), k1 = qkv({2, 1, 1, 4}, 11, device), v1 = qkv({2, 1, 1, 4}, 12, device);
-      CHECK(gradcheck([kind = kind](const std::vector<Tensor>& x) { return attention(kind, x[0], x[1], x[2], 1, 1); }, {q1, k1, v1}).passed);
-      Tensor qp = qkv({1, 4, 2, 8}, 13, device), kp = qkv({1, 4, 2, 8}, 14, device), vp = qkv({1, 4, 2, 8}, 15, device);
+      Tensor q1 = qkv({2, 1, 1, 4}, 10, device), k1 = qkv({2, 1, 1, 4}, 11, device),
+             v1 = qkv({2, 1, 1, 4}, 12, device);
+      CHECK(gradcheck(
+                [kind = kind](const std::vector<Tensor>& x) {
+                  return attention(kind, x[0], x[1], x[2], 1, 1);
+                },
+                {q1, k1, v1})
+                .passed);
+      Tensor qp = qkv({1, 4, 2, 8}, 13, device), kp = qkv({1, 4, 2, 8}, 14, device),
+             vp = qkv({1, 4, 2, 8}, 15, device);
       GradcheckResult r = gradcheck(
           [kind = kind](const std::vector<Tensor>& x) {
-            return attention(kind, x[0].transpose(1, 2), x[1].transpose(1, 2), x[2].transpose(1, 2), 2, 2);
+            return attention(kind, x[0].transpose(1, 2), x[1].transpose(1, 2), x[2].transpose(1, 2),
+                             2, 2);
           },
           {qp, kp, vp});
       INFO(r.worst);
@@ -179,7 +198,8 @@ TEST_CASE("attention gradients match finite differences (float64)") {
   }
 }
 
-TEST_CASE("fused attention matches the composition of primitive ops (float32, forward and gradients)") {
+TEST_CASE(
+    "fused attention matches the composition of primitive ops (float32, forward and gradients)") {
   test::FullFloat32Guard full_float32;  // the composition's matmuls in full float32
   for (Device device : test::devices()) {
     CAPTURE(std::string(device_name(device)));
@@ -192,10 +212,12 @@ TEST_CASE("fused attention matches the composition of primitive ops (float32, fo
         Tensor q = test::random_tensor(shape, 20, DType::Float32, device, -2, 2).requires_grad_();
         Tensor k = test::random_tensor(shape, 21, DType::Float32, device).requires_grad_();
         Tensor v = test::random_tensor(shape, 22, DType::Float32, device).requires_grad_();
-        Tensor o = composed ? attention_composed(kind, q, k, v, 8, 8) : attention(kind, q, k, v, 8, 8);
+        Tensor o =
+            composed ? attention_composed(kind, q, k, v, 8, 8) : attention(kind, q, k, v, 8, 8);
         sum(mul(o, test::random_tensor(shape, 23, DType::Float32, device))).backward();
         outs[composed] = o;
-        for (const Tensor& t : {q, k, v}) (composed ? composed_grads : fused_grads).push_back(t.grad());
+        for (const Tensor& t : {q, k, v})
+          (composed ? composed_grads : fused_grads).push_back(t.grad());
       }
       // float32 through sums of 64 tokens and powers up to 4.5: 1e-4 relative, with margin.
       CHECK(max_rel_diff(outs[0], outs[1]) < 1e-4);
@@ -209,10 +231,14 @@ TEST_CASE("fused attention matches the composition of primitive ops (float32, fo
 
 TEST_CASE("attention rejects bad shapes with clear errors") {
   Tensor q = zeros({1, 2, 6, 8});
-  CHECK_THROWS_WITH_AS(nala_attention(q, q, q, 2, 2), doctest::Contains("grid 2 x 2 does not match N = 6"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(nala_attention(q, q, q, 2, 2),
+                       doctest::Contains("grid 2 x 2 does not match N = 6"), std::invalid_argument);
   Tensor q6 = zeros({1, 2, 6, 6});
-  CHECK_THROWS_WITH_AS(nala_attention(q6, q6, q6, 2, 3), doctest::Contains("must be a positive multiple of 4"), std::invalid_argument);
-  CHECK_THROWS_WITH_AS(nala_attention(q, zeros({1, 2, 6, 4}), q, 2, 3), doctest::Contains("must share one (B, H, N, d) shape"),
+  CHECK_THROWS_WITH_AS(nala_attention(q6, q6, q6, 2, 3),
+                       doctest::Contains("must be a positive multiple of 4"),
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(nala_attention(q, zeros({1, 2, 6, 4}), q, 2, 3),
+                       doctest::Contains("must share one (B, H, N, d) shape"),
                        std::invalid_argument);
   CHECK_THROWS_WITH_AS(nala_attention(zeros({2, 6, 8}), zeros({2, 6, 8}), zeros({2, 6, 8}), 2, 3),
                        doctest::Contains("[2, 6, 8]"), std::invalid_argument);

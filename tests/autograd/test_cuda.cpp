@@ -47,19 +47,23 @@ TEST_CASE("CUDA ops agree with the CPU ops") {
 
 TEST_CASE("TF32 matmul on CUDA: close to float32, and switched off exactly") {
   if (!test::cuda_available()) return;
-  Tensor a = test::random_tensor({256, 256}, 1, DType::Float64), b = test::random_tensor({256, 256}, 2, DType::Float64);
+  Tensor a = test::random_tensor({256, 256}, 1, DType::Float64),
+         b = test::random_tensor({256, 256}, 2, DType::Float64);
   Tensor ref = matmul(a, b);
-  Tensor fast = matmul(a.to(DType::Float32).cuda(), b.to(DType::Float32).cuda()).cpu().to(DType::Float64);
+  Tensor fast =
+      matmul(a.to(DType::Float32).cuda(), b.to(DType::Float32).cuda()).cpu().to(DType::Float64);
   // TF32 keeps 10 mantissa bits (relative rounding 2^-11 per operand); over 256 random terms
   // the error of a sum of magnitude ~1 stays below 1e-2.
   CHECK(test::max_rel_diff(fast, ref) < 1e-2);
   test::FullFloat32Guard full_float32;
-  Tensor exact = matmul(a.to(DType::Float32).cuda(), b.to(DType::Float32).cuda()).cpu().to(DType::Float64);
+  Tensor exact =
+      matmul(a.to(DType::Float32).cuda(), b.to(DType::Float32).cuda()).cpu().to(DType::Float64);
   CHECK(test::max_rel_diff(exact, ref) < 1e-5);
 }
 
 TEST_CASE("mixing devices is an error naming both") {
   if (!test::cuda_available()) return;
   CHECK_THROWS_WITH_AS(add(zeros({2}), zeros({2}).cuda()),
-                       "add: tensors on different devices: [2] on cpu and [2] on cuda", std::invalid_argument);
+                       "add: tensors on different devices: [2] on cpu and [2] on cuda",
+                       std::invalid_argument);
 }

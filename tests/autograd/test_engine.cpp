@@ -20,9 +20,11 @@ TEST_CASE("backward with an explicit output gradient") {
   y.backward(from_vector({10, 100}, {2}, TensorOptions{DType::Float64}));
   CHECK(x.grad().to_vector<double>() == std::vector<double>{30, 300});
   Tensor z = mul(x, 3.0);
-  CHECK_THROWS_WITH_AS(z.backward(), doctest::Contains("non-scalar output of shape [2]"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(z.backward(), doctest::Contains("non-scalar output of shape [2]"),
+                       std::invalid_argument);
   CHECK_THROWS_WITH_AS(z.backward(ones({3}, TensorOptions{DType::Float64})),
-                       "backward: gradient of shape [3] for an output of shape [2]", std::invalid_argument);
+                       "backward: gradient of shape [3] for an output of shape [2]",
+                       std::invalid_argument);
 }
 
 TEST_CASE("a freed graph cannot be run twice unless retained") {
@@ -42,13 +44,14 @@ TEST_CASE("no-grad mode and detach record nothing") {
   }
   CHECK(mul(x, 2.0).requires_grad());
   CHECK_FALSE(mul(x.detach(), 2.0).requires_grad());
-  CHECK_THROWS_WITH_AS(sum(x.detach()).backward(), doctest::Contains("does not require grad"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(sum(x.detach()).backward(), doctest::Contains("does not require grad"),
+                       std::invalid_argument);
   CHECK_THROWS_AS(arange(3, TensorOptions{DType::Int64}).requires_grad_(), std::invalid_argument);
 }
 
 TEST_CASE("gradients flow through views to the base tensor") {
   Tensor x = arange(6, TensorOptions{DType::Float64}).requires_grad_();
   Tensor y = x.reshape({2, 3}).t().slice(0, 1, 3);  // rows 1..2 of x^T = columns 1, 2
-  sum(mul(y, y)).backward();                      // d/dx = 2x on those columns, 0 elsewhere
+  sum(mul(y, y)).backward();                        // d/dx = 2x on those columns, 0 elsewhere
   CHECK(x.grad().to_vector<double>() == std::vector<double>{0, 2, 4, 0, 8, 10});
 }

@@ -31,9 +31,17 @@ static Tensor broken_relu(const Tensor& x) {
 
 TEST_CASE("gradcheck fails a wrong gradient and the table reports it") {
   std::vector<GradcheckCase> cases = {
-      {"relu", [](Device) { return std::vector<Tensor>{from_vector({-1, 2, -3}, {3}, TensorOptions{DType::Float64, Device::CPU, true})}; },
+      {"relu",
+       [](Device) {
+         return std::vector<Tensor>{
+             from_vector({-1, 2, -3}, {3}, TensorOptions{DType::Float64, Device::CPU, true})};
+       },
        [](const std::vector<Tensor>& x) { return relu(x[0]); }},
-      {"broken_relu", [](Device) { return std::vector<Tensor>{from_vector({-1, 2, -3}, {3}, TensorOptions{DType::Float64, Device::CPU, true})}; },
+      {"broken_relu",
+       [](Device) {
+         return std::vector<Tensor>{
+             from_vector({-1, 2, -3}, {3}, TensorOptions{DType::Float64, Device::CPU, true})};
+       },
        [](const std::vector<Tensor>& x) { return broken_relu(x[0]); }},
   };
   std::ostringstream table;

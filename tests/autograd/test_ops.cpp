@@ -8,13 +8,16 @@ using test::random_tensor;
 
 TEST_CASE("matmul matches a triple loop, batched and broadcast") {
   for (auto [m, k, n] : {std::tuple{1, 1, 1}, {3, 17, 5}, {33, 64, 31}, {130, 70, 129}}) {
-    Tensor a = random_tensor({2, m, k}, 1, DType::Float64), b = random_tensor({k, n}, 2, DType::Float64);
+    Tensor a = random_tensor({2, m, k}, 1, DType::Float64),
+           b = random_tensor({k, n}, 2, DType::Float64);
     std::vector<double> av = a.to_vector<double>(), bv = b.to_vector<double>(), ref(2 * m * n, 0.0);
     for (int bt = 0; bt < 2; ++bt)
       for (int i = 0; i < m; ++i)
         for (int j = 0; j < n; ++j)
-          for (int p = 0; p < k; ++p) ref[(bt * m + i) * n + j] += av[(bt * m + i) * k + p] * bv[p * n + j];
-    CHECK(max_rel_diff(matmul(a, b), from_vector(ref, {2, m, n}, TensorOptions{DType::Float64})) < 1e-12);
+          for (int p = 0; p < k; ++p)
+            ref[(bt * m + i) * n + j] += av[(bt * m + i) * k + p] * bv[p * n + j];
+    CHECK(max_rel_diff(matmul(a, b), from_vector(ref, {2, m, n}, TensorOptions{DType::Float64})) <
+          1e-12);
     CHECK(max_rel_diff(matmul(a.to(DType::Float32), b.to(DType::Float32)),
                        from_vector(ref, {2, m, n}, TensorOptions{DType::Float32})) < 1e-5);
   }
@@ -23,21 +26,27 @@ TEST_CASE("matmul matches a triple loop, batched and broadcast") {
 TEST_CASE("linear is x W^T + b") {
   Tensor x = random_tensor({4, 3}, 3, DType::Float64), w = random_tensor({2, 3}, 4, DType::Float64);
   Tensor b = random_tensor({2}, 5, DType::Float64);
-  std::vector<double> xv = x.to_vector<double>(), wv = w.to_vector<double>(), bv = b.to_vector<double>(), ref;
+  std::vector<double> xv = x.to_vector<double>(), wv = w.to_vector<double>(),
+                      bv = b.to_vector<double>(), ref;
   for (int i = 0; i < 4; ++i)
     for (int o = 0; o < 2; ++o) {
       double s = bv[o];
       for (int c = 0; c < 3; ++c) s += xv[i * 3 + c] * wv[o * 3 + c];
       ref.push_back(s);
     }
-  CHECK(max_rel_diff(linear(x, w, b), from_vector(ref, {4, 2}, TensorOptions{DType::Float64})) < 1e-12);
+  CHECK(max_rel_diff(linear(x, w, b), from_vector(ref, {4, 2}, TensorOptions{DType::Float64})) <
+        1e-12);
 }
 
 // Direct convolution from the definition, zero padding.
-static Tensor conv_reference(const Tensor& x, const Tensor& w, int64_t stride, int64_t pad, int64_t groups) {
-  int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), Co = w.size(0), kh = w.size(2), kw = w.size(3);
-  int64_t Ho = (H + 2 * pad - kh) / stride + 1, Wo = (W + 2 * pad - kw) / stride + 1, Cg = C / groups, Cog = Co / groups;
-  std::vector<double> xv = x.to_vector<double>(), wv = w.to_vector<double>(), y(N * Co * Ho * Wo, 0.0);
+static Tensor conv_reference(const Tensor& x, const Tensor& w, int64_t stride, int64_t pad,
+                             int64_t groups) {
+  int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), Co = w.size(0),
+          kh = w.size(2), kw = w.size(3);
+  int64_t Ho = (H + 2 * pad - kh) / stride + 1, Wo = (W + 2 * pad - kw) / stride + 1,
+          Cg = C / groups, Cog = Co / groups;
+  std::vector<double> xv = x.to_vector<double>(), wv = w.to_vector<double>(),
+                      y(N * Co * Ho * Wo, 0.0);
   for (int64_t n = 0; n < N; ++n)
     for (int64_t o = 0; o < Co; ++o)
       for (int64_t i = 0; i < Ho; ++i)
@@ -49,7 +58,8 @@ static Tensor conv_reference(const Tensor& x, const Tensor& w, int64_t stride, i
               for (int64_t b = 0; b < kw; ++b) {
                 int64_t h = i * stride - pad + a, v = j * stride - pad + b;
                 if (h < 0 || h >= H || v < 0 || v >= W) continue;
-                s += xv[((n * C + g * Cg + c) * H + h) * W + v] * wv[((o * Cg + c) * kh + a) * kw + b];
+                s += xv[((n * C + g * Cg + c) * H + h) * W + v] *
+                     wv[((o * Cg + c) * kh + a) * kw + b];
               }
           y[((n * Co + o) * Ho + i) * Wo + j] = s;
         }
@@ -57,31 +67,40 @@ static Tensor conv_reference(const Tensor& x, const Tensor& w, int64_t stride, i
 }
 
 TEST_CASE("conv2d matches the direct definition: general, grouped, depthwise") {
-  struct Case { Shape x, w; int64_t stride, pad, groups; };
-  for (const Case& c : {Case{{2, 3, 7, 6}, {4, 3, 3, 3}, 1, 1, 1}, Case{{1, 4, 8, 8}, {6, 2, 3, 2}, 2, 1, 2},
-                        Case{{2, 5, 6, 7}, {5, 1, 3, 3}, 1, 1, 5}, Case{{1, 3, 9, 9}, {3, 1, 5, 5}, 2, 2, 3},
-                        Case{{2, 2, 4, 4}, {3, 2, 1, 1}, 1, 0, 1}}) {
+  struct Case {
+    Shape x, w;
+    int64_t stride, pad, groups;
+  };
+  for (const Case& c :
+       {Case{{2, 3, 7, 6}, {4, 3, 3, 3}, 1, 1, 1}, Case{{1, 4, 8, 8}, {6, 2, 3, 2}, 2, 1, 2},
+        Case{{2, 5, 6, 7}, {5, 1, 3, 3}, 1, 1, 5}, Case{{1, 3, 9, 9}, {3, 1, 5, 5}, 2, 2, 3},
+        Case{{2, 2, 4, 4}, {3, 2, 1, 1}, 1, 0, 1}}) {
     Tensor x = random_tensor(c.x, 6, DType::Float64), w = random_tensor(c.w, 7, DType::Float64);
-    CHECK(max_rel_diff(conv2d(x, w, Tensor(), c.stride, c.pad, c.groups), conv_reference(x, w, c.stride, c.pad, c.groups)) < 1e-12);
+    CHECK(max_rel_diff(conv2d(x, w, Tensor(), c.stride, c.pad, c.groups),
+                       conv_reference(x, w, c.stride, c.pad, c.groups)) < 1e-12);
   }
 }
 
 TEST_CASE("layer_norm normalises each row, then scales and shifts") {
   Tensor x = random_tensor({3, 8}, 8, DType::Float64, Device::CPU, -3, 5);
   Tensor w = random_tensor({8}, 9, DType::Float64), b = random_tensor({8}, 10, DType::Float64);
-  std::vector<double> xv = x.to_vector<double>(), wv = w.to_vector<double>(), bv = b.to_vector<double>(), ref;
+  std::vector<double> xv = x.to_vector<double>(), wv = w.to_vector<double>(),
+                      bv = b.to_vector<double>(), ref;
   for (int r = 0; r < 3; ++r) {
     double m = 0, v = 0;
     for (int c = 0; c < 8; ++c) m += xv[r * 8 + c] / 8;
     for (int c = 0; c < 8; ++c) v += (xv[r * 8 + c] - m) * (xv[r * 8 + c] - m) / 8;
-    for (int c = 0; c < 8; ++c) ref.push_back((xv[r * 8 + c] - m) / std::sqrt(v + 1e-5) * wv[c] + bv[c]);
+    for (int c = 0; c < 8; ++c)
+      ref.push_back((xv[r * 8 + c] - m) / std::sqrt(v + 1e-5) * wv[c] + bv[c]);
   }
-  CHECK(max_rel_diff(layer_norm(x, w, b, 1e-5), from_vector(ref, {3, 8}, TensorOptions{DType::Float64})) < 1e-12);
+  CHECK(max_rel_diff(layer_norm(x, w, b, 1e-5),
+                     from_vector(ref, {3, 8}, TensorOptions{DType::Float64})) < 1e-12);
 }
 
 TEST_CASE("batch_norm uses batch statistics in training and updates the running buffers") {
   Tensor x = random_tensor({4, 2, 3, 3}, 11, DType::Float64, Device::CPU, 1, 3);
-  Tensor rm = zeros({2}, TensorOptions{DType::Float64}), rv = ones({2}, TensorOptions{DType::Float64});
+  Tensor rm = zeros({2}, TensorOptions{DType::Float64}),
+         rv = ones({2}, TensorOptions{DType::Float64});
   Tensor y = batch_norm(x, Tensor(), Tensor(), rm, rv, true, 0.1, 1e-5);
   Tensor m = mean(x, {0, 2, 3}), v = var(x, {0, 2, 3}, 0), v1 = var(x, {0, 2, 3}, 1);
   CHECK(max_rel_diff(mean(y, {0, 2, 3}), zeros({2}, TensorOptions{DType::Float64})) < 1e-12);
@@ -89,7 +108,8 @@ TEST_CASE("batch_norm uses batch statistics in training and updates the running 
   CHECK(max_rel_diff(rm, mul(m, 0.1)) < 1e-12);
   CHECK(max_rel_diff(rv, add(mul(v1, 0.1), 0.9)) < 1e-12);
   Tensor ye = batch_norm(x, Tensor(), Tensor(), rm, rv, false, 0.1, 1e-5);
-  CHECK(max_rel_diff(ye, div(sub(x, rm.view({1, 2, 1, 1})), sqrt(add(rv, 1e-5)).view({1, 2, 1, 1}))) < 1e-12);
+  CHECK(max_rel_diff(ye, div(sub(x, rm.view({1, 2, 1, 1})),
+                             sqrt(add(rv, 1e-5)).view({1, 2, 1, 1}))) < 1e-12);
 }
 
 TEST_CASE("softmax, log_softmax and cross_entropy follow their definitions") {
@@ -116,7 +136,8 @@ TEST_CASE("activations at known points") {
   CHECK(g[2] == doctest::Approx(0.8413447460685429).epsilon(1e-14));  // Phi(1)
   CHECK(g[0] == doctest::Approx(-0.15865525393145707).epsilon(1e-14));
   CHECK(gelu(x, GeluApproximation::Tanh).to_vector<double>()[3] ==
-        doctest::Approx(2 * 0.5 * (1 + std::tanh(std::sqrt(2 / M_PI) * (2 + 0.044715 * 8)))).epsilon(1e-14));
+        doctest::Approx(2 * 0.5 * (1 + std::tanh(std::sqrt(2 / M_PI) * (2 + 0.044715 * 8))))
+            .epsilon(1e-14));
   CHECK(silu(x).to_vector<double>()[2] == doctest::Approx(1 / (1 + std::exp(-1.0))).epsilon(1e-14));
   CHECK(relu(x).to_vector<double>() == std::vector<double>{0, 0, 1, 2});
   CHECK(pow(x, 3.0).to_vector<double>() == std::vector<double>{-1, 0, 1, 8});
@@ -124,21 +145,28 @@ TEST_CASE("activations at known points") {
 }
 
 TEST_CASE("bad input is an error that names the op and the shapes") {
-  CHECK_THROWS_WITH_AS(matmul(zeros({2, 3}), zeros({4, 5})), "matmul: shapes [2, 3] and [4, 5] are not aligned",
-                       std::invalid_argument);
-  CHECK_THROWS_WITH_AS(add(zeros({2, 3}), zeros({4})), "add: shapes [2, 3] and [4] cannot be broadcast together",
+  CHECK_THROWS_WITH_AS(matmul(zeros({2, 3}), zeros({4, 5})),
+                       "matmul: shapes [2, 3] and [4, 5] are not aligned", std::invalid_argument);
+  CHECK_THROWS_WITH_AS(add(zeros({2, 3}), zeros({4})),
+                       "add: shapes [2, 3] and [4] cannot be broadcast together",
                        std::invalid_argument);
   CHECK_THROWS_WITH_AS(add(zeros({2}), zeros({2}, TensorOptions{DType::Float64})),
-                       "add: tensors of different dtypes: [2] float32 and [2] float64", std::invalid_argument);
-  CHECK_THROWS_WITH_AS(exp(zeros({2}, TensorOptions{DType::Int64})),
-                       "exp: expected a float32 or float64 tensor, got int64 of shape [2]", std::invalid_argument);
-  CHECK_THROWS_WITH_AS(conv2d(zeros({1, 3, 5, 5}), zeros({4, 2, 3, 3}), Tensor()),
-                       doctest::Contains("conv2d: input [1, 3, 5, 5], weight [4, 2, 3, 3]"), std::invalid_argument);
-  CHECK_THROWS_WITH_AS(layer_norm(zeros({2, 4}), zeros({3}), Tensor()),
-                       doctest::Contains("layer_norm: weight/bias of shape [3] for input [2, 4]"), std::invalid_argument);
-  CHECK_THROWS_WITH_AS(cross_entropy(zeros({2, 3}), zeros({2})), doctest::Contains("labels must be int64"),
+                       "add: tensors of different dtypes: [2] float32 and [2] float64",
                        std::invalid_argument);
-  CHECK_THROWS_WITH_AS(sum(zeros({2, 3}), {2}), "sum: dim 2 out of range for a tensor with 2 dims", std::out_of_range);
-  CHECK_THROWS_WITH_AS(concat({zeros({2, 3}), zeros({3, 3})}, 1), doctest::Contains("concat: shapes [2, 3] and [3, 3]"),
+  CHECK_THROWS_WITH_AS(exp(zeros({2}, TensorOptions{DType::Int64})),
+                       "exp: expected a float32 or float64 tensor, got int64 of shape [2]",
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(conv2d(zeros({1, 3, 5, 5}), zeros({4, 2, 3, 3}), Tensor()),
+                       doctest::Contains("conv2d: input [1, 3, 5, 5], weight [4, 2, 3, 3]"),
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(layer_norm(zeros({2, 4}), zeros({3}), Tensor()),
+                       doctest::Contains("layer_norm: weight/bias of shape [3] for input [2, 4]"),
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(cross_entropy(zeros({2, 3}), zeros({2})),
+                       doctest::Contains("labels must be int64"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(sum(zeros({2, 3}), {2}), "sum: dim 2 out of range for a tensor with 2 dims",
+                       std::out_of_range);
+  CHECK_THROWS_WITH_AS(concat({zeros({2, 3}), zeros({3, 3})}, 1),
+                       doctest::Contains("concat: shapes [2, 3] and [3, 3]"),
                        std::invalid_argument);
 }

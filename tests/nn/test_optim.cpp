@@ -198,7 +198,8 @@ TEST_CASE("fused AdamW over many tensors: CPU float64 vs the formula, CUDA vs CP
       p.set_grad(test::random_tensor({i + 1, 3}, 200 + i, dtype, device));
       params.push_back({"p" + std::to_string(i), p});
     }
-    std::vector<NamedTensor> first(params.begin(), params.begin() + 15), rest(params.begin() + 15, params.end());
+    std::vector<NamedTensor> first(params.begin(), params.begin() + 15),
+        rest(params.begin() + 15, params.end());
     AdamW adamw({ParamGroup{first, 0.1}, ParamGroup{rest, 0.0}}, AdamWOptions{0.01});
     Tensor scale = full({}, 0.5, TensorOptions{dtype, device});
     adamw.step(scale);
@@ -210,8 +211,10 @@ TEST_CASE("fused AdamW over many tensors: CPU float64 vs the formula, CUDA vs CP
   // The reference: two steps of the formula with the same gradient g' = 0.5 g each time.
   std::vector<Tensor> cpu = run(Device::CPU, DType::Float64);
   for (int i = 0; i < 30; i += 7) {
-    std::vector<double> p = test::random_tensor({i + 1, 3}, 100 + i, DType::Float64).to_vector<double>();
-    std::vector<double> g = test::random_tensor({i + 1, 3}, 200 + i, DType::Float64).to_vector<double>();
+    std::vector<double> p =
+        test::random_tensor({i + 1, 3}, 100 + i, DType::Float64).to_vector<double>();
+    std::vector<double> g =
+        test::random_tensor({i + 1, 3}, 200 + i, DType::Float64).to_vector<double>();
     double wd = i < 15 ? 0.1 : 0.0, lr = 0.01;
     for (size_t j = 0; j < p.size(); ++j) {
       double m = 0, v = 0, x = p[j], gj = 0.5 * g[j];
@@ -227,7 +230,8 @@ TEST_CASE("fused AdamW over many tensors: CPU float64 vs the formula, CUDA vs CP
   if (!test::cuda_available()) return;
   for (DType dtype : {DType::Float64, DType::Float32}) {
     std::vector<Tensor> c = run(Device::CPU, dtype), g = run(Device::CUDA, dtype);
-    for (size_t i = 0; i < c.size(); ++i) CHECK(test::max_rel_diff(g[i], c[i]) < (dtype == DType::Float64 ? 1e-14 : 1e-6));
+    for (size_t i = 0; i < c.size(); ++i)
+      CHECK(test::max_rel_diff(g[i], c[i]) < (dtype == DType::Float64 ? 1e-14 : 1e-6));
   }
 }
 

@@ -48,17 +48,22 @@ TEST_CASE("dtype conversion and factories") {
   CHECK(x.dtype() == DType::Float32);
   CHECK(x.to(DType::Int64).to_vector<int64_t>() == std::vector<int64_t>{1, -2, 3});
   CHECK(x.to(DType::Float64).to_vector<double>() == std::vector<double>{1.5, -2.25, 3.0});
-  CHECK(full({2, 2}, 7.0, TensorOptions{DType::UInt8}).to_vector<uint8_t>() == std::vector<uint8_t>{7, 7, 7, 7});
+  CHECK(full({2, 2}, 7.0, TensorOptions{DType::UInt8}).to_vector<uint8_t>() ==
+        std::vector<uint8_t>{7, 7, 7, 7});
   CHECK(zeros({0, 3}).numel() == 0);
-  CHECK_THROWS_WITH_AS(from_data(std::vector<float>{1, 2}, {3}), doctest::Contains("do not fill shape [3]"),
+  CHECK_THROWS_WITH_AS(from_data(std::vector<float>{1, 2}, {3}),
+                       doctest::Contains("do not fill shape [3]"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(arange(4).item(), doctest::Contains("more than one element"),
                        std::invalid_argument);
-  CHECK_THROWS_WITH_AS(arange(4).item(), doctest::Contains("more than one element"), std::invalid_argument);
 }
 
 TEST_CASE("printing shows values, shape, dtype and device like NumPy") {
   Tensor x = from_vector({1, 2, 3, 4}, {2, 2});
-  CHECK(to_string(x) == "tensor([[1.0000, 2.0000],\n        [3.0000, 4.0000]], shape=[2, 2], dtype=float32, device=cpu)");
-  CHECK(to_string(arange(3, TensorOptions{DType::Int64})) == "tensor([0, 1, 2], shape=[3], dtype=int64, device=cpu)");
+  CHECK(to_string(x) ==
+        "tensor([[1.0000, 2.0000],\n        [3.0000, 4.0000]], shape=[2, 2], dtype=float32, "
+        "device=cpu)");
+  CHECK(to_string(arange(3, TensorOptions{DType::Int64})) ==
+        "tensor([0, 1, 2], shape=[3], dtype=int64, device=cpu)");
   CHECK(to_string(arange(2000)).find("..., ") != std::string::npos);
 }
 
@@ -95,8 +100,8 @@ TEST_CASE(".npy round trip for every dtype") {
 
 // Writes a .npy file byte by byte, as NumPy 1.x writes np.array([[1, 2, 3], [4, 5, 6]], '<f8').
 static void write_reference_npy(const std::string& path, bool fortran) {
-  std::string header = std::string("{'descr': '<f8', 'fortran_order': ") + (fortran ? "True" : "False") +
-                       ", 'shape': (2, 3), }";
+  std::string header = std::string("{'descr': '<f8', 'fortran_order': ") +
+                       (fortran ? "True" : "False") + ", 'shape': (2, 3), }";
   header += std::string((64 - (10 + header.size() + 1) % 64) % 64, ' ') + "\n";
   std::ofstream f(path, std::ios::binary);
   f.write("\x93NUMPY\x01\x00", 8);
@@ -120,16 +125,19 @@ TEST_CASE("malformed .npy files are clear errors") {
   CHECK_THROWS_WITH_AS(load_npy("/nonexistent/x.npy"), "load_npy: cannot open /nonexistent/x.npy",
                        std::runtime_error);
   std::ofstream(temp_path("bad.npy")) << "hello world, not numpy";
-  CHECK_THROWS_WITH_AS(load_npy(temp_path("bad.npy")), doctest::Contains("bad magic"), std::runtime_error);
+  CHECK_THROWS_WITH_AS(load_npy(temp_path("bad.npy")), doctest::Contains("bad magic"),
+                       std::runtime_error);
   // Truncated data: keep the header, drop the last bytes.
   write_reference_npy(temp_path("trunc.npy"), false);
   std::ifstream in(temp_path("trunc.npy"), std::ios::binary);
   std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   std::ofstream(temp_path("trunc.npy"), std::ios::binary) << bytes.substr(0, bytes.size() - 5);
-  CHECK_THROWS_WITH_AS(load_npy(temp_path("trunc.npy")), doctest::Contains("fewer bytes"), std::runtime_error);
+  CHECK_THROWS_WITH_AS(load_npy(temp_path("trunc.npy")), doctest::Contains("fewer bytes"),
+                       std::runtime_error);
   // An unsupported dtype.
   std::string h = bytes;
   h.replace(h.find("<f8"), 3, ">f8");
   std::ofstream(temp_path("be.npy"), std::ios::binary) << h;
-  CHECK_THROWS_WITH_AS(load_npy(temp_path("be.npy")), doctest::Contains("unsupported dtype"), std::runtime_error);
+  CHECK_THROWS_WITH_AS(load_npy(temp_path("be.npy")), doctest::Contains("unsupported dtype"),
+                       std::runtime_error);
 }

@@ -11,15 +11,19 @@
 using namespace nala;
 
 // `nala attn`: runs one attention op on .npy inputs and writes out.npy (and dq, dk, dv).
-static int run_attn(const std::string& kind_name, const std::string& q_path, const std::string& k_path,
-                    const std::string& v_path, const std::vector<int64_t>& grid, const std::string& grad_path,
+static int run_attn(const std::string& kind_name, const std::string& q_path,
+                    const std::string& k_path, const std::string& v_path,
+                    const std::vector<int64_t>& grid, const std::string& grad_path,
                     const std::string& device_name_str, const std::string& out_dir) {
-  AttentionKind kind = kind_name == "nala" ? AttentionKind::Nala
-                       : kind_name == "softmax" ? AttentionKind::Softmax : AttentionKind::Relu;
+  AttentionKind kind = kind_name == "nala"      ? AttentionKind::Nala
+                       : kind_name == "softmax" ? AttentionKind::Softmax
+                                                : AttentionKind::Relu;
   Device device = parse_device(device_name_str);
   Tensor q0 = load_npy(q_path), k0 = load_npy(k_path), v0 = load_npy(v_path);
   DType dtype = q0.dtype();
-  auto prepare = [&](const Tensor& t) { return t.to(device).detach().requires_grad_(!grad_path.empty()); };
+  auto prepare = [&](const Tensor& t) {
+    return t.to(device).detach().requires_grad_(!grad_path.empty());
+  };
   Tensor q = prepare(q0), k = prepare(k0), v = prepare(v0);
   Tensor out = attention(kind, q, k, v, grid[0], grid[1]);
   std::filesystem::create_directories(out_dir);
@@ -30,7 +34,8 @@ static int run_attn(const std::string& kind_name, const std::string& q_path, con
     save_npy(out_dir + "/dk.npy", k.grad());
     save_npy(out_dir + "/dv.npy", v.grad());
   }
-  std::cout << "wrote " << out_dir << "/out.npy" << (grad_path.empty() ? "" : " and dq.npy, dk.npy, dv.npy") << "\n";
+  std::cout << "wrote " << out_dir << "/out.npy"
+            << (grad_path.empty() ? "" : " and dq.npy, dk.npy, dv.npy") << "\n";
   return 0;
 }
 
@@ -39,12 +44,16 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   const std::vector<std::string> devices{"cpu", "cuda"};
 
-  auto* train_cmd = app.add_subcommand("train", "train a NaLaFormer (with no --data: on a built-in synthetic dataset)");
+  auto* train_cmd = app.add_subcommand(
+      "train", "train a NaLaFormer (with no --data: on a built-in synthetic dataset)");
   TrainOptions t;
   train_cmd->add_option("--model", t.model, "variant: xt-cifar, xt, t, s")->capture_default_str();
-  train_cmd->add_option("--data", t.data, "cifar10=DIR | folder=DIR | fashion-mnist[=DIR]; none: synthetic");
-  train_cmd->add_option("--attention", t.attention, "per-stage kinds, e.g. l,l,v,v (l NaLa, v softmax, r ReLU)");
-  train_cmd->add_option("--image-size", t.image_size, "image folders: training resolution")->capture_default_str();
+  train_cmd->add_option("--data", t.data,
+                        "cifar10=DIR | folder=DIR | fashion-mnist[=DIR]; none: synthetic");
+  train_cmd->add_option("--attention", t.attention,
+                        "per-stage kinds, e.g. l,l,v,v (l NaLa, v softmax, r ReLU)");
+  train_cmd->add_option("--image-size", t.image_size, "image folders: training resolution")
+      ->capture_default_str();
   train_cmd->add_option("--epochs", t.epochs)->capture_default_str();
   train_cmd->add_option("--batch-size", t.batch_size)->capture_default_str();
   train_cmd->add_option("--lr", t.lr, "AdamW peak learning rate")->capture_default_str();
@@ -52,19 +61,24 @@ int main(int argc, char** argv) {
   train_cmd->add_option("--weight-decay", t.weight_decay)->capture_default_str();
   train_cmd->add_option("--warmup-epochs", t.warmup_epochs)->capture_default_str();
   train_cmd->add_option("--label-smoothing", t.label_smoothing)->capture_default_str();
-  train_cmd->add_option("--drop-path", t.drop_path, "stochastic depth rate (default: the variant's)");
-  train_cmd->add_option("--clip-grad", t.clip_grad, "max gradient norm (0: off)")->capture_default_str();
+  train_cmd->add_option("--drop-path", t.drop_path,
+                        "stochastic depth rate (default: the variant's)");
+  train_cmd->add_option("--clip-grad", t.clip_grad, "max gradient norm (0: off)")
+      ->capture_default_str();
   train_cmd->add_option("--mixup", t.mixup, "mixup alpha (0: off)")->capture_default_str();
   train_cmd->add_option("--cutmix", t.cutmix, "cutmix alpha (0: off)")->capture_default_str();
-  train_cmd->add_option("--ema-decay", t.ema_decay, "EMA of weights (0: off)")->capture_default_str();
+  train_cmd->add_option("--ema-decay", t.ema_decay, "EMA of weights (0: off)")
+      ->capture_default_str();
   train_cmd->add_option("--device", t.device)->check(CLI::IsMember(devices))->capture_default_str();
   train_cmd->add_option("--seed", t.seed)->capture_default_str();
   train_cmd->add_option("--workers", t.workers, "data loader threads")->capture_default_str();
-  train_cmd->add_option("--limit-train", t.limit_train, "use only this many training images")->capture_default_str();
+  train_cmd->add_option("--limit-train", t.limit_train, "use only this many training images")
+      ->capture_default_str();
   train_cmd->add_option("--out", t.out, "run directory")->capture_default_str();
   train_cmd->add_option("--resume", t.resume, "checkpoint to continue from");
 
-  auto* eval_cmd = app.add_subcommand("eval", "evaluate a checkpoint: top-1, top-5 and per-class accuracy");
+  auto* eval_cmd =
+      app.add_subcommand("eval", "evaluate a checkpoint: top-1, top-5 and per-class accuracy");
   std::string eval_ckpt, eval_data, eval_device = "cpu";
   int64_t eval_batch = 256;
   eval_cmd->add_option("--checkpoint", eval_ckpt)->required();
@@ -72,7 +86,8 @@ int main(int argc, char** argv) {
   eval_cmd->add_option("--device", eval_device)->check(CLI::IsMember(devices));
   eval_cmd->add_option("--batch-size", eval_batch);
 
-  auto* model_cmd = app.add_subcommand("model", "print a variant's layers, parameter counts and FLOPs");
+  auto* model_cmd =
+      app.add_subcommand("model", "print a variant's layers, parameter counts and FLOPs");
   std::string variant = "xt";
   int64_t classes = 1000, image_size = 0;
   model_cmd->add_option("--variant", variant, "xt, t, s, xt-cifar")->capture_default_str();
@@ -87,11 +102,13 @@ int main(int argc, char** argv) {
   attn_cmd->add_option("--k", k_path)->required()->check(CLI::ExistingFile);
   attn_cmd->add_option("--v", v_path)->required()->check(CLI::ExistingFile);
   attn_cmd->add_option("--grid", grid, "token grid H W (N = H * W)")->required()->expected(2);
-  attn_cmd->add_option("--grad-out", grad_path, "gradient of out.npy: also writes dq, dk, dv")->check(CLI::ExistingFile);
+  attn_cmd->add_option("--grad-out", grad_path, "gradient of out.npy: also writes dq, dk, dv")
+      ->check(CLI::ExistingFile);
   attn_cmd->add_option("--device", attn_device)->check(CLI::IsMember(devices));
   attn_cmd->add_option("--out", attn_out, "output directory");
 
-  auto* gradcheck = app.add_subcommand("gradcheck", "check every op's gradient against finite differences (float64)");
+  auto* gradcheck = app.add_subcommand(
+      "gradcheck", "check every op's gradient against finite differences (float64)");
   std::string gc_device = "cpu";
   gradcheck->add_option("--device", gc_device)->check(CLI::IsMember(devices));
 
@@ -117,9 +134,12 @@ int main(int argc, char** argv) {
       std::cout << model_summary(config, image_size ? image_size : config.default_image_size());
       return 0;
     }
-    if (*attn_cmd) return run_attn(kind, q_path, k_path, v_path, grid, grad_path, attn_device, attn_out);
+    if (*attn_cmd)
+      return run_attn(kind, q_path, k_path, v_path, grid, grad_path, attn_device, attn_out);
     if (*gradcheck)
-      return run_gradcheck_table(builtin_gradcheck_cases(), parse_device(gc_device), std::cout) == 0 ? 0 : 1;
+      return run_gradcheck_table(builtin_gradcheck_cases(), parse_device(gc_device), std::cout) == 0
+                 ? 0
+                 : 1;
     if (*bench) return run_benchmark(bench_name, bench_options, std::cout);
   } catch (const std::exception& e) {
     std::cerr << "nala: error: " << e.what() << "\n";
