@@ -190,10 +190,11 @@ EvalResult train(const TrainOptions& o, std::ostream& log) {
   // Data.
   data::Dataset train_set = load_training_data(o.data, data::Split::Train, o.image_size);
   data::Dataset test_set = load_training_data(o.data, data::Split::Test, o.image_size);
-  if (o.limit_train > 0 && o.limit_train < train_set.size()) {
-    train_set.images = train_set.images.slice(0, 0, o.limit_train).contiguous();
-    train_set.labels = train_set.labels.slice(0, 0, o.limit_train).contiguous();
-  }
+  for (auto [set, limit] : {std::pair{&train_set, o.limit_train}, std::pair{&test_set, o.limit_test}})
+    if (limit > 0 && limit < set->size()) {
+      set->images = set->images.slice(0, 0, limit).contiguous();
+      set->labels = set->labels.slice(0, 0, limit).contiguous();
+    }
   data::ChannelStats stats = data::channel_stats(train_set);
   data::LoaderOptions train_opts;
   train_opts.batch_size = o.batch_size;

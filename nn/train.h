@@ -31,6 +31,7 @@ struct TrainOptions {
   uint64_t seed = 0;
   int64_t workers = 2;      // data loader threads
   int64_t limit_train = 0;  // > 0: use only this many training images (quick runs)
+  int64_t limit_test = 0;   // > 0: evaluate on only this many test images
   std::string out = "runs/latest";
   std::string resume;  // a checkpoint to continue from
 };
