@@ -81,13 +81,14 @@ struct Conv2dShape {
   int64_t out_h, out_w;
 };
 
-// Up to kMaxTensors tensors handed to one kernel launch (a "multi-tensor apply", so an
-// optimizer step costs a few launches instead of several per parameter). Passed by value, so it
-// must stay well under CUDA's 4 KiB of kernel arguments. arrays[a][t] is array a of tensor t
-// (for AdamW: 0 param, 1 grad, 2 exp_avg, 3 exp_avg_sq), each sizes[t] elements, contiguous.
+// Up to kMaxTensors tensors handed to one kernel launch (a "multi-tensor apply": an optimizer
+// step over a whole model is one launch, not a dozen per parameter). Passed by value as a kernel
+// argument: 256 tensors take about 12 KiB, which needs CUDA 12.1 or later on Volta or newer
+// (kernel arguments up to 32 KiB). arrays[a][t] is array a of tensor t (for AdamW: 0 param,
+// 1 grad, 2 exp_avg, 3 exp_avg_sq), each sizes[t] elements, contiguous.
 template <typename T>
 struct TensorList {
-  static constexpr int kMaxTensors = 24;
+  static constexpr int kMaxTensors = 256;
   int count = 0;
   int64_t sizes[kMaxTensors] = {};
   T* arrays[4][kMaxTensors] = {};

@@ -6,7 +6,7 @@
 // checkpoint: state_dict() gives `step` and `<state>.<parameter name>` tensors. step() updates
 // every parameter that has a gradient, in place (handles held by the model stay valid), outside
 // autograd. Each optimizer's update_all() is the one function that touches the parameters; AdamW's
-// is one multi-tensor kernel (kernels adamw_update), a launch per 24 parameters.
+// is one multi-tensor kernel (kernels adamw_update), a launch per 256 parameters.
 #pragma once
 
 #include <map>
@@ -110,7 +110,7 @@ double clip_grad_norm(const std::vector<Tensor>& params, double max_norm);
 
 // The coefficient clip_grad_norm would scale the gradients by, min(1, max_norm / (total +
 // 1e-6)), as a one-element tensor on the gradients' device, computed there with one
-// multi-tensor kernel per 24 gradients and no host synchronisation (pass it to
+// multi-tensor kernel per 256 gradients and no host synchronisation (pass it to
 // Optimizer::step). A non-finite total gives a coefficient of 0 or NaN, which the step passes on.
 Tensor grad_clip_scale(const std::vector<Tensor>& params, double max_norm);
 

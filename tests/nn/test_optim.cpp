@@ -189,17 +189,17 @@ TEST_CASE("grad_clip_scale is min(1, max_norm / norm) on the device, and step ap
   CHECK(b.item() == doctest::Approx(-12 * 6.5 / (13.0 + 1e-6)).epsilon(1e-15));
 }
 
-// More parameters than one TensorList holds (24), so the fused step needs several launches.
+// More parameters than one TensorList holds (256), so the fused step needs two launches.
 TEST_CASE("fused AdamW over many tensors: CPU float64 vs the formula, CUDA vs CPU") {
   auto run = [](Device device, DType dtype) {
     std::vector<NamedTensor> params;
-    for (int i = 0; i < 30; ++i) {
-      Tensor p = test::random_tensor({i + 1, 3}, 100 + i, dtype, device).requires_grad_();
-      p.set_grad(test::random_tensor({i + 1, 3}, 200 + i, dtype, device));
+    for (int i = 0; i < 300; ++i) {
+      Tensor p = test::random_tensor({i % 40 + 1, 3}, 100 + i, dtype, device).requires_grad_();
+      p.set_grad(test::random_tensor({i % 40 + 1, 3}, 1000 + i, dtype, device));
       params.push_back({"p" + std::to_string(i), p});
     }
-    std::vector<NamedTensor> first(params.begin(), params.begin() + 15),
-        rest(params.begin() + 15, params.end());
+    std::vector<NamedTensor> first(params.begin(), params.begin() + 150),
+        rest(params.begin() + 150, params.end());
     AdamW adamw({ParamGroup{first, 0.1}, ParamGroup{rest, 0.0}}, AdamWOptions{0.01});
     Tensor scale = full({}, 0.5, TensorOptions{dtype, device});
     adamw.step(scale);
@@ -210,12 +210,12 @@ TEST_CASE("fused AdamW over many tensors: CPU float64 vs the formula, CUDA vs CP
   };
   // The reference: two steps of the formula with the same gradient g' = 0.5 g each time.
   std::vector<Tensor> cpu = run(Device::CPU, DType::Float64);
-  for (int i = 0; i < 30; i += 7) {
+  for (int i = 0; i < 300; i += 23) {
     std::vector<double> p =
-        test::random_tensor({i + 1, 3}, 100 + i, DType::Float64).to_vector<double>();
+        test::random_tensor({i % 40 + 1, 3}, 100 + i, DType::Float64).to_vector<double>();
     std::vector<double> g =
-        test::random_tensor({i + 1, 3}, 200 + i, DType::Float64).to_vector<double>();
-    double wd = i < 15 ? 0.1 : 0.0, lr = 0.01;
+        test::random_tensor({i % 40 + 1, 3}, 1000 + i, DType::Float64).to_vector<double>();
+    double wd = i < 150 ? 0.1 : 0.0, lr = 0.01;
     for (size_t j = 0; j < p.size(); ++j) {
       double m = 0, v = 0, x = p[j], gj = 0.5 * g[j];
       for (int t = 1; t <= 2; ++t) {
