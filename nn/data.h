@@ -95,9 +95,10 @@ Dataset make_synthetic(Split split, int64_t n, uint64_t seed = 0);
 constexpr int64_t kSyntheticTrainSize = 10000;
 constexpr int64_t kSyntheticTestSize = 2000;
 
-// Loads a dataset named by `source`:
-//   "synthetic"      make_synthetic with kSyntheticTrainSize / kSyntheticTestSize images
+// Loads a dataset named by `source` (what `nala train --data` takes):
+//   "" or "synthetic"  make_synthetic with kSyntheticTrainSize / kSyntheticTestSize images
 //   "fashion-mnist"  load_fashion_mnist(kDebianFashionMnistDir)
+//   cifar10=DIR, folder=DIR, fashion-mnist=DIR   that loader on DIR
 //   a directory      CIFAR-10 binary files, IDX files or an image folder, told apart by the
 //                    files it holds (`folder` is used for an image folder only)
 Dataset load_dataset(const std::string& source, Split split, const FolderOptions& folder);

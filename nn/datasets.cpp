@@ -417,13 +417,22 @@ Dataset make_synthetic(Split split, int64_t n, uint64_t seed) {
 // ---- by name ----
 
 Dataset load_dataset(const std::string& source, Split split, const FolderOptions& folder) {
-  if (source == "synthetic")
+  if (source.empty() || source == "synthetic")
     return make_synthetic(split, split == Split::Train ? kSyntheticTrainSize : kSyntheticTestSize);
   if (source == "fashion-mnist") return load_fashion_mnist(kDebianFashionMnistDir, split);
+  const size_t eq = source.find('=');
+  if (eq != std::string::npos) {
+    const std::string kind = source.substr(0, eq), where = source.substr(eq + 1);
+    if (kind == "cifar10") return load_cifar10(where, split);
+    if (kind == "folder") return load_image_folder(where, split, folder);
+    if (kind == "fashion-mnist") return load_fashion_mnist(where, split);
+    throw std::runtime_error("load_dataset: unknown kind '" + kind + "' in '" + source +
+                             "' (expected cifar10=DIR, folder=DIR or fashion-mnist=DIR)");
+  }
   const fs::path dir(source);
   if (!fs::is_directory(dir))
     throw std::runtime_error("load_dataset: '" + source +
-                             "' is neither 'synthetic', 'fashion-mnist' nor a directory");
+                             "' is neither 'synthetic', 'fashion-mnist', KIND=DIR nor a directory");
   auto has_file = [&](const std::string& name) { return fs::is_regular_file(dir / name); };
   if (has_file("data_batch_1.bin") || has_file("test_batch.bin") ||
       fs::is_directory(dir / "cifar-10-batches-bin"))

@@ -182,17 +182,18 @@ void AdamW::update_all(const Tensor& grad_scale) {
 
 // ---- clipping ----
 
-Tensor grad_clip_scale(const std::vector<Tensor>& params, double max_norm) {
-  NoGradGuard no_grad;
+// The joint L2 norm of all gradients as a 0-d tensor on their device (the sum_of_squares
+// multi-tensor kernel, a launch per 256 gradients), or undefined when no parameter has one.
+static Tensor total_grad_norm(const char* op, const std::vector<Tensor>& params) {
   TensorRows grads;
   for (const Tensor& p : params)
     if (p.grad().defined())
       grads.push_back({{p.grad().contiguous(), Tensor(), Tensor(), Tensor()}, 0.0});
-  if (grads.empty()) throw std::invalid_argument("grad_clip_scale: no parameter has a gradient");
+  if (grads.empty()) return Tensor();
   const Tensor& first = grads[0].first[0];
-  for (const auto& g : grads) check_same("grad_clip_scale", {first, g.first[0]});
+  for (const auto& g : grads) check_same(op, {first, g.first[0]});
   Tensor total_sq = zeros({}, TensorOptions{first.dtype(), first.device()});
-  dispatch_floating(first, "grad_clip_scale", [&](auto zero) {
+  dispatch_floating(first, op, [&](auto zero) {
     using T = decltype(zero);
     for (const kernels::TensorList<T>& list : tensor_lists<T>(grads)) {
       if (first.is_cuda())
@@ -201,22 +202,24 @@ Tensor grad_clip_scale(const std::vector<Tensor>& params, double max_norm) {
         kernels::cpu::sum_of_squares<T>(list, total_sq.data<T>());
     }
   });
+  return sqrt(total_sq);
+}
+
+Tensor grad_clip_scale(const std::vector<Tensor>& params, double max_norm) {
+  NoGradGuard no_grad;
+  Tensor total = total_grad_norm("grad_clip_scale", params);
+  if (!total.defined()) throw std::invalid_argument("grad_clip_scale: no parameter has a gradient");
   // min(1, c) = 1 - relu(1 - c)
-  Tensor c = div(full({}, max_norm, TensorOptions{first.dtype(), first.device()}),
-                 add(sqrt(total_sq), 1e-6));
+  Tensor c =
+      div(full({}, max_norm, TensorOptions{total.dtype(), total.device()}), add(total, 1e-6));
   return neg(add(relu(neg(add(c, -1.0))), -1.0));
 }
 
 double clip_grad_norm(const std::vector<Tensor>& params, double max_norm) {
   NoGradGuard no_grad;
-  Tensor total_sq;  // summed on the parameters' device, read back once
-  for (const Tensor& p : params) {
-    if (!p.grad().defined()) continue;
-    Tensor s = sum(mul(p.grad(), p.grad())).to(DType::Float64);
-    total_sq = total_sq.defined() ? add(total_sq, s) : s;
-  }
-  if (!total_sq.defined()) return 0.0;
-  double total = std::sqrt(total_sq.item());
+  Tensor total_t = total_grad_norm("clip_grad_norm", params);
+  if (!total_t.defined()) return 0.0;
+  double total = total_t.item();  // the one read back to the host
   double coef = max_norm / (total + 1e-6);
   if (std::isfinite(total) && coef < 1.0)
     for (const Tensor& p : params)

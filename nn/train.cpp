@@ -28,23 +28,12 @@ namespace fs = std::filesystem;
 
 // ---- data ----
 
-data::Dataset load_training_data(const std::string& spec, data::Split split, int64_t image_size) {
-  if (spec.empty() || spec == "synthetic")
-    return data::make_synthetic(
-        split, split == data::Split::Train ? data::kSyntheticTrainSize : data::kSyntheticTestSize);
-  size_t eq = spec.find('=');
-  std::string kind = spec.substr(0, eq), dir = eq == std::string::npos ? "" : spec.substr(eq + 1);
-  if (kind == "cifar10" && !dir.empty()) return data::load_cifar10(dir, split);
-  if (kind == "fashion-mnist")
-    return data::load_fashion_mnist(dir.empty() ? data::kDebianFashionMnistDir : dir, split);
-  if (kind == "folder" && !dir.empty()) {
-    data::FolderOptions folder;
-    folder.image_size = image_size;
-    return data::load_image_folder(dir, split, folder);
-  }
-  throw std::invalid_argument(
-      "--data '" + spec +
-      "': expected cifar10=DIR, folder=DIR, fashion-mnist[=DIR] or nothing (synthetic)");
+// One split of `spec` (TrainOptions::data, see data::load_dataset), image folders decoded at
+// `image_size`.
+static data::Dataset load_split(const std::string& spec, data::Split split, int64_t image_size) {
+  data::FolderOptions folder;
+  folder.image_size = image_size;
+  return data::load_dataset(spec, split, folder);
 }
 
 // Train-time augmentation: CIFAR-style crop+flip for small images, random-resized-crop for
@@ -188,9 +177,10 @@ EvalResult train(const TrainOptions& o, std::ostream& log) {
   fs::create_directories(o.out);
 
   // Data.
-  data::Dataset train_set = load_training_data(o.data, data::Split::Train, o.image_size);
-  data::Dataset test_set = load_training_data(o.data, data::Split::Test, o.image_size);
-  for (auto [set, limit] : {std::pair{&train_set, o.limit_train}, std::pair{&test_set, o.limit_test}})
+  data::Dataset train_set = load_split(o.data, data::Split::Train, o.image_size);
+  data::Dataset test_set = load_split(o.data, data::Split::Test, o.image_size);
+  for (auto [set, limit] :
+       {std::pair{&train_set, o.limit_train}, std::pair{&test_set, o.limit_test}})
     if (limit > 0 && limit < set->size()) {
       set->images = set->images.slice(0, 0, limit).contiguous();
       set->labels = set->labels.slice(0, 0, limit).contiguous();
@@ -357,8 +347,8 @@ EvalResult evaluate_checkpoint(const std::string& checkpoint, const std::string&
   Device device = parse_device(device_name_str);
   NaLaFormerConfig config = NaLaFormerConfig::from_metadata(checkpoint_config(checkpoint));
   int64_t image_size = config.stem_stride == 1 ? 0 : config.default_image_size();
-  data::Dataset train_set = load_training_data(data_spec, data::Split::Train, image_size);
-  data::Dataset test_set = load_training_data(data_spec, data::Split::Test, image_size);
+  data::Dataset train_set = load_split(data_spec, data::Split::Train, image_size);
+  data::Dataset test_set = load_split(data_spec, data::Split::Test, image_size);
   auto model = make_nalaformer(config);
   load_checkpoint(checkpoint, *model, nullptr, nullptr, config.to_metadata());
   model->to(device);

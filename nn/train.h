@@ -41,9 +41,6 @@ struct EvalResult {
   std::vector<double> per_class_top1;   // percent, per class
 };
 
-// Loads `spec` (see TrainOptions::data) for one split, throwing a clear error for bad input.
-data::Dataset load_training_data(const std::string& spec, data::Split split, int64_t image_size);
-
 // Trains as the options say, writing RUN_DIR/metrics.jsonl, metrics.csv, last.safetensors,
 // best.safetensors and curves.png; prints a progress line and per-epoch results on `log`.
 // Ctrl-C saves last.safetensors and returns. Returns the last epoch's evaluation.

@@ -39,7 +39,7 @@ static Tensor reduce_raw(kernels::ReduceOp op, const char* name, const Tensor& x
   Tensor x = x_in.detach();
   Shape out_shape = reduced_shape(x.shape(), dims, true);
   int64_t outer = 1, r = 1, inner = 1;
-  bool block = x.dim() == 0 || dims.back() - dims.front() + 1 == static_cast<int64_t>(dims.size());
+  bool block = dims.back() - dims.front() + 1 == static_cast<int64_t>(dims.size());
   if (block) {
     x = x.contiguous();
     for (int64_t d = 0; d < x.dim(); ++d) {

@@ -40,7 +40,8 @@ TEST_CASE("nala train: writes metrics, checkpoints and curves; resumes; evaluate
   CHECK(std::isfinite(r.loss));
   CHECK(count_lines(out + "/metrics.jsonl") == 2);
   CHECK(count_lines(out + "/metrics.csv") == 3);  // header + 2 epochs
-  for (const char* f : {"last.safetensors", "best.safetensors", "curves.png"}) CHECK(fs::exists(out + "/" + f));
+  for (const char* f : {"last.safetensors", "best.safetensors", "curves.png"})
+    CHECK(fs::exists(out + "/" + f));
   std::ifstream png(out + "/curves.png", std::ios::binary);
   char sig[8] = {};
   png.read(sig, 8);
@@ -68,7 +69,10 @@ TEST_CASE("nala train: bad data specs are clear errors") {
   std::ostringstream log;
   TrainOptions o = tiny_run("/tmp/nala_test_train_bad", 1);
   o.data = "imagenet";
-  CHECK_THROWS_WITH_AS(train(o, log), doctest::Contains("expected cifar10=DIR, folder=DIR"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(train(o, log), doctest::Contains("nor a directory"), std::runtime_error);
+  o.data = "mnist=/tmp";
+  CHECK_THROWS_WITH_AS(train(o, log), doctest::Contains("unknown kind 'mnist'"),
+                       std::runtime_error);
   o.data = "cifar10=/nonexistent/dir";
   CHECK_THROWS_AS(train(o, log), std::exception);
   o.data = "";

@@ -95,6 +95,8 @@ int main(int argc, char** argv) {
   model_cmd->add_option("--variant", variant, "xt, t, s, xt-cifar")->capture_default_str();
   model_cmd->add_option("--classes", classes)->capture_default_str();
   model_cmd->add_option("--image-size", image_size, "default: 224, or 32 for xt-cifar");
+  std::string model_attention;
+  model_cmd->add_option("--attention", model_attention, "per-stage kinds, e.g. l,l,l,l");
 
   auto* attn_cmd = app.add_subcommand("attn", "run an attention op on .npy files (B, H, N, d)");
   std::string kind = "nala", q_path, k_path, v_path, grad_path, attn_device = "cpu", attn_out = ".";
@@ -133,6 +135,8 @@ int main(int argc, char** argv) {
     }
     if (*model_cmd) {
       NaLaFormerConfig config = nalaformer_variant(variant, classes);
+      if (!model_attention.empty()) config.attention = model_attention;
+      config.validate();
       std::cout << model_summary(config, image_size ? image_size : config.default_image_size());
       return 0;
     }
