@@ -2,9 +2,12 @@
 # The GPU machine's work in one script, logs under $OUT and a short summary printed last.
 #   bash bench/gpu_run.sh check                 build (sm_90), all tests, gradcheck on CUDA,
 #                                               benchmarks with their PyTorch peers
-#   bash bench/gpu_run.sh train SECONDS EPOCHS  build, then xt-cifar on CIFAR-10 (JPEG folder)
+#   bash bench/gpu_run.sh train SECONDS EPOCHS [nala train options...]
+#                                               build, then xt-cifar on CIFAR-10 (JPEG folder)
 #   bash bench/gpu_run.sh imagenette SECONDS EPOCHS SIZE   build, then xt on Imagenette
 #   bash bench/gpu_run.sh ops                   build, then the memory-bound ops vs PyTorch eager
+#   bash bench/gpu_run.sh profile               build, then xt-cifar training speed on synthetic data
+#                                               and each kernel's GPU time over 3 steps (ncu)
 # Run from the repository root after unpacking the carried Debian packages (DEVELOPERS.md):
 #   cp -rn .carry/deps/usr/. /usr/ && ldconfig && bash bench/gpu_run.sh check
 set -uo pipefail
@@ -27,7 +30,7 @@ if [ "$MODE" = check ]; then
   gc_rc=$?
   timeout 90 bash -c 'build-gpu/nala bench copy --device cuda; build-gpu/nala bench matmul --device cuda;
     build-gpu/nala bench attention --device cuda' > "$OUT/bench_nala.log" 2>&1
-  PYTHONUNBUFFERED=1 timeout 120 python3 tools/bench_attention_torch.py --device cuda > "$OUT/bench_torch.log" 2>&1
+  [ -n "${SKIP_TORCH:-}" ] || PYTHONUNBUFFERED=1 timeout 120 python3 tools/bench_attention_torch.py --device cuda > "$OUT/bench_torch.log" 2>&1
   echo "==== ctest (rc $ctest_rc)"; grep -E "tests passed|Failed|\*\*\*" "$OUT/ctest.log" | head; cat "$OUT/counts.log"
   grep -B3 -A10 "ERROR" "$OUT/ctest.log" | head -40
   echo "==== gradcheck cuda (rc $gc_rc)"; grep -E "FAIL|failed" "$OUT/gradcheck_cuda.log"
@@ -37,6 +40,17 @@ elif [ "$MODE" = ops ]; then
   build-gpu/nala bench ops --device cuda > "$OUT/bench_ops_nala.log" 2>&1
   PYTHONUNBUFFERED=1 timeout 100 python3 tools/bench_ops_torch.py --device cuda > "$OUT/bench_ops_torch.log" 2>&1
   cat "$OUT/bench_ops_nala.log" "$OUT/bench_ops_torch.log"
+elif [ "$MODE" = profile ]; then
+  # Throughput first (no profiler), then 3 training steps and one test batch under ncu, one
+  # metric per kernel, summed by kernel name.
+  build-gpu/nala train --model xt-cifar --device cuda --epochs 2 --limit-train 25600 --limit-test 256 \
+    --batch-size 256 --workers 12 --out /tmp/prof_run > "$OUT/train_speed.log" 2>&1
+  timeout 170 ncu --clock-control none --metrics gpu__time_duration.sum --csv --page raw \
+    build-gpu/nala train --model xt-cifar --device cuda --epochs 1 --limit-train 768 --limit-test 256 \
+    --batch-size 256 --workers 4 --out /tmp/prof_ncu > /tmp/ncu.csv 2> "$OUT/ncu.err"
+  python3 tools/ncu_summary.py /tmp/ncu.csv --top 40 > "$OUT/ncu_summary.txt"
+  echo "==== speed"; tr '\r' '\n' < "$OUT/train_speed.log" | grep -E "^epoch [0-9]+:" | tail -2
+  echo "==== ncu (3 steps + 1 test batch)"; head -25 "$OUT/ncu_summary.txt"
 elif [ "$MODE" = imagenette ]; then
   wait
   timeout "${2:-300}" build-gpu/nala train --model xt --data folder=/tmp/data/imagenette-128 --image-size "${4:-224}" \
@@ -45,8 +59,14 @@ elif [ "$MODE" = imagenette ]; then
   echo "==== train"; tr '\r' '\n' < "$OUT/train.log" | grep -E "^epoch [0-9]+:|model|error|done|warn|skipped" | tail -30
 else
   wait
+  # Options after EPOCHS go to nala train; these defaults fill in the ones not given.
+  options=("${@:4}")
+  defaults=(--batch-size 256 --lr 3e-3 --warmup-epochs 2)
+  for ((i = 0; i < ${#defaults[@]}; i += 2)); do
+    [[ " ${options[*]} " == *" ${defaults[i]} "* ]] || options+=("${defaults[i]}" "${defaults[i + 1]}")
+  done
   timeout "${2:-300}" build-gpu/nala train --model xt-cifar --data folder=/tmp/data/cifar10 --device cuda \
-    --epochs "${3:-40}" --batch-size 256 --lr 3e-3 --warmup-epochs 2 --workers 12 --out "$OUT/run" > "$OUT/train.log" 2>&1
+    --epochs "${3:-40}" --workers 12 --out "$OUT/run" "${options[@]}" > "$OUT/train.log" 2>&1
   cp "$OUT/run/metrics.csv" "$OUT/metrics.csv" 2>/dev/null
   echo "==== train"; tr '\r' '\n' < "$OUT/train.log" | grep -E "^epoch [0-9]+:|model|error|done" | tail -50
 fi

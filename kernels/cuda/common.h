@@ -270,6 +270,12 @@ void reduce_middle_axis_pass(int64_t outer, int64_t r, int64_t inner, int64_t ch
 constexpr int64_t kSplitScratchElements = int64_t(1) << 16;
 static __device__ double split_scratch[kSplitScratchElements];
 
+static inline double* split_scratch_address() {
+  void* scratch = nullptr;
+  NALA_CUDA_CHECK(cudaGetSymbolAddress(&scratch, split_scratch));
+  return static_cast<double*>(scratch);
+}
+
 // Splitting aims for about kTargetPartials partial results, each over at least kMinChunk elements.
 constexpr int64_t kTargetPartials = int64_t(1) << 15;
 constexpr int64_t kMinChunk = 8192;
@@ -283,9 +289,7 @@ void reduce_middle_axis(int64_t outer, int64_t r, int64_t inner, Value value, T*
       1, std::min({(r + kMinChunk - 1) / kMinChunk, (kTargetPartials + outputs - 1) / outputs,
                    kSplitScratchElements / outputs}));
   if (splits == 1) return reduce_middle_axis_pass<Op>(outer, r, inner, r, 1, value, y);
-  void* scratch = nullptr;
-  NALA_CUDA_CHECK(cudaGetSymbolAddress(&scratch, split_scratch));
-  T* partials = static_cast<T*>(scratch);
+  T* partials = reinterpret_cast<T*>(split_scratch_address());
   const int64_t chunk = (r + splits - 1) / splits;
   const int64_t used_splits = (r + chunk - 1) / chunk;  // <= splits: no chunk is empty
   reduce_middle_axis_pass<Op>(outer, r, inner, chunk, used_splits, value, partials);

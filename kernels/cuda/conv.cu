@@ -173,7 +173,9 @@ constexpr int kWeightGradThreads = 256;
 
 // One block per filter tap (c, i, j):
 //   dw[c, i, j] = sum over n, oh, ow of dy[n, c, oh, ow] x[n, c, oh * stride_h - pad_h + i, ...],
-// the threads striding over each image's output pixels, then block_reduce.
+// the block's threads striding over the flattened (n, oh, ow) range -- not image by image, which
+// would leave most threads idle on the 2 x 2 and 4 x 4 planes of a network's last stages -- then
+// block_reduce. The blocks of one channel run side by side, so their reads of x and dy hit L2.
 template <typename T>
 __global__ void depthwise_backward_weight_kernel(Geometry g, const T* x, const T* dy, T* dw) {
   for (int64_t filter_tap = blockIdx.x; filter_tap < g.channels * g.taps();
@@ -181,16 +183,23 @@ __global__ void depthwise_backward_weight_kernel(Geometry g, const T* x, const T
     const int64_t c = filter_tap / g.taps();
     const int tap = static_cast<int>(filter_tap - c * g.taps());
     const int i = tap / g.kernel_w, j = tap % g.kernel_w;
+    // The thread walks position = n * out_pixels + pixel in steps of blockDim.x, carrying
+    // (n, pixel) along instead of dividing a 64-bit index at every step.
+    const int step_images = blockDim.x / g.out_pixels(), step_pixels = blockDim.x % g.out_pixels();
+    int64_t n = threadIdx.x / g.out_pixels();
+    int pixel = threadIdx.x % g.out_pixels();
     T sum = T(0);
-    for (int64_t n = 0; n < g.batch; ++n) {
+    while (n < g.batch) {
+      const int h = pixel / g.out_w * g.stride_h - g.pad_h + i;
+      const int w = pixel % g.out_w * g.stride_w - g.pad_w + j;
       const int64_t plane = n * g.channels + c;
-      const T* x_plane = x + plane * g.in_pixels();
-      const T* dy_plane = dy + plane * g.out_pixels();
-      for (int pixel = threadIdx.x; pixel < g.out_pixels(); pixel += blockDim.x) {
-        const int h = pixel / g.out_w * g.stride_h - g.pad_h + i;
-        const int w = pixel % g.out_w * g.stride_w - g.pad_w + j;
-        if (h >= 0 && h < g.height && w >= 0 && w < g.width)
-          sum += dy_plane[pixel] * x_plane[h * g.width + w];
+      if (h >= 0 && h < g.height && w >= 0 && w < g.width)
+        sum += dy[plane * g.out_pixels() + pixel] * x[plane * g.in_pixels() + h * g.width + w];
+      n += step_images;
+      pixel += step_pixels;
+      if (pixel >= g.out_pixels()) {
+        pixel -= g.out_pixels();
+        ++n;
       }
     }
     sum = block_reduce<SumOp<T>>(sum);

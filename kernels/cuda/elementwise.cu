@@ -1,6 +1,7 @@
 // Memory and elementwise kernels: strided copies, fills, random numbers, and the unary, binary and
 // scalar ops. Each is one functor run by for_each_index (common.h): one generic kernel family,
 // one functor per op.
+#include <cstdint>
 #include <stdexcept>
 
 #include "kernels/cuda/common.h"
@@ -19,9 +20,16 @@ constexpr int kOperands = 2;
 
 struct StridedSpace {
   int ndim = 0;
+  bool fits_32_bits = false;  // every row-major index fits in uint32_t (set by coalesce)
   int64_t sizes[kMaxDims] = {};
   int64_t strides[kOperands][kMaxDims] = {};
 };
+
+int64_t num_elements(int ndim, const int64_t* sizes) {
+  int64_t n = 1;
+  for (int d = 0; d < ndim; ++d) n *= sizes[d];
+  return n;
+}
 
 // The same space with size-1 dimensions dropped and each dimension merged into the one before it
 // when every operand steps over the two as over one (stride[outer] == stride[inner] *
@@ -41,27 +49,33 @@ StridedSpace coalesce(const StridedSpace& in) {
     }
     for (int op = 0; op < kOperands; ++op) out.strides[op][out.ndim - 1] = in.strides[op][d];
   }
+  out.fits_32_bits = num_elements(out.ndim, out.sizes) <= int64_t(UINT32_MAX);
   return out;
-}
-
-int64_t num_elements(int ndim, const int64_t* sizes) {
-  int64_t n = 1;
-  for (int d = 0; d < ndim; ++d) n *= sizes[d];
-  return n;
 }
 
 // The offset in each operand of the element with row-major index i of the space: i is split
 // into coordinates from the last dimension on, and coordinate c of dimension d adds
 // c * strides[op][d]. The first dimension's coordinate is what is left of i, with no division.
-__device__ void offsets_at(const StridedSpace& space, int64_t i, int64_t (&offsets)[kOperands]) {
+// Index is the type the divisions run in: 32-bit division costs a fraction of 64-bit division,
+// which would otherwise dominate a strided copy.
+template <typename Index>
+__device__ void offsets_in(const StridedSpace& space, Index i, int64_t (&offsets)[kOperands]) {
   for (int op = 0; op < kOperands; ++op) offsets[op] = 0;
   for (int d = space.ndim - 1; d > 0; --d) {
-    const int64_t coord = i % space.sizes[d];
-    i /= space.sizes[d];
+    const Index size = static_cast<Index>(space.sizes[d]);
+    const Index coord = i % size;
+    i /= size;
     for (int op = 0; op < kOperands; ++op) offsets[op] += coord * space.strides[op][d];
   }
   if (space.ndim > 0)
     for (int op = 0; op < kOperands; ++op) offsets[op] += i * space.strides[op][0];
+}
+
+__device__ void offsets_at(const StridedSpace& space, int64_t i, int64_t (&offsets)[kOperands]) {
+  if (space.fits_32_bits)
+    offsets_in<uint32_t>(space, static_cast<uint32_t>(i), offsets);
+  else
+    offsets_in<int64_t>(space, i, offsets);
 }
 
 // ---- memory ----

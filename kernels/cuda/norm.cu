@@ -1,6 +1,10 @@
-// Layer norm (a warp or block per row) and batch norm (a block per channel). Each pass is one
-// fused kernel; layer norm's dgamma / dbeta are column sums over the rows (reduce_middle_axis).
+// Layer norm (a warp or block per row) and batch norm (split reductions per channel, then an
+// elementwise pass). Layer norm's dgamma / dbeta are column sums over the rows
+// (reduce_middle_axis).
+#include <climits>
 #include <cmath>
+#include <stdexcept>
+#include <string>
 
 #include "kernels/cuda/common.h"
 #include "kernels/kernels.h"
@@ -94,51 +98,151 @@ struct DyTimesXhat {
 };
 
 // ---- batch norm ----
+//
+// x is (batch, channels, spatial) and channel c has count = batch * spatial elements. A network's
+// stem has few channels with many elements each (16 channels of 256 x 32 x 32), so one block per
+// channel would leave most of the GPU idle: the statistics are reduced in splits instead. Block
+// (c, s) reduces channel c over the images of split s into partial results in split_scratch,
+// and one thread per channel then combines its splits in a fixed order (no atomics, so every
+// run gives the same bits). A last elementwise pass writes y or dx.
 
-constexpr int kChannelBlockThreads = 512;
+constexpr int kBatchNormThreads = 256;
 
-// Element i < batch * spatial of channel c in x (batch, channels, spatial).
-__device__ int64_t channel_element(int64_t i, int64_t c, int64_t channels, int64_t spatial) {
-  return (i / spatial * channels + c) * spatial + i % spatial;
+// How the images are cut into splits: enough blocks to fill the GPU, each over at least
+// kMinSplitElements elements, and the partials within split_scratch.
+struct BatchNormSplits {
+  int64_t splits, images_per_split;
+};
+
+constexpr int64_t kTargetBlocks = 1024;
+constexpr int64_t kMinSplitElements = 4096;
+
+BatchNormSplits batch_norm_splits(const char* op, int64_t batch, int64_t channels,
+                                  int64_t spatial) {
+  // The scratch holds 2 partials per (channel, split) and 2 combined sums per channel.
+  if (4 * channels > kSplitScratchElements || spatial > INT_MAX)
+    throw std::invalid_argument(std::string(op) + ": at most " +
+                                std::to_string(kSplitScratchElements / 4) +
+                                " channels and 2^31 - 1 elements per plane on CUDA, got " +
+                                std::to_string(channels) + " and " + std::to_string(spatial));
+  int64_t splits = std::min((kTargetBlocks + channels - 1) / channels,
+                            (batch * spatial + kMinSplitElements - 1) / kMinSplitElements);
+  splits =
+      std::clamp<int64_t>(splits, 1, std::min(batch, kSplitScratchElements / (2 * channels) - 1));
+  const int64_t images = (batch + splits - 1) / splits;
+  return {(batch + images - 1) / images, images};
 }
 
-// One block per channel c, over its count = batch * spatial elements:
-//   mean = sum(x) / count, var = sum((x - mean)^2) / count, invstd = 1 / sqrt(var + eps),
-//   y = (x - mean) invstd gamma + beta, and the running statistics' update.
-template <typename T>
-__global__ void batch_norm_forward_train_kernel(int64_t batch, int64_t channels, int64_t spatial,
-                                                const T* x, const T* gamma, const T* beta, T eps,
-                                                T momentum, T* running_mean, T* running_var, T* y,
-                                                T* mean, T* invstd) {
-  const int64_t count = batch * spatial;
-  for (int64_t c = blockIdx.x; c < channels; c += gridDim.x) {
-    T sum = T(0);
-    for (int64_t i = threadIdx.x; i < count; i += blockDim.x)
-      sum += x[channel_element(i, c, channels, spatial)];
-    const T channel_mean = block_reduce<SumOp<T>>(sum) / T(count);
-    T squares = T(0);
-    for (int64_t i = threadIdx.x; i < count; i += blockDim.x) {
-      const T centered = x[channel_element(i, c, channels, spatial)] - channel_mean;
-      squares += centered * centered;
-    }
-    const T var = block_reduce<SumOp<T>>(squares) / T(count);
-    const T channel_invstd = T(1) / sqrt(var + eps);
-    const T scale = scale_at(gamma, c) * channel_invstd, shift = shift_at(beta, c);
-    for (int64_t i = threadIdx.x; i < count; i += blockDim.x) {
-      const int64_t e = channel_element(i, c, channels, spatial);
-      y[e] = (x[e] - channel_mean) * scale + shift;
-    }
-    if (threadIdx.x == 0) {
-      mean[c] = channel_mean;
-      invstd[c] = channel_invstd;
-      if (running_mean != nullptr) {
-        const T unbiased_var = var * T(count) / T(count - 1);
-        running_mean[c] = (T(1) - momentum) * running_mean[c] + momentum * channel_mean;
-        running_var[c] = (T(1) - momentum) * running_var[c] + momentum * unbiased_var;
-      }
+// The elements of channel c in images [first, last) of a (batch, channels, spatial) array, dealt
+// to the threads of a block in turn (thread t visits the t-th, (t + blockDim.x)-th, ... element),
+// each thread carrying its (image, position) along instead of dividing an index at every step.
+struct ChannelElements {
+  int64_t n, last, c, channels;
+  int p, spatial, step_images, step_positions;
+  __device__ ChannelElements(int64_t first, int64_t last_image, int64_t channel,
+                             int64_t num_channels, int plane)
+      : n(first + threadIdx.x / plane),
+        last(last_image),
+        c(channel),
+        channels(num_channels),
+        p(threadIdx.x % plane),
+        spatial(plane),
+        step_images(blockDim.x / plane),
+        step_positions(blockDim.x % plane) {}
+  __device__ bool done() const { return n >= last; }
+  __device__ int64_t offset() const { return (n * channels + c) * spatial + p; }
+  __device__ void next() {
+    n += step_images;
+    p += step_positions;
+    if (p >= spatial) {
+      p -= spatial;
+      ++n;
     }
   }
+};
+
+// Images [s * images_per_split, ...) of split s.
+__device__ inline int64_t split_first_image(BatchNormSplits sp, int64_t s) {
+  return s * sp.images_per_split;
 }
+__device__ inline int64_t split_last_image(BatchNormSplits sp, int64_t s, int64_t batch) {
+  return min((s + 1) * sp.images_per_split, batch);
+}
+
+// Block (c, s): the mean and the sum of squared deviations M2 of channel c over split s (two
+// passes over the split, the second from cache: no cancellation), into
+// partials[2 (c splits + s) + {0, 1}].
+template <typename T>
+__global__ void batch_norm_partial_moments_kernel(int64_t batch, int64_t channels, int spatial,
+                                                  BatchNormSplits sp, const T* x,
+                                                  double* partials) {
+  const int64_t c = blockIdx.x, s = blockIdx.y;
+  const int64_t first = split_first_image(sp, s), last = split_last_image(sp, s, batch);
+  const T count = T((last - first) * spatial);
+  T sum = T(0);
+  for (ChannelElements e(first, last, c, channels, spatial); !e.done(); e.next())
+    sum += x[e.offset()];
+  const T split_mean = block_reduce<SumOp<T>>(sum) / count;
+  T squares = T(0);
+  for (ChannelElements e(first, last, c, channels, spatial); !e.done(); e.next()) {
+    const T centered = x[e.offset()] - split_mean;
+    squares += centered * centered;
+  }
+  squares = block_reduce<SumOp<T>>(squares);
+  if (threadIdx.x == 0) {
+    partials[2 * (c * sp.splits + s)] = split_mean;
+    partials[2 * (c * sp.splits + s) + 1] = squares;
+  }
+}
+
+// One thread per channel combines its splits' (count, mean, M2) in order (Chan et al.):
+//   delta = mean_b - mean_a, n = n_a + n_b, mean = mean_a + delta n_b / n,
+//   M2 = M2_a + M2_b + delta^2 n_a n_b / n;
+// then var = M2 / count, invstd = 1 / sqrt(var + eps), and the running statistics' update
+// (with the unbiased variance M2 / (count - 1), as PyTorch does).
+template <typename T>
+__global__ void batch_norm_combine_moments_kernel(int64_t batch, int64_t channels, int spatial,
+                                                  BatchNormSplits sp, const double* partials, T eps,
+                                                  T momentum, T* running_mean, T* running_var,
+                                                  T* mean, T* invstd) {
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (c >= channels) return;
+  double n = 0, m = 0, m2 = 0;
+  for (int64_t s = 0; s < sp.splits; ++s) {
+    const double n_b =
+        double((split_last_image(sp, s, batch) - split_first_image(sp, s)) * spatial);
+    const double m_b = partials[2 * (c * sp.splits + s)],
+                 m2_b = partials[2 * (c * sp.splits + s) + 1];
+    const double delta = m_b - m, total = n + n_b;
+    m += delta * n_b / total;
+    m2 += m2_b + delta * delta * n * n_b / total;
+    n = total;
+  }
+  const T var = T(m2 / n);
+  mean[c] = T(m);
+  invstd[c] = T(1) / sqrt(var + eps);
+  if (running_mean != nullptr) {
+    const T unbiased_var = T(m2 / (n - 1));
+    running_mean[c] = (T(1) - momentum) * running_mean[c] + momentum * T(m);
+    running_var[c] = (T(1) - momentum) * running_var[c] + momentum * unbiased_var;
+  }
+}
+
+// y = (x - mean[c]) invstd[c] gamma[c] + beta[c], one thread per element.
+template <typename T>
+struct BatchNormNormalize {
+  int64_t channels, spatial;
+  const T* x;
+  const T* gamma;
+  const T* beta;
+  const T* mean;
+  const T* invstd;
+  T* y;
+  __device__ void operator()(int64_t i) const {
+    const int64_t c = i / spatial % channels;
+    y[i] = (x[i] - mean[c]) * invstd[c] * scale_at(gamma, c) + shift_at(beta, c);
+  }
+};
 
 // y = (x - running_mean) / sqrt(running_var + eps) * gamma + beta, one thread per element.
 template <typename T>
@@ -158,37 +262,70 @@ struct BatchNormEval {
   }
 };
 
-// One block per channel, over its count elements, with xhat = (x - mean) invstd:
+// Backward, with xhat = (x - mean) invstd:
 //   dgamma = sum(dy xhat), dbeta = sum(dy),
 //   dx = gamma invstd (dy - dbeta / count - xhat dgamma / count).
+// Block (c, s): partial sums of dy and dy xhat over split s into partials.
 template <typename T>
-__global__ void batch_norm_backward_kernel(int64_t batch, int64_t channels, int64_t spatial,
-                                           const T* x, const T* dy, const T* gamma, const T* mean,
-                                           const T* invstd, T* dx, T* dgamma, T* dbeta) {
-  const int64_t count = batch * spatial;
-  for (int64_t c = blockIdx.x; c < channels; c += gridDim.x) {
-    const T channel_mean = mean[c], channel_invstd = invstd[c];
-    T sum_dy = T(0), sum_dy_xhat = T(0);
-    for (int64_t i = threadIdx.x; i < count; i += blockDim.x) {
-      const int64_t e = channel_element(i, c, channels, spatial);
-      sum_dy += dy[e];
-      sum_dy_xhat += dy[e] * (x[e] - channel_mean) * channel_invstd;
-    }
-    sum_dy = block_reduce<SumOp<T>>(sum_dy);
-    sum_dy_xhat = block_reduce<SumOp<T>>(sum_dy_xhat);
-    const T mean_dy = sum_dy / T(count), mean_dy_xhat = sum_dy_xhat / T(count);
-    const T scale = scale_at(gamma, c) * channel_invstd;
-    for (int64_t i = threadIdx.x; i < count; i += blockDim.x) {
-      const int64_t e = channel_element(i, c, channels, spatial);
-      const T xhat = (x[e] - channel_mean) * channel_invstd;
-      dx[e] = scale * (dy[e] - mean_dy - xhat * mean_dy_xhat);
-    }
-    if (threadIdx.x == 0) {
-      if (dgamma != nullptr) dgamma[c] = sum_dy_xhat;
-      if (dbeta != nullptr) dbeta[c] = sum_dy;
-    }
+__global__ void batch_norm_partial_grad_sums_kernel(int64_t batch, int64_t channels, int spatial,
+                                                    BatchNormSplits sp, const T* x, const T* dy,
+                                                    const T* mean, const T* invstd,
+                                                    double* partials) {
+  const int64_t c = blockIdx.x, s = blockIdx.y;
+  const T channel_mean = mean[c], channel_invstd = invstd[c];
+  T sum_dy = T(0), sum_dy_xhat = T(0);
+  for (ChannelElements e(split_first_image(sp, s), split_last_image(sp, s, batch), c, channels,
+                         spatial);
+       !e.done(); e.next()) {
+    const T g = dy[e.offset()];
+    sum_dy += g;
+    sum_dy_xhat += g * (x[e.offset()] - channel_mean) * channel_invstd;
+  }
+  sum_dy = block_reduce<SumOp<T>>(sum_dy);
+  sum_dy_xhat = block_reduce<SumOp<T>>(sum_dy_xhat);
+  if (threadIdx.x == 0) {
+    partials[2 * (c * sp.splits + s)] = sum_dy;
+    partials[2 * (c * sp.splits + s) + 1] = sum_dy_xhat;
   }
 }
+
+// One thread per channel: the sums over its splits, in order, into sums[2 c + {0, 1}] and
+// dbeta / dgamma.
+template <typename T>
+__global__ void batch_norm_combine_grad_sums_kernel(int64_t channels, int64_t splits,
+                                                    const double* partials, double* sums, T* dgamma,
+                                                    T* dbeta) {
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (c >= channels) return;
+  double sum_dy = 0, sum_dy_xhat = 0;
+  for (int64_t s = 0; s < splits; ++s) {
+    sum_dy += partials[2 * (c * splits + s)];
+    sum_dy_xhat += partials[2 * (c * splits + s) + 1];
+  }
+  sums[2 * c] = sum_dy;
+  sums[2 * c + 1] = sum_dy_xhat;
+  if (dbeta != nullptr) dbeta[c] = T(sum_dy);
+  if (dgamma != nullptr) dgamma[c] = T(sum_dy_xhat);
+}
+
+template <typename T>
+struct BatchNormInputGrad {
+  int64_t channels, spatial;
+  T count;
+  const T* x;
+  const T* dy;
+  const T* gamma;
+  const T* mean;
+  const T* invstd;
+  const double* sums;
+  T* dx;
+  __device__ void operator()(int64_t i) const {
+    const int64_t c = i / spatial % channels;
+    const T xhat = (x[i] - mean[c]) * invstd[c];
+    const T mean_dy = T(sums[2 * c]) / count, mean_dy_xhat = T(sums[2 * c + 1]) / count;
+    dx[i] = scale_at(gamma, c) * invstd[c] * (dy[i] - mean_dy - xhat * mean_dy_xhat);
+  }
+};
 
 }  // namespace
 
@@ -218,11 +355,19 @@ template <typename T>
 void batch_norm_forward_train(int64_t batch, int64_t channels, int64_t spatial, const T* x,
                               const T* gamma, const T* beta, T eps, T momentum, T* running_mean,
                               T* running_var, T* y, T* mean, T* invstd) {
-  if (channels <= 0) return;
-  batch_norm_forward_train_kernel<<<num_blocks(channels, 1), kChannelBlockThreads, 0, stream()>>>(
-      batch, channels, spatial, x, gamma, beta, eps, momentum, running_mean, running_var, y, mean,
-      invstd);
+  if (channels <= 0 || batch * spatial <= 0) return;
+  const BatchNormSplits sp = batch_norm_splits("batch_norm", batch, channels, spatial);
+  double* partials = split_scratch_address();
+  batch_norm_partial_moments_kernel<<<dim3(channels, sp.splits), kBatchNormThreads, 0, stream()>>>(
+      batch, channels, static_cast<int>(spatial), sp, x, partials);
   NALA_CUDA_CHECK_LAUNCH();
+  batch_norm_combine_moments_kernel<<<num_blocks(channels, kBatchNormThreads), kBatchNormThreads, 0,
+                                      stream()>>>(batch, channels, static_cast<int>(spatial), sp,
+                                                  partials, eps, momentum, running_mean,
+                                                  running_var, mean, invstd);
+  NALA_CUDA_CHECK_LAUNCH();
+  for_each_index(batch * channels * spatial,
+                 BatchNormNormalize<T>{channels, spatial, x, gamma, beta, mean, invstd, y});
 }
 
 template <typename T>
@@ -237,10 +382,21 @@ template <typename T>
 void batch_norm_backward(int64_t batch, int64_t channels, int64_t spatial, const T* x, const T* dy,
                          const T* gamma, const T* mean, const T* invstd, T* dx, T* dgamma,
                          T* dbeta) {
-  if (channels <= 0) return;
-  batch_norm_backward_kernel<<<num_blocks(channels, 1), kChannelBlockThreads, 0, stream()>>>(
-      batch, channels, spatial, x, dy, gamma, mean, invstd, dx, dgamma, dbeta);
+  if (channels <= 0 || batch * spatial <= 0) return;
+  const BatchNormSplits sp = batch_norm_splits("batch_norm backward", batch, channels, spatial);
+  double* partials = split_scratch_address();
+  double* sums = partials + 2 * channels * sp.splits;
+  batch_norm_partial_grad_sums_kernel<<<dim3(channels, sp.splits), kBatchNormThreads, 0,
+                                        stream()>>>(batch, channels, static_cast<int>(spatial), sp,
+                                                    x, dy, mean, invstd, partials);
   NALA_CUDA_CHECK_LAUNCH();
+  batch_norm_combine_grad_sums_kernel<<<num_blocks(channels, kBatchNormThreads), kBatchNormThreads,
+                                        0, stream()>>>(channels, sp.splits, partials, sums, dgamma,
+                                                       dbeta);
+  NALA_CUDA_CHECK_LAUNCH();
+  for_each_index(batch * channels * spatial,
+                 BatchNormInputGrad<T>{channels, spatial, T(batch * spatial), x, dy, gamma, mean,
+                                       invstd, sums, dx});
 }
 
 #define NALA_INSTANTIATE(T)                                                                      \

@@ -1,6 +1,8 @@
 // CUDA multi-tensor optimizer kernels: one launch covers up to TensorList::kMaxTensors
 // parameters (grid.y picks the tensor, grid.x strides over its elements), so an optimizer step
 // costs a few launches instead of a dozen per parameter.
+#include <algorithm>
+
 #include "kernels/cuda/common.h"
 #include "kernels/kernels.h"
 
@@ -9,27 +11,42 @@ namespace {
 
 constexpr int kThreads = 256;
 
-// Per-tensor partial sums of sum_of_squares, combined by a second launch in a fixed order (no
-// atomics: the result is the same on every run). Safe because all work runs on one stream.
-__device__ double g_square_partials[TensorList<float>::kMaxTensors];
+// Each tensor's elements are shared by up to kBlocksPerTensor blocks (grid.x), so that a few
+// large tensors among many small ones still spread over the whole GPU; blocks of a small tensor
+// that find no element exit at once.
+constexpr int kBlocksPerTensor = 64;
 
-// Block t: sum of arrays[0][t]^2 into g_square_partials[t], in double.
+unsigned blocks_per_tensor(const int64_t* sizes, int count) {
+  int64_t largest = 0;
+  for (int t = 0; t < count; ++t) largest = std::max(largest, sizes[t]);
+  return std::min<unsigned>(num_blocks(largest, kThreads), kBlocksPerTensor);
+}
+
+// Partial sums of sum_of_squares, one per block, combined by a second launch in a fixed order
+// (no atomics: the result is the same on every run). Safe because all work runs on one stream.
+__device__ double g_square_partials[TensorList<float>::kMaxTensors * kBlocksPerTensor];
+
+// Block (b, t): the sum of the squares of its grid-stride share of arrays[0][t], in double, into
+// g_square_partials[t * gridDim.x + b].
 template <typename T>
 __global__ void __launch_bounds__(kThreads) tensor_square_sums_kernel(TensorList<T> list) {
-  const int t = blockIdx.x;
+  const int t = blockIdx.y;
   const T* x = list.arrays[0][t];
+  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
   double s = 0;
-  for (int64_t i = threadIdx.x; i < list.sizes[t]; i += blockDim.x)
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < list.sizes[t];
+       i += step)
     s += double(x[i]) * double(x[i]);
   s = block_reduce<SumOp<double>>(s);
-  if (threadIdx.x == 0) g_square_partials[t] = s;
+  if (threadIdx.x == 0) g_square_partials[t * gridDim.x + blockIdx.x] = s;
 }
 
 template <typename T>
 __global__ void add_square_partials_kernel(int count, T* out) {
   double total = 0;
-  for (int t = 0; t < count; ++t) total += g_square_partials[t];
-  *out += static_cast<T>(total);
+  for (int b = threadIdx.x; b < count; b += blockDim.x) total += g_square_partials[b];
+  total = block_reduce<SumOp<double>>(total);
+  if (threadIdx.x == 0) *out += static_cast<T>(total);
 }
 
 // grid.y = tensor, grid-stride over its elements along grid.x.
@@ -62,18 +79,17 @@ __global__ void __launch_bounds__(kThreads)
 template <typename T>
 void sum_of_squares(const TensorList<T>& list, T* out) {
   if (list.count == 0) return;
-  tensor_square_sums_kernel<T><<<list.count, kThreads, 0, stream()>>>(list);
+  const dim3 grid(blocks_per_tensor(list.sizes, list.count), list.count);
+  tensor_square_sums_kernel<T><<<grid, kThreads, 0, stream()>>>(list);
   NALA_CUDA_CHECK_LAUNCH();
-  add_square_partials_kernel<T><<<1, 1, 0, stream()>>>(list.count, out);
+  add_square_partials_kernel<T><<<1, kThreads, 0, stream()>>>(grid.x * grid.y, out);
   NALA_CUDA_CHECK_LAUNCH();
 }
 
 template <typename T>
 void adamw_update(const TensorList<T>& list, const AdamWStep& step, const T* grad_scale) {
   if (list.count == 0) return;
-  int64_t largest = 0;
-  for (int t = 0; t < list.count; ++t) largest = std::max(largest, list.sizes[t]);
-  const dim3 grid(std::min<unsigned>(num_blocks(largest, kThreads), 1024), list.count);
+  const dim3 grid(blocks_per_tensor(list.sizes, list.count), list.count);
   adamw_kernel<T><<<grid, kThreads, 0, stream()>>>(list, step, grad_scale);
   NALA_CUDA_CHECK_LAUNCH();
 }

@@ -45,6 +45,55 @@ TEST_CASE("CUDA ops agree with the CPU ops") {
   }
 }
 
+TEST_CASE("CUDA reductions split over many blocks agree with the CPU") {
+  if (!test::cuda_available()) return;
+  // Shapes larger than the gradcheck cases, so that the CUDA kernels cut their reductions into
+  // splits (batch norm: uneven splits of images; depthwise weight gradient: planes smaller than a
+  // block and not dividing it), checked in float64 against the CPU.
+  auto input = [](const Shape& shape, uint64_t seed) {
+    return test::random_tensor(shape, seed, DType::Float64).requires_grad_();
+  };
+  const std::vector<GradcheckCase> cases = {
+      {"batch_norm (37, 3, 24, 24)",
+       [&](Device) {
+         return std::vector<Tensor>{input({37, 3, 24, 24}, 1), input({3}, 2), input({3}, 3)};
+       },
+       [](const std::vector<Tensor>& x) {
+         return batch_norm(x[0], x[1], x[2], Tensor(), Tensor(), true);
+       }},
+      {"batch_norm (2100, 3, 2, 2)",
+       [&](Device) {
+         return std::vector<Tensor>{input({2100, 3, 2, 2}, 4), input({3}, 5), input({3}, 6)};
+       },
+       [](const std::vector<Tensor>& x) {
+         return batch_norm(x[0], x[1], x[2], Tensor(), Tensor(), true);
+       }},
+      {"depthwise 3x3 on 2x2 planes",
+       [&](Device) {
+         return std::vector<Tensor>{input({300, 6, 2, 2}, 7), input({6, 1, 3, 3}, 8),
+                                    input({6}, 9)};
+       },
+       [](const std::vector<Tensor>& x) { return conv2d(x[0], x[1], x[2], 1, 1, 6); }},
+      {"depthwise 3x3 on 5x5 planes",
+       [&](Device) {
+         return std::vector<Tensor>{input({13, 4, 5, 5}, 10), input({4, 1, 3, 3}, 11),
+                                    input({4}, 12)};
+       },
+       [](const std::vector<Tensor>& x) { return conv2d(x[0], x[1], x[2], 1, 1, 4); }},
+  };
+  for (const GradcheckCase& c : cases) {
+    CAPTURE(c.name);
+    std::vector<Tensor> base = c.make_inputs(Device::CPU);
+    std::vector<Tensor> cpu = run_case(c, base, Device::CPU, DType::Float64);
+    std::vector<Tensor> gpu = run_case(c, base, Device::CUDA, DType::Float64);
+    REQUIRE(cpu.size() == gpu.size());
+    for (size_t i = 0; i < cpu.size(); ++i) {
+      CAPTURE(i);
+      CHECK(test::max_rel_diff(gpu[i], cpu[i]) < 1e-11);
+    }
+  }
+}
+
 TEST_CASE("TF32 matmul on CUDA: close to float32, and switched off exactly") {
   if (!test::cuda_available()) return;
   Tensor a = test::random_tensor({256, 256}, 1, DType::Float64),

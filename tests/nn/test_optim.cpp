@@ -190,12 +190,17 @@ TEST_CASE("grad_clip_scale is min(1, max_norm / norm) on the device, and step ap
 }
 
 // More parameters than one TensorList holds (256), so the fused step needs two launches.
+// Tensor i of the multi-tensor tests: mostly small, one (i = 23) large enough to be shared by
+// many blocks of a CUDA launch.
+static Shape multi_tensor_shape(int i) { return i == 23 ? Shape{30001, 3} : Shape{i % 40 + 1, 3}; }
+
 TEST_CASE("fused AdamW over many tensors: CPU float64 vs the formula, CUDA vs CPU") {
   auto run = [](Device device, DType dtype) {
     std::vector<NamedTensor> params;
     for (int i = 0; i < 300; ++i) {
-      Tensor p = test::random_tensor({i % 40 + 1, 3}, 100 + i, dtype, device).requires_grad_();
-      p.set_grad(test::random_tensor({i % 40 + 1, 3}, 1000 + i, dtype, device));
+      Tensor p =
+          test::random_tensor(multi_tensor_shape(i), 100 + i, dtype, device).requires_grad_();
+      p.set_grad(test::random_tensor(multi_tensor_shape(i), 1000 + i, dtype, device));
       params.push_back({"p" + std::to_string(i), p});
     }
     std::vector<NamedTensor> first(params.begin(), params.begin() + 150),
@@ -212,9 +217,9 @@ TEST_CASE("fused AdamW over many tensors: CPU float64 vs the formula, CUDA vs CP
   std::vector<Tensor> cpu = run(Device::CPU, DType::Float64);
   for (int i = 0; i < 300; i += 23) {
     std::vector<double> p =
-        test::random_tensor({i % 40 + 1, 3}, 100 + i, DType::Float64).to_vector<double>();
+        test::random_tensor(multi_tensor_shape(i), 100 + i, DType::Float64).to_vector<double>();
     std::vector<double> g =
-        test::random_tensor({i % 40 + 1, 3}, 1000 + i, DType::Float64).to_vector<double>();
+        test::random_tensor(multi_tensor_shape(i), 1000 + i, DType::Float64).to_vector<double>();
     double wd = i < 150 ? 0.1 : 0.0, lr = 0.01;
     for (size_t j = 0; j < p.size(); ++j) {
       double m = 0, v = 0, x = p[j], gj = 0.5 * g[j];
@@ -233,6 +238,27 @@ TEST_CASE("fused AdamW over many tensors: CPU float64 vs the formula, CUDA vs CP
     for (size_t i = 0; i < c.size(); ++i)
       CHECK(test::max_rel_diff(g[i], c[i]) < (dtype == DType::Float64 ? 1e-14 : 1e-6));
   }
+}
+
+TEST_CASE("the gradient norm over many tensors: the formula on the CPU, CUDA vs CPU") {
+  auto norm = [](Device device) {
+    std::vector<Tensor> params;
+    for (int i = 0; i < 300; ++i) {
+      Tensor p = zeros(multi_tensor_shape(i), TensorOptions{DType::Float64, device, true});
+      p.set_grad(test::random_tensor(multi_tensor_shape(i), 1000 + i, DType::Float64, device));
+      params.push_back(p);
+    }
+    return clip_grad_norm(params, 1e30);
+  };
+  double squares = 0;
+  for (int i = 0; i < 300; ++i)
+    for (double g :
+         test::random_tensor(multi_tensor_shape(i), 1000 + i, DType::Float64).to_vector<double>())
+      squares += g * g;
+  const double cpu = norm(Device::CPU);
+  CHECK(cpu == doctest::Approx(std::sqrt(squares)).epsilon(1e-13));
+  if (!test::cuda_available()) return;
+  CHECK(norm(Device::CUDA) == doctest::Approx(cpu).epsilon(1e-13));
 }
 
 TEST_CASE("warmup-cosine and step-decay schedules") {

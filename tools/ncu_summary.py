@@ -1,0 +1,37 @@
+#!/usr/bin/env python3
+"""Sums the GPU time of every kernel in an Nsight Compute CSV, grouped by kernel name.
+
+    ncu --metrics gpu__time_duration.sum --csv --page raw PROGRAM > ncu.csv
+    python3 tools/ncu_summary.py ncu.csv [--top 30]
+"""
+import argparse
+import collections
+import csv
+import io
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("csv")
+    ap.add_argument("--top", type=int, default=30)
+    args = ap.parse_args()
+    lines = open(args.csv).read().split("\n")
+    start = next(i for i, line in enumerate(lines) if line.startswith('"ID"'))
+    rows = list(csv.reader(io.StringIO("\n".join(lines[start:]))))
+    header, units = rows[0], rows[1]
+    name_col, time_col = header.index("Kernel Name"), header.index("gpu__time_duration.sum")
+    total, count = collections.defaultdict(float), collections.Counter()
+    for row in rows[2:]:
+        if len(row) <= time_col:
+            continue
+        name = row[name_col].split("(")[0][:110]
+        total[name] += float(row[time_col].replace(",", ""))
+        count[name] += 1
+    everything = sum(total.values())
+    print(f"{len(rows) - 2} kernels, {everything / 1e6:.2f} ms of GPU time ({units[time_col]} summed)")
+    for name, t in sorted(total.items(), key=lambda kv: -kv[1])[: args.top]:
+        print(f"{t / 1e3:10.1f} us {100 * t / everything:5.1f}% {count[name]:6d}x  {name}")
+
+
+if __name__ == "__main__":
+    main()
