@@ -128,7 +128,12 @@ static int bench_attention(const BenchOptions& o, std::ostream& os) {
         auto run = [&](bool backward) {
           Tensor out = var.composed ? attention_composed(var.kind, q, k, v, side, side)
                                     : attention(var.kind, q, k, v, side, side);
-          if (backward) sum(mul(out, g)).backward();
+          if (backward) {
+            sum(mul(out, g)).backward();
+            // Drop the gradients, as the PyTorch peer does (q.grad = None): each call then
+            // measures one forward+backward, not also the accumulation into earlier gradients.
+            q.zero_grad(), k.zero_grad(), v.zero_grad();
+          }
         };
         double fwd = [&] {
           NoGradGuard ng;
@@ -136,7 +141,6 @@ static int bench_attention(const BenchOptions& o, std::ostream& os) {
         }();
         double both = median_seconds([&] { run(true); }, o.repeats, device);
         double peak = peak_extra_bytes([&] { run(true); }, device);
-        q.zero_grad(), k.zero_grad(), v.zero_grad();
         os << std::setw(10) << var.name << std::setw(4) << d << std::setw(8) << N << std::fixed
            << std::setprecision(3) << std::setw(11) << fwd * 1e3 << std::setw(12) << both * 1e3
            << std::setw(11) << std::setprecision(1) << peak / (1 << 20) << std::endl;

@@ -2,6 +2,8 @@
 # The GPU machine's work in one script, logs under $OUT and a short summary printed last.
 #   bash bench/gpu_run.sh check                 build (sm_90), all tests, gradcheck on CUDA,
 #                                               benchmarks with their PyTorch peers
+#   bash bench/gpu_run.sh tests                 build, all tests and gradcheck on CUDA only
+#                                               (exit status 0 when all pass)
 #   bash bench/gpu_run.sh train SECONDS EPOCHS [nala train options...]
 #                                               build, then xt-cifar on CIFAR-10 (JPEG folder)
 #   bash bench/gpu_run.sh imagenette SECONDS EPOCHS SIZE   build, then xt on Imagenette
@@ -22,20 +24,20 @@ fi
 cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 > "$OUT/configure.log" 2>&1
 cmake --build build-gpu -j16 > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
 
-if [ "$MODE" = check ]; then
-  timeout 150 ctest --test-dir build-gpu --output-on-failure > "$OUT/ctest.log" 2>&1
+if [ "$MODE" = check ] || [ "$MODE" = tests ]; then
+  timeout 150 ctest --test-dir build-gpu -V > "$OUT/ctest.log" 2>&1
   ctest_rc=$?
-  for t in tensor autograd nn data; do build-gpu/test_$t 2>&1 | grep -E "^\[doctest\] (test cases|assertions)" | sed "s/^/$t: /"; done > "$OUT/counts.log"
   timeout 60 build-gpu/nala gradcheck --device cuda > "$OUT/gradcheck_cuda.log" 2>&1
   gc_rc=$?
+  echo "==== ctest (rc $ctest_rc)"; grep -E "tests passed|Failed|\*\*\*|\[doctest\] (test cases|assertions)" "$OUT/ctest.log" | head -20
+  grep -B3 -A10 "ERROR" "$OUT/ctest.log" | head -40
+  echo "==== gradcheck cuda (rc $gc_rc)"; grep -E "FAIL|failed" "$OUT/gradcheck_cuda.log"
+  [ "$MODE" = tests ] && exit $((ctest_rc | gc_rc))
   timeout 90 bash -c 'build-gpu/nala bench copy --device cuda; build-gpu/nala bench matmul --device cuda;
     build-gpu/nala bench attention --device cuda' > "$OUT/bench_nala.log" 2>&1
   [ -n "${SKIP_TORCH:-}" ] || PYTHONUNBUFFERED=1 timeout 120 python3 tools/bench_attention_torch.py --device cuda > "$OUT/bench_torch.log" 2>&1
-  echo "==== ctest (rc $ctest_rc)"; grep -E "tests passed|Failed|\*\*\*" "$OUT/ctest.log" | head; cat "$OUT/counts.log"
-  grep -B3 -A10 "ERROR" "$OUT/ctest.log" | head -40
-  echo "==== gradcheck cuda (rc $gc_rc)"; grep -E "FAIL|failed" "$OUT/gradcheck_cuda.log"
   echo "==== nala"; cat "$OUT/bench_nala.log"
-  echo "==== torch"; grep -v Warn "$OUT/bench_torch.log" | tail -30
+  echo "==== torch"; grep -v Warn "$OUT/bench_torch.log" 2>/dev/null | tail -30
 elif [ "$MODE" = ops ]; then
   build-gpu/nala bench ops --device cuda > "$OUT/bench_ops_nala.log" 2>&1
   PYTHONUNBUFFERED=1 timeout 100 python3 tools/bench_ops_torch.py --device cuda > "$OUT/bench_ops_torch.log" 2>&1

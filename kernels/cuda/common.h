@@ -278,7 +278,7 @@ static inline double* split_scratch_address() {
 
 // Splitting aims for about kTargetPartials partial results, each over at least kMinChunk elements.
 constexpr int64_t kTargetPartials = int64_t(1) << 15;
-constexpr int64_t kMinChunk = 8192;
+constexpr int64_t kMinChunk = 1024;
 
 template <typename Op, typename T, typename Value>
 void reduce_middle_axis(int64_t outer, int64_t r, int64_t inner, Value value, T* y) {

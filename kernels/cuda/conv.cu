@@ -7,6 +7,7 @@
 //
 // Coordinates inside one (height, width) plane are 32-bit ints, which is much cheaper on the GPU
 // than 64-bit division; only offsets of whole planes are 64-bit.
+#include <algorithm>
 #include <climits>
 #include <stdexcept>
 
@@ -169,42 +170,73 @@ struct DepthwiseBackwardInput {
   }
 };
 
-constexpr int kWeightGradThreads = 256;
+// ---- depthwise weight gradient ----
+//   dw[c, i, j] = sum over n, oh, ow of dy[n, c, oh, ow] x[n, c, oh * stride_h - pad_h + i, ...]
+// Block (c, tile, split) handles channel c, a kTapTile x kTapTile window of the filter's taps
+// (one window covers filters up to 5 x 5) and split `split` of the flattened (n, oh, ow)
+// positions. Each thread walks its positions reading dy once and the window's inputs (neighbours
+// of its neighbours' reads, so mostly from L1), keeping one running sum per tap in registers;
+// the block then reduces each tap's sums. With several splits the per-split sums go to
+// split_scratch and a second pass adds them up in a fixed order.
 
-// One block per filter tap (c, i, j):
-//   dw[c, i, j] = sum over n, oh, ow of dy[n, c, oh, ow] x[n, c, oh * stride_h - pad_h + i, ...],
-// the block's threads striding over the flattened (n, oh, ow) range -- not image by image, which
-// would leave most threads idle on the 2 x 2 and 4 x 4 planes of a network's last stages -- then
-// block_reduce. The blocks of one channel run side by side, so their reads of x and dy hit L2.
+constexpr int kWeightGradThreads = 256;
+constexpr int kTapTile = 5;
+constexpr int64_t kWeightGradTargetBlocks = 1024;
+constexpr int64_t kWeightGradMinPositions = 2048;
+
+struct WeightGradSplits {
+  int tiles_w;  // tap windows across the filter's width
+  int64_t splits, positions_per_split;
+};
+
 template <typename T>
-__global__ void depthwise_backward_weight_kernel(Geometry g, const T* x, const T* dy, T* dw) {
-  for (int64_t filter_tap = blockIdx.x; filter_tap < g.channels * g.taps();
-       filter_tap += gridDim.x) {
-    const int64_t c = filter_tap / g.taps();
-    const int tap = static_cast<int>(filter_tap - c * g.taps());
-    const int i = tap / g.kernel_w, j = tap % g.kernel_w;
-    // The thread walks position = n * out_pixels + pixel in steps of blockDim.x, carrying
-    // (n, pixel) along instead of dividing a 64-bit index at every step.
-    const int step_images = blockDim.x / g.out_pixels(), step_pixels = blockDim.x % g.out_pixels();
-    int64_t n = threadIdx.x / g.out_pixels();
-    int pixel = threadIdx.x % g.out_pixels();
-    T sum = T(0);
-    while (n < g.batch) {
-      const int h = pixel / g.out_w * g.stride_h - g.pad_h + i;
-      const int w = pixel % g.out_w * g.stride_w - g.pad_w + j;
-      const int64_t plane = n * g.channels + c;
-      if (h >= 0 && h < g.height && w >= 0 && w < g.width)
-        sum += dy[plane * g.out_pixels() + pixel] * x[plane * g.in_pixels() + h * g.width + w];
-      n += step_images;
-      pixel += step_pixels;
-      if (pixel >= g.out_pixels()) {
-        pixel -= g.out_pixels();
-        ++n;
+__global__ void __launch_bounds__(kWeightGradThreads)
+    depthwise_backward_weight_kernel(Geometry g, WeightGradSplits sp, const T* x, const T* dy,
+                                     T* out) {
+  const int64_t c = blockIdx.x, split = blockIdx.z;
+  const int i0 = static_cast<int>(blockIdx.y) / sp.tiles_w * kTapTile;
+  const int j0 = static_cast<int>(blockIdx.y) % sp.tiles_w * kTapTile;
+  const int64_t first = split * sp.positions_per_split + threadIdx.x;
+  const int64_t end = min((split + 1) * sp.positions_per_split, g.batch * g.out_pixels());
+  // Position = n * out_pixels + pixel: divide once, then carry (n, pixel) along.
+  int64_t n = first / g.out_pixels();
+  int pixel = static_cast<int>(first - n * g.out_pixels());
+  const int step_images = blockDim.x / g.out_pixels(), step_pixels = blockDim.x % g.out_pixels();
+  T sum[kTapTile][kTapTile] = {};
+  for (int64_t position = first; position < end; position += blockDim.x) {
+    const int64_t plane = n * g.channels + c;
+    const T grad = dy[plane * g.out_pixels() + pixel];
+    const T* x_plane = x + plane * g.in_pixels();
+    const int h0 = pixel / g.out_w * g.stride_h - g.pad_h + i0;
+    const int w0 = pixel % g.out_w * g.stride_w - g.pad_w + j0;
+#pragma unroll
+    for (int a = 0; a < kTapTile; ++a) {
+      const int h = h0 + a;
+      if (i0 + a >= g.kernel_h || h < 0 || h >= g.height) continue;
+#pragma unroll
+      for (int b = 0; b < kTapTile; ++b) {
+        const int w = w0 + b;
+        if (j0 + b < g.kernel_w && w >= 0 && w < g.width)
+          sum[a][b] += grad * x_plane[h * g.width + w];
       }
     }
-    sum = block_reduce<SumOp<T>>(sum);
-    if (threadIdx.x == 0) dw[filter_tap] = sum;
+    n += step_images;
+    pixel += step_pixels;
+    if (pixel >= g.out_pixels()) {
+      pixel -= g.out_pixels();
+      ++n;
+    }
   }
+  // out is dw (one split) or the partials (c, split, tap).
+#pragma unroll
+  for (int a = 0; a < kTapTile; ++a)
+#pragma unroll
+    for (int b = 0; b < kTapTile; ++b) {
+      if (i0 + a >= g.kernel_h || j0 + b >= g.kernel_w) continue;  // uniform across the block
+      const T total = block_reduce<SumOp<T>>(sum[a][b]);
+      if (threadIdx.x == 0)
+        out[(c * sp.splits + split) * g.taps() + (i0 + a) * g.kernel_w + j0 + b] = total;
+    }
 }
 
 }  // namespace
@@ -233,11 +265,36 @@ void depthwise_conv2d_backward_input(const Conv2dShape& s, const T* dy, const T*
 
 template <typename T>
 void depthwise_conv2d_backward_weight(const Conv2dShape& s, const T* x, const T* dy, T* dw) {
-  const int64_t filter_taps = s.channels * s.kernel_h * s.kernel_w;
-  if (filter_taps <= 0) return;
-  depthwise_backward_weight_kernel<<<num_blocks(filter_taps, 1), kWeightGradThreads, 0, stream()>>>(
-      geometry_of(s), x, dy, dw);
+  const int64_t taps = s.kernel_h * s.kernel_w, positions = s.batch * s.out_h * s.out_w;
+  if (s.channels * taps <= 0) return;
+  const Geometry g = geometry_of(s);
+  WeightGradSplits sp;
+  sp.tiles_w = static_cast<int>((s.kernel_w + kTapTile - 1) / kTapTile);
+  const int64_t tiles = (s.kernel_h + kTapTile - 1) / kTapTile * sp.tiles_w;
+  // Enough blocks to fill the GPU, each over at least kWeightGradMinPositions positions, the
+  // partials within split_scratch.
+  sp.splits = std::min((kWeightGradTargetBlocks + s.channels * tiles - 1) / (s.channels * tiles),
+                       (positions + kWeightGradMinPositions - 1) / kWeightGradMinPositions);
+  sp.splits = std::clamp<int64_t>(
+      sp.splits, 1, std::max<int64_t>(1, kSplitScratchElements / (s.channels * taps)));
+  sp.positions_per_split = (std::max<int64_t>(positions, 1) + sp.splits - 1) / sp.splits;
+  sp.splits =
+      (std::max<int64_t>(positions, 1) + sp.positions_per_split - 1) / sp.positions_per_split;
+  if (tiles > 65535 || sp.splits > 65535)
+    throw std::invalid_argument("depthwise conv2d weight gradient: filter too large for CUDA");
+  const dim3 grid(static_cast<unsigned>(s.channels), static_cast<unsigned>(tiles),
+                  static_cast<unsigned>(sp.splits));
+  if (sp.splits == 1) {
+    depthwise_backward_weight_kernel<<<grid, kWeightGradThreads, 0, stream()>>>(g, sp, x, dy, dw);
+    NALA_CUDA_CHECK_LAUNCH();
+    return;
+  }
+  T* partials = reinterpret_cast<T*>(split_scratch_address());
+  depthwise_backward_weight_kernel<<<grid, kWeightGradThreads, 0, stream()>>>(g, sp, x, dy,
+                                                                              partials);
   NALA_CUDA_CHECK_LAUNCH();
+  reduce_middle_axis_pass<SumOp<T>>(s.channels, sp.splits, taps, sp.splits, 1,
+                                    MiddleAxisElement<T>{partials, sp.splits, taps}, dw);
 }
 
 #define NALA_INSTANTIATE(T)                                                                        \

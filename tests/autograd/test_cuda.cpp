@@ -48,8 +48,9 @@ TEST_CASE("CUDA ops agree with the CPU ops") {
 TEST_CASE("CUDA reductions split over many blocks agree with the CPU") {
   if (!test::cuda_available()) return;
   // Shapes larger than the gradcheck cases, so that the CUDA kernels cut their reductions into
-  // splits (batch norm: uneven splits of images; depthwise weight gradient: planes smaller than a
-  // block and not dividing it), checked in float64 against the CPU.
+  // splits (batch norm: uneven splits of images; depthwise weight gradient: several splits of
+  // positions, several windows of taps, planes smaller than a block and not dividing it),
+  // checked in float64 against the CPU.
   auto input = [](const Shape& shape, uint64_t seed) {
     return test::random_tensor(shape, seed, DType::Float64).requires_grad_();
   };
@@ -74,6 +75,18 @@ TEST_CASE("CUDA reductions split over many blocks agree with the CPU") {
                                     input({6}, 9)};
        },
        [](const std::vector<Tensor>& x) { return conv2d(x[0], x[1], x[2], 1, 1, 6); }},
+      {"depthwise 5x5 over many positions (several splits)",
+       [&](Device) {
+         return std::vector<Tensor>{input({64, 3, 12, 12}, 13), input({3, 1, 5, 5}, 14),
+                                    input({3}, 15)};
+       },
+       [](const std::vector<Tensor>& x) { return conv2d(x[0], x[1], x[2], 1, 2, 3); }},
+      {"depthwise 7x7, stride 2 (several tap windows)",
+       [&](Device) {
+         return std::vector<Tensor>{input({5, 2, 9, 9}, 16), input({2, 1, 7, 7}, 17),
+                                    input({2}, 18)};
+       },
+       [](const std::vector<Tensor>& x) { return conv2d(x[0], x[1], x[2], 2, 3, 2); }},
       {"depthwise 3x3 on 5x5 planes",
        [&](Device) {
          return std::vector<Tensor>{input({13, 4, 5, 5}, 10), input({4, 1, 3, 3}, 11),
