@@ -58,4 +58,10 @@ class NoGradGuard {
 void record(const Tensor& output, const std::string& name, const std::vector<Tensor>& inputs,
             BackwardFn backward);
 
+// Whether an op's backward must produce a gradient for input t (PyTorch's needs_input_grad). Ops
+// whose gradients cost real work (products, convolutions) check it when they record, and return
+// an undefined Tensor for an input that needs none: a constant factor, or the network's input
+// image, costs no kernel and no memory in the backward.
+inline bool needs_grad(const Tensor& t) { return t.defined() && t.requires_grad(); }
+
 }  // namespace nala

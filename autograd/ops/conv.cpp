@@ -78,14 +78,21 @@ Tensor conv2d(const Tensor& x_in, const Tensor& w_in, const Tensor& bias, int64_
     NALA_KERNEL(x, depthwise_conv2d_forward, s, x.data<T>(), w.data<T>(),
                 b.defined() ? b.data<T>() : nullptr, y.data<T>());
     record(y, "conv2d_depthwise", {x_in, w_in, bias},
-           [s, x, w, has_bias = bias.defined()](const Tensor& dy_in) {
+           [s, x, w, need_x = needs_grad(x_in), need_w = needs_grad(w_in),
+            need_b = needs_grad(bias)](const Tensor& dy_in) {
              Tensor dy = dy_in.contiguous();
-             Tensor dx = empty_like(x), dw = empty_like(w);
-             NALA_KERNEL(x, depthwise_conv2d_backward_input, s, dy.data<T>(), w.data<T>(),
-                         dx.data<T>());
-             NALA_KERNEL(x, depthwise_conv2d_backward_weight, s, x.data<T>(), dy.data<T>(),
-                         dw.data<T>());
-             return std::vector<Tensor>{dx, dw, has_bias ? sum(dy, {0, 2, 3}) : Tensor()};
+             Tensor dx, dw;
+             if (need_x) {
+               dx = empty_like(x);
+               NALA_KERNEL(x, depthwise_conv2d_backward_input, s, dy.data<T>(), w.data<T>(),
+                           dx.data<T>());
+             }
+             if (need_w) {
+               dw = empty_like(w);
+               NALA_KERNEL(x, depthwise_conv2d_backward_weight, s, x.data<T>(), dy.data<T>(),
+                           dw.data<T>());
+             }
+             return std::vector<Tensor>{dx, dw, need_b ? sum(dy, {0, 2, 3}) : Tensor()};
            });
     return y;
   }
@@ -97,27 +104,34 @@ Tensor conv2d(const Tensor& x_in, const Tensor& w_in, const Tensor& bias, int64_
                 Cg * kk, 0, col.data<T>() + g * Cg * kk * L, L, C * kk * L, T(1),
                 y.data<T>() + g * Cog * L, L, Co * L, N);
   col = Tensor();  // recomputed in the backward: kh*kw times the input is too much to keep
-  record(y, "conv2d", {x_in, w_in, bias}, [=, has_bias = bias.defined()](const Tensor& dy_in) {
-    Tensor dy = dy_in.contiguous();
-    Tensor col = im2col_of(x, s);
-    // dcol = W^T dy per image and group, then dx = col2im(dcol).
-    Tensor dcol = empty_like(col);
-    for (int64_t g = 0; g < G; ++g)
-      NALA_KERNEL(x, gemm, true, false, Cg * kk, L, Cog, T(1), w.data<T>() + g * Cog * Cg * kk,
-                  Cg * kk, 0, dy.data<T>() + g * Cog * L, L, Co * L, T(0),
-                  dcol.data<T>() + g * Cg * kk * L, L, C * kk * L, N);
-    Tensor dx = empty_like(x);
-    NALA_KERNEL(x, col2im, s, dcol.data<T>(), dx.data<T>());
-    // dW = dy' col'^T with the (n, l) pairs as one contraction axis: move n next to l first.
-    Tensor dy_t = dy.view({N, Co, L}).permute({1, 0, 2}).contiguous();  // (Co, N, L)
-    Tensor col_t = col.permute({1, 0, 2}).contiguous();                 // (C*kk, N, L)
-    Tensor dw = empty_like(w);
-    for (int64_t g = 0; g < G; ++g)
-      NALA_KERNEL(x, gemm, false, true, Cog, Cg * kk, N * L, T(1), dy_t.data<T>() + g * Cog * N * L,
-                  N * L, 0, col_t.data<T>() + g * Cg * kk * N * L, N * L, 0, T(0),
-                  dw.data<T>() + g * Cog * Cg * kk, Cg * kk, 0, 1);
-    return std::vector<Tensor>{dx, dw, has_bias ? sum(dy, {0, 2, 3}) : Tensor()};
-  });
+  record(y, "conv2d", {x_in, w_in, bias},
+         [=, need_x = needs_grad(x_in), need_w = needs_grad(w_in),
+          need_b = needs_grad(bias)](const Tensor& dy_in) {
+           Tensor dy = dy_in.contiguous();
+           Tensor dx, dw;
+           if (need_x) {
+             // dcol = W^T dy per image and group, then dx = col2im(dcol).
+             Tensor dcol = empty({N, C * kk, L}, TensorOptions{x.dtype(), x.device()});
+             for (int64_t g = 0; g < G; ++g)
+               NALA_KERNEL(x, gemm, true, false, Cg * kk, L, Cog, T(1),
+                           w.data<T>() + g * Cog * Cg * kk, Cg * kk, 0, dy.data<T>() + g * Cog * L,
+                           L, Co * L, T(0), dcol.data<T>() + g * Cg * kk * L, L, C * kk * L, N);
+             dx = empty_like(x);
+             NALA_KERNEL(x, col2im, s, dcol.data<T>(), dx.data<T>());
+           }
+           if (need_w) {
+             // dW = dy' col'^T with the (n, l) pairs as one contraction axis: move n next to l.
+             Tensor dy_t = dy.view({N, Co, L}).permute({1, 0, 2}).contiguous();  // (Co, N, L)
+             Tensor col_t = im2col_of(x, s).permute({1, 0, 2}).contiguous();     // (C*kk, N, L)
+             dw = empty_like(w);
+             for (int64_t g = 0; g < G; ++g)
+               NALA_KERNEL(x, gemm, false, true, Cog, Cg * kk, N * L, T(1),
+                           dy_t.data<T>() + g * Cog * N * L, N * L, 0,
+                           col_t.data<T>() + g * Cg * kk * N * L, N * L, 0, T(0),
+                           dw.data<T>() + g * Cog * Cg * kk, Cg * kk, 0, 1);
+           }
+           return std::vector<Tensor>{dx, dw, need_b ? sum(dy, {0, 2, 3}) : Tensor()};
+         });
   return y;
 }
 

@@ -98,19 +98,25 @@ Tensor sub(const Tensor& a, const Tensor& b) {
 // d(ab) = b da + a db
 Tensor mul(const Tensor& a, const Tensor& b) {
   Tensor y = binary_raw(BinaryOp::Mul, "mul", a, b);
-  record(y, "mul", {a, b}, [a = a.detach(), b = b.detach()](const Tensor& dy) {
-    return std::vector<Tensor>{sum_to(mul(dy, b), a.shape()), sum_to(mul(dy, a), b.shape())};
-  });
+  record(y, "mul", {a, b},
+         [a = a.detach(), b = b.detach(), need_a = needs_grad(a),
+          need_b = needs_grad(b)](const Tensor& dy) {
+           return std::vector<Tensor>{need_a ? sum_to(mul(dy, b), a.shape()) : Tensor(),
+                                      need_b ? sum_to(mul(dy, a), b.shape()) : Tensor()};
+         });
   return y;
 }
 
 // d(a/b) = da / b - (a / b^2) db = (da - y db) / b
 Tensor div(const Tensor& a, const Tensor& b) {
   Tensor y = binary_raw(BinaryOp::Div, "div", a, b);
-  record(y, "div", {a, b}, [sa = a.shape(), b = b.detach(), y = y.detach()](const Tensor& dy) {
-    Tensor da = div(dy, b);
-    return std::vector<Tensor>{sum_to(da, sa), sum_to(neg(mul(da, y)), b.shape())};
-  });
+  record(y, "div", {a, b},
+         [sa = a.shape(), b = b.detach(), y = y.detach(), need_a = needs_grad(a),
+          need_b = needs_grad(b)](const Tensor& dy) {
+           Tensor da = div(dy, b);
+           return std::vector<Tensor>{need_a ? sum_to(da, sa) : Tensor(),
+                                      need_b ? sum_to(neg(mul(da, y)), b.shape()) : Tensor()};
+         });
   return y;
 }
 

@@ -98,10 +98,12 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
     throw std::invalid_argument("matmul: shapes " + shape_str(a.shape()) + " and " +
                                 shape_str(b.shape()) + " are not aligned");
   Tensor c = matmul_raw(a, b);
-  record(c, "matmul", {a, b}, [a = a.detach(), b = b.detach()](const Tensor& dc) {
-    return std::vector<Tensor>{sum_to(matmul_raw(dc, b.t()), a.shape()),
-                               sum_to(matmul_raw(a.t(), dc), b.shape())};
-  });
+  record(c, "matmul", {a, b},
+         [a = a.detach(), b = b.detach(), need_a = needs_grad(a),
+          need_b = needs_grad(b)](const Tensor& dc) {
+           return std::vector<Tensor>{need_a ? sum_to(matmul_raw(dc, b.t()), a.shape()) : Tensor(),
+                                      need_b ? sum_to(matmul_raw(a.t(), dc), b.shape()) : Tensor()};
+         });
   return c;
 }
 
@@ -135,10 +137,12 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
                 in, 0, T(bias.defined() ? 1 : 0), y.data<T>(), out, 0, 1);
   y = y.view(out_shape);
   record(y, "linear", {x, weight, bias},
-         [x2, w, xs = x.shape(), has_bias = bias.defined()](const Tensor& dy_in) {
+         [x2, w, xs = x.shape(), need_x = needs_grad(x), need_w = needs_grad(weight),
+          need_b = needs_grad(bias)](const Tensor& dy_in) {
            Tensor dy = dy_in.reshape({x2.size(0), w.size(0)});
-           return std::vector<Tensor>{matmul_raw(dy, w).view(xs), matmul_raw(dy.t(), x2),
-                                      has_bias ? sum(dy, {0}) : Tensor()};
+           return std::vector<Tensor>{need_x ? matmul_raw(dy, w).view(xs) : Tensor(),
+                                      need_w ? matmul_raw(dy.t(), x2) : Tensor(),
+                                      need_b ? sum(dy, {0}) : Tensor()};
          });
   return y;
 }

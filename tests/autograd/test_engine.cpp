@@ -55,3 +55,59 @@ TEST_CASE("gradients flow through views to the base tensor") {
   sum(mul(y, y)).backward();                        // d/dx = 2x on those columns, 0 elsewhere
   CHECK(x.grad().to_vector<double>() == std::vector<double>{0, 2, 4, 0, 8, 10});
 }
+
+TEST_CASE("ops compute only the gradients their inputs need") {
+  // Each op's backward runs twice on the same values and output gradient: once with every input
+  // requiring grad (the reference), once with input `frozen` not requiring it. For the frozen
+  // input the backward returns no tensor (no work done); the others are exactly the reference's.
+  using Op = std::function<Tensor(const std::vector<Tensor>&)>;
+  struct Case {
+    const char* name;
+    std::vector<Shape> shapes;
+    Op f;
+  };
+  const std::vector<Case> cases = {
+      {"mul", {{3, 4}, {4}}, [](const std::vector<Tensor>& x) { return mul(x[0], x[1]); }},
+      {"div", {{3, 4}, {4}}, [](const std::vector<Tensor>& x) { return div(x[0], x[1]); }},
+      {"matmul", {{3, 4}, {4, 2}}, [](const std::vector<Tensor>& x) { return matmul(x[0], x[1]); }},
+      {"linear",
+       {{3, 4}, {2, 4}, {2}},
+       [](const std::vector<Tensor>& x) { return linear(x[0], x[1], x[2]); }},
+      {"conv2d",
+       {{2, 3, 5, 5}, {4, 3, 3, 3}, {4}},
+       [](const std::vector<Tensor>& x) { return conv2d(x[0], x[1], x[2], 1, 1); }},
+      {"conv2d (depthwise)",
+       {{2, 3, 5, 5}, {3, 1, 3, 3}, {3}},
+       [](const std::vector<Tensor>& x) { return conv2d(x[0], x[1], x[2], 1, 1, 3); }},
+  };
+  for (const Case& c : cases) {
+    CAPTURE(c.name);
+    auto input_grads = [&](int frozen) {
+      std::vector<Tensor> inputs;
+      for (size_t i = 0; i < c.shapes.size(); ++i) {
+        // Values away from 0, so that div's denominator is safe.
+        Tensor t = add(test::random_tensor(c.shapes[i], 10 + i, DType::Float64), 3.0);
+        if (static_cast<int>(i) != frozen) t.requires_grad_();
+        inputs.push_back(t);
+      }
+      Tensor y = c.f(inputs);
+      REQUIRE(y.grad_fn());
+      return y.grad_fn()->backward(test::random_tensor(y.shape(), 99, DType::Float64));
+    };
+    const std::vector<Tensor> reference = input_grads(-1);
+    for (size_t frozen = 0; frozen < c.shapes.size(); ++frozen) {
+      CAPTURE(frozen);
+      const std::vector<Tensor> g = input_grads(static_cast<int>(frozen));
+      REQUIRE(g.size() == reference.size());
+      for (size_t i = 0; i < g.size(); ++i) {
+        CAPTURE(i);
+        if (i == frozen) {
+          CHECK_FALSE(g[i].defined());
+        } else {
+          REQUIRE(g[i].defined());
+          CHECK(test::max_rel_diff(g[i], reference[i]) == 0.0);
+        }
+      }
+    }
+  }
+}
