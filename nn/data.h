@@ -103,6 +103,12 @@ constexpr int64_t kSyntheticTestSize = 2000;
 //                    files it holds (`folder` is used for an image folder only)
 Dataset load_dataset(const std::string& source, Split split, const FolderOptions& folder);
 
+// `n` images drawn without replacement from `dataset`, at random (seeded: the same seed, the same
+// subset), kept in their original order: what `--limit-train` / `--limit-test` use, so that a
+// quick run on a dataset stored class by class (an image folder) still sees every class. The
+// whole dataset when n >= its size.
+Dataset random_subset(const Dataset& dataset, int64_t n, uint64_t seed);
+
 // Per-channel mean and standard deviation of pixel / 255 over a whole dataset, the usual
 // constants of the normalisation step.
 struct ChannelStats {
@@ -118,6 +124,15 @@ ChannelStats channel_stats(const Dataset& dataset);
 // with std:: distributions.
 class Rng {
  public:
+  // The first key of each stream drawn from, so that no two uses coincide: the loader's shuffle,
+  // per-sample augmentation and per-batch mixing, and random_subset.
+  enum Stream : uint64_t {
+    kShuffleStream = 1,
+    kSampleStream = 2,
+    kBatchStream = 3,
+    kSubsetStream = 4
+  };
+
   using result_type = uint64_t;
   Rng(uint64_t seed, std::initializer_list<uint64_t> path);
   static constexpr result_type min() { return 0; }

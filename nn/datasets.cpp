@@ -448,6 +448,29 @@ Dataset load_dataset(const std::string& source, Split split, const FolderOptions
                            "(train-images-idx3-ubyte...) or train/ and val/ image folders");
 }
 
+Dataset random_subset(const Dataset& dataset, int64_t n, uint64_t seed) {
+  if (n < 0) throw std::invalid_argument("random_subset: n must be >= 0, got " + std::to_string(n));
+  if (n >= dataset.size()) return dataset;
+  // The first n entries of a Fisher-Yates shuffle of 0 .. size-1, then sorted.
+  std::vector<int64_t> order(static_cast<size_t>(dataset.size()));
+  for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int64_t>(i);
+  Rng rng(seed, {Rng::kSubsetStream});
+  for (int64_t i = 0; i < n; ++i) std::swap(order[i], order[i + rng.below(dataset.size() - i)]);
+  std::sort(order.begin(), order.begin() + n);
+  Dataset subset = dataset;
+  const int64_t image_bytes = dataset.channels() * dataset.height() * dataset.width();
+  subset.images = empty({n, dataset.channels(), dataset.height(), dataset.width()},
+                        TensorOptions{DType::UInt8});
+  subset.labels = empty({n}, TensorOptions{DType::Int64});
+  const uint8_t* from = dataset.images.data<uint8_t>();
+  uint8_t* to = subset.images.data<uint8_t>();
+  for (int64_t i = 0; i < n; ++i) {
+    std::memcpy(to + i * image_bytes, from + order[i] * image_bytes, image_bytes);
+    subset.labels.data<int64_t>()[i] = dataset.labels.data<int64_t>()[order[i]];
+  }
+  return subset;
+}
+
 ChannelStats channel_stats(const Dataset& dataset) {
   const int64_t n = dataset.size(), channels = dataset.channels();
   const int64_t plane = dataset.height() * dataset.width();

@@ -13,9 +13,6 @@
 
 namespace nala::data {
 
-// The first key of each generator the loader draws from, so that no two streams coincide.
-enum : uint64_t { kShuffleStream = 1, kSampleStream = 2, kBatchStream = 3 };
-
 // Throws std::invalid_argument naming the loader and the bad setting.
 static void check_options(const Dataset& dataset, const LoaderOptions& o) {
   auto fail = [](const std::string& why) { throw std::invalid_argument("DataLoader: " + why); };
@@ -79,7 +76,7 @@ void DataLoader::start_epoch(int64_t epoch) {
   auto order = std::make_shared<std::vector<int64_t>>(dataset_.size());
   std::iota(order->begin(), order->end(), int64_t{0});
   if (options_.shuffle) {  // Fisher-Yates, from a generator keyed by (seed, epoch)
-    Rng rng(options_.seed, {kShuffleStream, static_cast<uint64_t>(epoch)});
+    Rng rng(options_.seed, {Rng::kShuffleStream, static_cast<uint64_t>(epoch)});
     for (int64_t i = static_cast<int64_t>(order->size()) - 1; i > 0; --i)
       std::swap((*order)[i], (*order)[rng.below(i + 1)]);
   }
@@ -160,7 +157,7 @@ Batch DataLoader::build_batch(int64_t epoch, int64_t number,
     // Keyed by the dataset index, not the position in the batch: a sample's augmentation in an
     // epoch does not depend on where the shuffle put it.
     Rng rng(options_.seed,
-            {kSampleStream, static_cast<uint64_t>(epoch), static_cast<uint64_t>(index)});
+            {Rng::kSampleStream, static_cast<uint64_t>(epoch), static_cast<uint64_t>(index)});
     const Image image = transform_image(image_at(dataset_, index), transform, rng);
     normalize(image, transform.mean, transform.stddev, images + i * sample);
     labels[i] = dataset_labels[index];
@@ -168,7 +165,7 @@ Batch DataLoader::build_batch(int64_t epoch, int64_t number,
   }
   if (options_.mixing.enabled()) {
     Rng rng(options_.seed,
-            {kBatchStream, static_cast<uint64_t>(epoch), static_cast<uint64_t>(number)});
+            {Rng::kBatchStream, static_cast<uint64_t>(epoch), static_cast<uint64_t>(number)});
     batch.targets =
         mix_batch(batch.images, batch.labels, dataset_.num_classes(), options_.mixing, rng);
   }

@@ -179,12 +179,8 @@ EvalResult train(const TrainOptions& o, std::ostream& log) {
   // Data.
   data::Dataset train_set = load_split(o.data, data::Split::Train, o.image_size);
   data::Dataset test_set = load_split(o.data, data::Split::Test, o.image_size);
-  for (auto [set, limit] :
-       {std::pair{&train_set, o.limit_train}, std::pair{&test_set, o.limit_test}})
-    if (limit > 0 && limit < set->size()) {
-      set->images = set->images.slice(0, 0, limit).contiguous();
-      set->labels = set->labels.slice(0, 0, limit).contiguous();
-    }
+  if (o.limit_train > 0) train_set = data::random_subset(train_set, o.limit_train, o.seed);
+  if (o.limit_test > 0) test_set = data::random_subset(test_set, o.limit_test, o.seed + 1);
   data::ChannelStats stats = data::channel_stats(train_set);
   data::LoaderOptions train_opts;
   train_opts.batch_size = o.batch_size;

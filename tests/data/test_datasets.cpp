@@ -297,6 +297,40 @@ TEST_CASE("load_dataset tells datasets apart and names what it cannot read") {
                        std::runtime_error);
 }
 
+TEST_CASE("random_subset: seeded, in order, pairs kept, every class of a sorted dataset") {
+  // 200 images stored class by class (as an image folder is): labels 0 x 20, 1 x 20, ...
+  Dataset sorted = make_synthetic(Split::Train, 200, 3);
+  std::vector<int64_t> labels(200);
+  for (int64_t i = 0; i < 200; ++i) labels[i] = i / 20;
+  sorted.labels = from_data(labels, {200});
+  Dataset a = random_subset(sorted, 30, 5);
+  REQUIRE(a.size() == 30);
+  CHECK(a.images.shape() == Shape{30, 3, 32, 32});
+  CHECK(a.classes == sorted.classes);
+  CHECK(random_subset(sorted, 30, 5).images.to_vector<uint8_t>() == a.images.to_vector<uint8_t>());
+  CHECK(random_subset(sorted, 30, 6).labels.to_vector<int64_t>() != a.labels.to_vector<int64_t>());
+  // Each image is one of the originals, with its own label, in the original order, no repeats.
+  std::vector<int64_t> from;
+  for (int64_t i = 0; i < a.size(); ++i) {
+    Image image = image_at(a, i);
+    int64_t found = -1;
+    for (int64_t j = 0; j < sorted.size() && found < 0; ++j)
+      if (image_at(sorted, j).pixels == image.pixels) found = j;
+    REQUIRE(found >= 0);
+    CHECK(a.labels.to_vector<int64_t>()[i] == labels[found]);
+    from.push_back(found);
+  }
+  CHECK(std::is_sorted(from.begin(), from.end()));
+  CHECK(std::adjacent_find(from.begin(), from.end()) == from.end());
+  // A first-30 slice would hold classes 0 and 1 only.
+  std::vector<int64_t> seen = a.labels.to_vector<int64_t>();
+  std::sort(seen.begin(), seen.end());
+  CHECK(std::unique(seen.begin(), seen.end()) - seen.begin() >= 6);
+  CHECK(random_subset(sorted, 500, 5).size() == 200);
+  CHECK_THROWS_WITH_AS(random_subset(sorted, -1, 5), contains("random_subset"),
+                       std::invalid_argument);
+}
+
 TEST_CASE("channel_stats: mean and standard deviation of pixel / 255 per channel") {
   Dataset d;
   d.classes = {"only"};
