@@ -109,31 +109,42 @@ enum class FeatureMap {
 // Width of the feature map for head dim d: 2d for NaLa, d for ReLU.
 inline int64_t feature_dim(FeatureMap fm, int64_t d) { return fm == FeatureMap::Nala ? 2 * d : d; }
 
+// Statistics of a device's caching allocator (kernels/caching_allocator.h).
+struct AllocatorStats {
+  size_t bytes_in_use = 0;       // handed out and not yet freed
+  size_t peak_bytes_in_use = 0;  // high-water mark of bytes_in_use since the last reset
+  size_t bytes_cached = 0;       // held in free lists, ready for reuse
+  size_t num_system_allocs = 0;  // blocks obtained from the system (aligned_alloc, cudaMalloc)
+};
+
 namespace cpu {
 #include "kernels/kernel_list.inc"
+
+// Host memory for tensors, from a caching allocator (kernels/cpu/allocator.cpp): size-bucketed
+// free lists, so a training loop reuses blocks instead of touching fresh pages. An
+// out-of-memory throws with the requested size and the statistics.
+void* allocate(size_t bytes);
+void deallocate(void* ptr, size_t bytes);
+AllocatorStats allocator_stats();
+void reset_peak_stats();
+void empty_cache();  // gives every cached block back to the system
 }  // namespace cpu
 
 #ifdef NALA_WITH_CUDA
 namespace cuda {
 #include "kernels/kernel_list.inc"
 
+// Device memory, from the same caching allocator (kernels/cuda/runtime.cu): a training loop
+// reuses blocks without cudaMalloc / cudaFree.
+void* allocate(size_t bytes);
+void deallocate(void* ptr, size_t bytes);
+AllocatorStats allocator_stats();
+void reset_peak_stats();
+void empty_cache();  // gives every cached block back to the driver
+
 // ---- CUDA runtime services (kernels/cuda/runtime.cu) ----
 bool is_available();  // true when a CUDA device can be used
 void synchronize();   // waits for all work queued on the stream
-
-// The caching allocator: size-bucketed free lists, so a training loop reuses blocks without
-// cudaMalloc/cudaFree. An out-of-memory throws with the requested size and these statistics.
-void* allocate(size_t bytes);
-void deallocate(void* ptr, size_t bytes);
-struct AllocatorStats {
-  size_t bytes_in_use = 0;       // handed out and not yet freed
-  size_t peak_bytes_in_use = 0;  // high-water mark of bytes_in_use since the last reset
-  size_t bytes_cached = 0;       // held in free lists, ready for reuse
-  size_t num_device_allocs = 0;  // calls to cudaMalloc so far
-};
-AllocatorStats allocator_stats();
-void reset_peak_stats();
-void empty_cache();  // returns every cached block to the driver
 
 // Copies of raw bytes. Host->device copies of large blocks are staged through pinned memory.
 void copy_host_to_device(void* dst, const void* src, size_t bytes);

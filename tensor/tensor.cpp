@@ -56,10 +56,7 @@ int64_t shape_numel(const Shape& shape) {
 Storage::Storage(size_t nbytes, Device device) : nbytes_(nbytes), device_(device) {
   if (nbytes == 0) return;
   if (device == Device::CPU) {
-    data_ = std::aligned_alloc(64, (nbytes + 63) / 64 * 64);
-    if (!data_)
-      throw std::runtime_error("out of host memory allocating " + std::to_string(nbytes) +
-                               " bytes");
+    data_ = kernels::cpu::allocate(nbytes);
   } else {
 #ifdef NALA_WITH_CUDA
     data_ = kernels::cuda::allocate(nbytes);
@@ -73,7 +70,7 @@ Storage::Storage(size_t nbytes, Device device) : nbytes_(nbytes), device_(device
 Storage::~Storage() {
   if (!data_) return;
   if (device_ == Device::CPU) {
-    std::free(data_);
+    kernels::cpu::deallocate(data_, nbytes_);
   } else {
 #ifdef NALA_WITH_CUDA
     kernels::cuda::deallocate(data_, nbytes_);

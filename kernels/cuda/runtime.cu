@@ -8,6 +8,7 @@
 #include <mutex>
 #include <unordered_map>
 
+#include "kernels/caching_allocator.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/kernels.h"
 
@@ -35,130 +36,36 @@ cublasHandle_t cublas_handle() {
   return handle;
 }
 
-// ---- the caching allocator ----
+// ---- the caching allocator (kernels/caching_allocator.h) over cudaMalloc ----
 
 namespace {
 
 constexpr size_t kMiB = size_t(1) << 20;
-constexpr size_t kSmallAlignment = 512;  // requests below kLargeThreshold round up to this
-constexpr size_t kLargeThreshold = kMiB;
-constexpr size_t kLargeAlignment = 2 * kMiB;  // larger requests round up to this
 
-size_t round_up(size_t bytes, size_t multiple) {
-  return (bytes + multiple - 1) / multiple * multiple;
-}
-
-// The size of the block that serves a request of `bytes`.
-size_t block_size_for(size_t bytes) {
-  return bytes < kLargeThreshold ? round_up(bytes, kSmallAlignment)
-                                 : round_up(bytes, kLargeAlignment);
-}
-
-double to_mib(size_t bytes) { return static_cast<double>(bytes) / static_cast<double>(kMiB); }
-
-// Freed blocks are kept in a free list ordered by size and handed out again instead of calling
-// cudaFree and cudaMalloc. Since all work runs on the one stream, a block freed on the host while
-// kernels that use it are still queued can be reused at once: later kernels run after them.
-// Cached blocks are not returned at exit: the driver reclaims them, and freeing them from a
-// static destructor could run after CUDA itself has shut down.
-class CachingAllocator {
- public:
-  void* allocate(size_t bytes) {
-    if (bytes == 0) return nullptr;
-    const size_t size = block_size_for(bytes);
-    std::lock_guard<std::mutex> lock(mutex_);
-    void* ptr = take_cached(size);
-    if (ptr == nullptr) ptr = malloc_device(size);
-    live_blocks_.emplace(ptr, size);
-    stats_.bytes_in_use += size;
-    stats_.peak_bytes_in_use = std::max(stats_.peak_bytes_in_use, stats_.bytes_in_use);
-    return ptr;
-  }
-
-  void deallocate(void* ptr, size_t bytes) {
-    if (ptr == nullptr) return;
-    std::lock_guard<std::mutex> lock(mutex_);
-    const auto live = live_blocks_.find(ptr);
-    if (live == live_blocks_.end() || block_size_for(bytes) > live->second)
-      throw std::logic_error("CUDA deallocate: not a live block of this size");
-    const size_t size = live->second;
-    live_blocks_.erase(live);
-    free_blocks_.emplace(size, ptr);
-    stats_.bytes_in_use -= size;
-    stats_.bytes_cached += size;
-  }
-
-  AllocatorStats stats() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return stats_;
-  }
-
-  void reset_peak() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    stats_.peak_bytes_in_use = stats_.bytes_in_use;
-  }
-
-  void empty_cache() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    release_cached();
-  }
-
- private:
-  // The smallest cached block of at least `size` bytes, if it is at most twice as large (a
-  // bigger one would waste more than it saves); nullptr when there is none.
-  void* take_cached(size_t size) {
-    const auto it = free_blocks_.lower_bound(size);
-    if (it == free_blocks_.end() || it->first > 2 * size) return nullptr;
-    void* ptr = it->second;
-    stats_.bytes_cached -= it->first;
-    free_blocks_.erase(it);
-    return ptr;
-  }
-
-  // cudaMalloc; when the device is full, frees every cached block and tries once more.
-  void* malloc_device(size_t size) {
+struct DeviceMemory {
+  static const char* name() { return "CUDA"; }
+  // nullptr when the device is full; any other failure throws.
+  static void* allocate(size_t bytes) {
     void* ptr = nullptr;
-    cudaError_t status = cudaMalloc(&ptr, size);
+    const cudaError_t status = cudaMalloc(&ptr, bytes);
     if (status == cudaErrorMemoryAllocation) {
-      cudaGetLastError();  // clear the error: it is handled here
-      const size_t cached = stats_.bytes_cached;
-      release_cached();
-      status = cudaMalloc(&ptr, size);
-      if (status == cudaErrorMemoryAllocation) {
-        cudaGetLastError();
-        char message[256];
-        std::snprintf(message, sizeof(message),
-                      "CUDA out of memory: tried to allocate %.2f MiB (in use %.2f MiB, cached "
-                      "%.2f MiB, peak %.2f MiB)",
-                      to_mib(size), to_mib(stats_.bytes_in_use), to_mib(cached),
-                      to_mib(stats_.peak_bytes_in_use));
-        throw std::runtime_error(message);
-      }
+      cudaGetLastError();  // clear the error: the allocator handles it
+      return nullptr;
     }
     if (status != cudaSuccess)
       throw_cuda_error("cudaMalloc", __FILE__, __LINE__, cudaGetErrorString(status));
-    ++stats_.num_device_allocs;
     return ptr;
   }
-
-  // Returns every cached block to the driver, once the kernels queued before are done with them.
-  void release_cached() {
-    if (free_blocks_.empty()) return;
-    NALA_CUDA_CHECK(cudaStreamSynchronize(stream()));
-    for (const auto& [size, ptr] : free_blocks_) NALA_CUDA_CHECK(cudaFree(ptr));
-    free_blocks_.clear();
-    stats_.bytes_cached = 0;
-  }
-
-  std::mutex mutex_;
-  std::multimap<size_t, void*> free_blocks_;       // block size -> cached block
-  std::unordered_map<void*, size_t> live_blocks_;  // handed-out block -> its size
-  AllocatorStats stats_;
+  static void release(void* block) { NALA_CUDA_CHECK(cudaFree(block)); }
+  // Kernels queued before may still use the cached blocks.
+  static void wait() { NALA_CUDA_CHECK(cudaStreamSynchronize(stream())); }
 };
 
-CachingAllocator& allocator() {
-  static CachingAllocator instance;
-  return instance;
+// Never destroyed: cached blocks are not freed at exit (the driver reclaims them, and freeing
+// them from a static destructor could run after CUDA itself has shut down).
+CachingAllocator<DeviceMemory>& allocator() {
+  static auto* instance = new CachingAllocator<DeviceMemory>;
+  return *instance;
 }
 
 }  // namespace

@@ -2,6 +2,7 @@
 #include <cstdio>
 #include <fstream>
 
+#include "kernels/kernels.h"
 #include "test_util.h"
 
 using namespace nala;
@@ -140,4 +141,60 @@ TEST_CASE("malformed .npy files are clear errors") {
   std::ofstream(temp_path("be.npy"), std::ios::binary) << h;
   CHECK_THROWS_WITH_AS(load_npy(temp_path("be.npy")), doctest::Contains("unsupported dtype"),
                        std::runtime_error);
+}
+
+// The caching allocator of one device, through its kernels:: functions.
+template <typename Allocate, typename Deallocate, typename Stats, typename Reset,
+          typename EmptyCache>
+static void check_caching_allocator(Allocate allocate, Deallocate deallocate, Stats stats,
+                                    Reset reset_peak_stats, EmptyCache empty_cache,
+                                    const std::string& name) {
+  empty_cache();
+  reset_peak_stats();
+  const kernels::AllocatorStats start = stats();
+  // A block is rounded up (1000 bytes -> 1024), and a freed one is handed out again.
+  void* a = allocate(1000);
+  REQUIRE(a != nullptr);
+  CHECK(stats().bytes_in_use == start.bytes_in_use + 1024);
+  CHECK(stats().num_system_allocs == start.num_system_allocs + 1);
+  deallocate(a, 1000);
+  CHECK(stats().bytes_in_use == start.bytes_in_use);
+  CHECK(stats().bytes_cached == 1024);
+  void* b = allocate(1000);
+  CHECK(b == a);
+  CHECK(stats().num_system_allocs == start.num_system_allocs + 1);
+  CHECK(stats().bytes_cached == 0);
+  // A cached block too small for the request, or more than twice its size, is not used for it.
+  deallocate(b, 1000);         // cached: 1024
+  void* big = allocate(5000);  // 5120: the 1024 block is too small
+  deallocate(big, 5000);       // cached: 1024, 5120
+  void* mid = allocate(2000);  // 2048: the 5120 block is more than twice that
+  CHECK(mid != a);
+  CHECK(mid != big);
+  CHECK(stats().num_system_allocs == start.num_system_allocs + 3);
+  CHECK(stats().peak_bytes_in_use == start.bytes_in_use + 5120);
+  deallocate(mid, 2000);
+  empty_cache();
+  CHECK(stats().bytes_cached == 0);
+  // Freeing what it did not hand out is a bug, named.
+  int not_ours = 0;
+  CHECK_THROWS_WITH_AS(deallocate(&not_ours, 4), doctest::Contains((name + " deallocate").c_str()),
+                       std::logic_error);
+  // Out of memory: a clear error with the size (2^50 bytes = 2^30 MiB) and the statistics.
+  CHECK_THROWS_WITH_AS(
+      allocate(size_t(1) << 50),
+      doctest::Contains((name + " out of memory: tried to allocate 1073741824.00 MiB").c_str()),
+      std::runtime_error);
+}
+
+TEST_CASE("caching allocators: reuse, statistics, empty_cache, clear errors") {
+  check_caching_allocator(kernels::cpu::allocate, kernels::cpu::deallocate,
+                          kernels::cpu::allocator_stats, kernels::cpu::reset_peak_stats,
+                          kernels::cpu::empty_cache, "host");
+#ifdef NALA_WITH_CUDA
+  if (!test::cuda_available()) return;
+  check_caching_allocator(kernels::cuda::allocate, kernels::cuda::deallocate,
+                          kernels::cuda::allocator_stats, kernels::cuda::reset_peak_stats,
+                          kernels::cuda::empty_cache, "CUDA");
+#endif
 }
