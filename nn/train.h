@@ -30,8 +30,8 @@ struct TrainOptions {
   std::string device = "cpu";
   uint64_t seed = 0;
   int64_t workers = 2;      // data loader threads
-  int64_t limit_train = 0;  // > 0: use only this many training images (quick runs)
-  int64_t limit_test = 0;   // > 0: evaluate on only this many test images
+  int64_t limit_train = 0;  // > 0: a random subset of this many training images (quick runs)
+  int64_t limit_test = 0;   // > 0: evaluate on a random subset of this many test images
   std::string out = "runs/latest";
   std::string resume;  // a checkpoint to continue from
 };

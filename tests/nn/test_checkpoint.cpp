@@ -34,6 +34,7 @@ void write_bytes(const std::string& path, const std::string& bytes) {
 
 bool bitwise_equal(const Tensor& a, const Tensor& b) {
   if (a.shape() != b.shape() || a.dtype() != b.dtype()) return false;
+  if (a.numel() == 0) return true;  // no data (and no data pointer to compare)
   Tensor ca = a.contiguous().cpu(), cb = b.contiguous().cpu();
   return std::memcmp(ca.raw_data(), cb.raw_data(), ca.numel() * dtype_size(ca.dtype())) == 0;
 }

@@ -72,9 +72,13 @@ int main(int argc, char** argv) {
   train_cmd->add_option("--device", t.device)->check(CLI::IsMember(devices))->capture_default_str();
   train_cmd->add_option("--seed", t.seed)->capture_default_str();
   train_cmd->add_option("--workers", t.workers, "data loader threads")->capture_default_str();
-  train_cmd->add_option("--limit-test", t.limit_test, "evaluate on only this many test images")
+  train_cmd
+      ->add_option("--limit-test", t.limit_test,
+                   "evaluate on only this many test images (a seeded random subset)")
       ->capture_default_str();
-  train_cmd->add_option("--limit-train", t.limit_train, "use only this many training images")
+  train_cmd
+      ->add_option("--limit-train", t.limit_train,
+                   "use only this many training images (a seeded random subset)")
       ->capture_default_str();
   train_cmd->add_option("--out", t.out, "run directory")->capture_default_str();
   train_cmd->add_option("--resume", t.resume, "checkpoint to continue from");
