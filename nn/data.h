@@ -265,7 +265,10 @@ class DataLoader {
   const Dataset& dataset() const { return dataset_; }
   const LoaderOptions& options() const { return options_; }
   int64_t batches_per_epoch() const;
-  void start_epoch(int64_t epoch);
+  // Starts epoch `epoch` at its batch `first_batch` (0 .. batches_per_epoch()): a batch depends
+  // only on (seed, epoch, its number), so a run resumed in the middle of an epoch gets the same
+  // remaining batches as one that never stopped.
+  void start_epoch(int64_t epoch, int64_t first_batch = 0);
   // The epoch's next batch in order; false when the epoch is over. Rethrows an error a worker
   // met building the batch.
   bool next(Batch& batch);

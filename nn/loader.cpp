@@ -72,7 +72,11 @@ int64_t DataLoader::batches_per_epoch() const {
   return options_.drop_last ? n / b : (n + b - 1) / b;
 }
 
-void DataLoader::start_epoch(int64_t epoch) {
+void DataLoader::start_epoch(int64_t epoch, int64_t first_batch) {
+  if (first_batch < 0 || first_batch > batches_per_epoch())
+    throw std::invalid_argument("DataLoader::start_epoch: first batch " +
+                                std::to_string(first_batch) + " outside 0.." +
+                                std::to_string(batches_per_epoch()));
   auto order = std::make_shared<std::vector<int64_t>>(dataset_.size());
   std::iota(order->begin(), order->end(), int64_t{0});
   if (options_.shuffle) {  // Fisher-Yates, from a generator keyed by (seed, epoch)
@@ -85,8 +89,8 @@ void DataLoader::start_epoch(int64_t epoch) {
     epoch_ = epoch;
     ++generation_;
     order_ = std::move(order);
-    next_to_claim_ = 0;
-    next_to_yield_ = 0;
+    next_to_claim_ = first_batch;
+    next_to_yield_ = first_batch;
     ready_.clear();
   }
   work_ready_.notify_all();

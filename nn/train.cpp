@@ -108,6 +108,27 @@ struct EpochRecord {
   double train_loss, train_acc, test_loss, test_top1, test_top5, lr, seconds;
 };
 
+// The records of a metrics.csv written by train(), for a resumed run's curves and best accuracy;
+// none when the file does not exist.
+static std::vector<EpochRecord> read_metrics_csv(const std::string& path) {
+  std::vector<EpochRecord> records;
+  std::ifstream in(path);
+  std::string line;
+  std::getline(in, line);  // the header
+  while (std::getline(in, line)) {
+    EpochRecord r{};
+    char comma;
+    std::istringstream fields(line);
+    if (fields >> r.epoch >> comma >> r.train_loss >> comma >> r.train_acc >> comma >>
+        r.test_loss >> comma >> r.test_top1 >> comma >> r.test_top5 >> comma >> r.lr >> comma >>
+        r.seconds)
+      records.push_back(r);
+    else
+      throw std::runtime_error("train: cannot read line '" + line + "' of " + path);
+  }
+  return records;
+}
+
 static void write_curves_png(const std::string& path, const std::vector<EpochRecord>& history) {
   const int W = 800, H = 300, panel = W / 2, margin = 20;
   std::vector<uint8_t> px(W * H * 3, 255);
@@ -220,8 +241,17 @@ EvalResult train(const TrainOptions& o, std::ostream& log) {
       o.ema_decay > 0 ? std::make_unique<ModelEma>(*model, o.ema_decay) : nullptr;
   Metadata meta = config.to_metadata();
   TrainingProgress progress;
+  // Batches of epoch progress.epoch done before a mid-epoch stop, skipped when resuming.
+  int64_t resume_batch = 0;
   if (!o.resume.empty()) {
     progress = load_checkpoint(o.resume, *model, &optimizer, ema.get(), meta);
+    resume_batch = progress.step - progress.epoch * steps_per_epoch;
+    if (resume_batch < 0 || resume_batch > steps_per_epoch)
+      throw std::invalid_argument(
+          "train: " + o.resume + " was saved at step " + std::to_string(progress.step) + " after " +
+          std::to_string(progress.epoch) + " epochs, which does not fit " +
+          std::to_string(steps_per_epoch) +
+          " steps per epoch (another dataset, --limit-train or --batch-size?)");
     log << "resumed from " << o.resume << " at epoch " << progress.epoch << ", step "
         << progress.step << "\n";
   }
@@ -234,26 +264,34 @@ EvalResult train(const TrainOptions& o, std::ostream& log) {
       csv(o.out + "/metrics.csv", std::ios::app);
   if (csv.tellp() == 0)
     csv << "epoch,train_loss,train_acc,test_loss,test_top1,test_top5,lr,seconds\n";
+  // A resumed run continues the curves and the best accuracy of its run directory.
   std::vector<EpochRecord> history;
+  if (!o.resume.empty()) history = read_metrics_csv(o.out + "/metrics.csv");
   double best_top1 = -1;
+  for (const EpochRecord& r : history) best_top1 = std::max(best_top1, r.test_top1);
   EvalResult last;
   g_interrupted = false;
+  int64_t steps_run = 0;
+  auto stopping = [&] {
+    return g_interrupted || (o.stop_after_steps > 0 && steps_run >= o.stop_after_steps);
+  };
   auto previous_handler = std::signal(SIGINT, on_sigint);
   auto save = [&](const std::string& name) {
     save_checkpoint(o.out + "/" + name, *model, &optimizer, ema.get(), progress, meta);
   };
 
-  for (int64_t epoch = progress.epoch; epoch < o.epochs && !g_interrupted; ++epoch) {
+  for (int64_t epoch = progress.epoch; epoch < o.epochs && !stopping(); ++epoch) {
     auto t0 = std::chrono::steady_clock::now();
-    train_loader.start_epoch(epoch);
+    const int64_t first_batch = epoch == progress.epoch ? resume_batch : 0;
+    train_loader.start_epoch(epoch, first_batch);
     model->train();
     // Loss and correct counts accumulate on the device; the host reads them only to print.
     Tensor loss_sum = zeros({}, TensorOptions{DType::Float32, device}),
            correct = zeros({}, TensorOptions{DType::Float32, device});
-    int64_t seen = 0, step_in_epoch = 0;
+    int64_t seen = 0, step_in_epoch = first_batch;
     data::Batch batch;
     double last_print = 0;
-    while (!g_interrupted && train_loader.next(batch)) {
+    while (!stopping() && train_loader.next(batch)) {
       optimizer.lr = schedule.lr_at(progress.step);
       Tensor x = batch.images.to(device), y = batch.labels.to(device);
       Tensor logits = model->forward(x);
@@ -280,11 +318,13 @@ EvalResult train(const TrainOptions& o, std::ostream& log) {
       }
       ++progress.step;
       ++step_in_epoch;
+      ++steps_run;
       double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       if (elapsed - last_print > 1.0 || step_in_epoch == steps_per_epoch) {
         last_print = elapsed;
         double ips = seen / elapsed,
                eta = (steps_per_epoch - step_in_epoch) * o.batch_size / std::max(ips, 1e-9);
+        // (After a mid-epoch resume, loss and images/s cover this run's batches only.)
         log << "\r\033[Kepoch " << epoch + 1 << "/" << o.epochs << "  step " << step_in_epoch << "/"
             << steps_per_epoch << "  loss " << std::fixed << std::setprecision(4)
             << loss_sum.item() / seen << "  lr " << std::scientific << std::setprecision(2)
@@ -293,7 +333,7 @@ EvalResult train(const TrainOptions& o, std::ostream& log) {
       }
     }
     log << "\n";
-    if (g_interrupted) break;
+    if (stopping()) break;
     progress.epoch = epoch + 1;
     double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     last = evaluate(*model, test_loader, device);
@@ -327,9 +367,11 @@ EvalResult train(const TrainOptions& o, std::ostream& log) {
     write_curves_png(o.out + "/curves.png", history);
   }
   std::signal(SIGINT, previous_handler);
-  if (g_interrupted) {
+  if (stopping()) {
     save("last.safetensors");
-    log << "interrupted: saved " << o.out << "/last.safetensors (resume with --resume)\n";
+    log << (g_interrupted ? "interrupted" : "stopped after " + std::to_string(steps_run) + " steps")
+        << ": saved " << o.out << "/last.safetensors at epoch " << progress.epoch << ", step "
+        << progress.step << " (resume with --resume)\n";
   } else if (!history.empty()) {
     log << "done: best test top-1 " << std::setprecision(2) << best_top1 << "%, last " << last.top1
         << "%; run in " << o.out << "\n";

@@ -33,7 +33,8 @@ struct TrainOptions {
   int64_t limit_train = 0;  // > 0: a random subset of this many training images (quick runs)
   int64_t limit_test = 0;   // > 0: evaluate on a random subset of this many test images
   std::string out = "runs/latest";
-  std::string resume;  // a checkpoint to continue from
+  std::string resume;            // a checkpoint to continue from (mid-epoch too)
+  int64_t stop_after_steps = 0;  // > 0: stop after this many steps of this run, as Ctrl-C does
 };
 
 struct EvalResult {
@@ -43,7 +44,9 @@ struct EvalResult {
 
 // Trains as the options say, writing RUN_DIR/metrics.jsonl, metrics.csv, last.safetensors,
 // best.safetensors and curves.png; prints a progress line and per-epoch results on `log`.
-// Ctrl-C saves last.safetensors and returns. Returns the last epoch's evaluation.
+// Ctrl-C (or stop_after_steps) saves last.safetensors and returns. Resuming from it continues
+// at the next batch of the same epoch, with the best accuracy and the curves of RUN_DIR's
+// metrics.csv. Returns the last epoch's evaluation.
 EvalResult train(const TrainOptions& options, std::ostream& log);
 
 // Evaluates `model` (in eval mode) on every image of `loader`'s dataset.

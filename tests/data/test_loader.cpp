@@ -68,6 +68,28 @@ TEST_CASE("loader: worker threads change nothing but the speed") {
   }
 }
 
+TEST_CASE("loader: an epoch started at batch k yields that epoch's batches from k on") {
+  Dataset data = make_synthetic(Split::Train, 37, 0);
+  for (int64_t workers : {0, 2}) {
+    CAPTURE(workers);
+    DataLoader loader(data, augmenting(5, workers, 9));
+    std::vector<Batch> whole = epoch_batches(loader, 3);
+    loader.start_epoch(3, 5);
+    Batch batch;
+    for (size_t i = 5; i < whole.size(); ++i) {
+      REQUIRE(loader.next(batch));
+      CHECK(batch.indices == whole[i].indices);
+      CHECK(batch.images.to_vector<float>() == whole[i].images.to_vector<float>());
+    }
+    CHECK_FALSE(loader.next(batch));
+    loader.start_epoch(3, loader.batches_per_epoch());  // at the end: nothing left
+    CHECK_FALSE(loader.next(batch));
+    CHECK_THROWS_WITH_AS(loader.start_epoch(3, loader.batches_per_epoch() + 1),
+                         doctest::Contains("first batch"), std::invalid_argument);
+    CHECK_THROWS_AS(loader.start_epoch(3, -1), std::invalid_argument);
+  }
+}
+
 TEST_CASE("loader: a prefetching loader yields every sample exactly once per epoch") {
   Dataset data = make_synthetic(Split::Train, 103, 0);
   LoaderOptions options = augmenting(10, 3, 4);

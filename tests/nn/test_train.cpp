@@ -3,6 +3,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "nn/checkpoint.h"
 #include "nn/train.h"
 #include "test_util.h"
 
@@ -63,6 +64,45 @@ TEST_CASE("nala train: writes metrics, checkpoints and curves; resumes; evaluate
   EvalResult e = evaluate_checkpoint(out + "/last.safetensors", "", "cpu", 256, log3);
   CHECK(e.per_class_top1.size() == 10);
   CHECK(log3.str().find("top-1") != std::string::npos);
+}
+
+TEST_CASE("nala train: a run stopped mid-epoch and resumed equals one that never stopped") {
+  // 64 images in batches of 32: 2 steps per epoch, 4 in all. The stopped run halts after step 3,
+  // in the middle of epoch 2, and its resume takes only the epoch's last batch.
+  const std::string straight = "/tmp/nala_test_train_straight",
+                    split = "/tmp/nala_test_train_split";
+  fs::remove_all(straight);
+  fs::remove_all(split);
+  std::ostringstream log;
+  train(tiny_run(straight, 2), log);
+  TrainOptions first = tiny_run(split, 2);
+  first.stop_after_steps = 3;
+  std::ostringstream log1;
+  train(first, log1);
+  CHECK(log1.str().find("stopped after 3 steps") != std::string::npos);
+  CHECK(log1.str().find("at epoch 1, step 3") != std::string::npos);
+  CHECK(count_lines(split + "/metrics.csv") == 2);  // header + epoch 1
+  TrainOptions rest = tiny_run(split, 2);
+  rest.resume = split + "/last.safetensors";
+  std::ostringstream log2;
+  train(rest, log2);
+  CHECK(log2.str().find("epoch 2/2  step 2/2") != std::string::npos);
+  CHECK(count_lines(split + "/metrics.csv") == 3);  // header + epochs 1, 2
+  SafetensorsFile a = load_safetensors(straight + "/last.safetensors"),
+                  b = load_safetensors(split + "/last.safetensors");
+  REQUIRE(a.tensors.size() == b.tensors.size());
+  for (const auto& [name, t] : a.tensors) {
+    CAPTURE(name);
+    REQUIRE(b.tensors.count(name));
+    CHECK(test::max_rel_diff(b.tensors.at(name).to(DType::Float64), t.to(DType::Float64)) == 0.0);
+  }
+  // A checkpoint that does not fit the run (other batch size) is a clear error.
+  TrainOptions other = tiny_run(split, 2);
+  other.resume = split + "/last.safetensors";
+  other.batch_size = 8;
+  std::ostringstream log3;
+  CHECK_THROWS_WITH_AS(train(other, log3), doctest::Contains("steps per epoch"),
+                       std::invalid_argument);
 }
 
 TEST_CASE("nala train: bad data specs are clear errors") {

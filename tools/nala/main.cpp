@@ -82,6 +82,8 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   train_cmd->add_option("--out", t.out, "run directory")->capture_default_str();
   train_cmd->add_option("--resume", t.resume, "checkpoint to continue from");
+  train_cmd->add_option("--stop-after-steps", t.stop_after_steps,
+                        "stop after this many steps, saving last.safetensors as Ctrl-C does");
 
   auto* eval_cmd =
       app.add_subcommand("eval", "evaluate a checkpoint: top-1, top-5 and per-class accuracy");
