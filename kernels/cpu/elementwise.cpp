@@ -1,5 +1,6 @@
 // CPU elementwise kernels: strided copies, fills, random numbers, unary and binary functions.
 #include <cmath>
+#include <stdexcept>
 #include <type_traits>
 
 #include "kernels/kernels.h"
@@ -163,43 +164,69 @@ static inline T power(T a, T b) {
   return a == T(0) && b > T(0) ? T(0) : std::pow(a, b);
 }
 
-template <typename T>
-static inline T binary_value(BinaryOp op, T a, T b) {
-  switch (op) {
-    case BinaryOp::Add:
-      return a + b;
-    case BinaryOp::Sub:
-      return a - b;
-    case BinaryOp::Mul:
-      return a * b;
-    case BinaryOp::Div:
-      return a / b;
-    case BinaryOp::Pow:
-      return power(a, b);
-    case BinaryOp::Eq:
-      return a == b ? T(1) : T(0);
-    case BinaryOp::Gt:
-      return a > b ? T(1) : T(0);
+// Whether an operand with these strides over `sizes` is laid out row-major contiguous (size-1
+// dimensions may have any stride).
+static bool row_major(int ndim, const int64_t* sizes, const int64_t* strides) {
+  int64_t expected = 1;
+  for (int d = ndim - 1; d >= 0; --d) {
+    if (sizes[d] != 1 && strides[d] != expected) return false;
+    expected *= sizes[d];
   }
-  return T(0);
+  return true;
+}
+
+// y = f(a, b) over the broadcast space. Both inputs contiguous: one flat loop. Otherwise a loop
+// over the last dimension per row, the rows' offsets computed once each; the inner loop has
+// unit or zero strides in the common cases (a bias broadcast along rows), so the compiler
+// vectorises it.
+template <typename T, typename F>
+static void binary_apply(const Broadcast& bc, const T* a, const T* b, T* y, F f) {
+  int64_t n = 1;
+  for (int d = 0; d < bc.ndim; ++d) n *= bc.sizes[d];
+  if (row_major(bc.ndim, bc.sizes, bc.a_strides) && row_major(bc.ndim, bc.sizes, bc.b_strides)) {
+#pragma omp parallel for if (n > kParallelGrain)
+    for (int64_t i = 0; i < n; ++i) y[i] = f(a[i], b[i]);
+    return;
+  }
+  const int last = bc.ndim - 1;  // >= 0: a 0-d space is row-major
+  const int64_t inner = bc.sizes[last], rows = inner ? n / inner : 0;
+  const int64_t sa = bc.a_strides[last], sb = bc.b_strides[last];
+#pragma omp parallel for if (n > kParallelGrain)
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* ar = a + strided_offset(r, last, bc.sizes, bc.a_strides);
+    const T* br = b + strided_offset(r, last, bc.sizes, bc.b_strides);
+    T* yr = y + r * inner;
+    if (sa == 1 && sb == 1) {
+      for (int64_t i = 0; i < inner; ++i) yr[i] = f(ar[i], br[i]);
+    } else if (sa == 1 && sb == 0) {
+      for (int64_t i = 0; i < inner; ++i) yr[i] = f(ar[i], br[0]);
+    } else if (sa == 0 && sb == 1) {
+      for (int64_t i = 0; i < inner; ++i) yr[i] = f(ar[0], br[i]);
+    } else {
+      for (int64_t i = 0; i < inner; ++i) yr[i] = f(ar[i * sa], br[i * sb]);
+    }
+  }
 }
 
 template <typename T>
 void binary_forward(BinaryOp op, const Broadcast& bc, const T* a, const T* b, T* y) {
-  int64_t n = 1;
-  for (int d = 0; d < bc.ndim; ++d) n *= bc.sizes[d];
-  // Fast path: the last dim is contiguous (or broadcast) in both inputs, so walk it linearly.
-  int last = bc.ndim - 1;
-  int64_t inner = bc.ndim ? bc.sizes[last] : 1;
-  int64_t sa = bc.ndim ? bc.a_strides[last] : 0, sb = bc.ndim ? bc.b_strides[last] : 0;
-  int64_t rows = inner ? n / inner : 0;
-#pragma omp parallel for if (n > kParallelGrain)
-  for (int64_t r = 0; r < rows; ++r) {
-    const T* ar = a + strided_offset(r, last > 0 ? last : 0, bc.sizes, bc.a_strides);
-    const T* br = b + strided_offset(r, last > 0 ? last : 0, bc.sizes, bc.b_strides);
-    T* yr = y + r * inner;
-    for (int64_t i = 0; i < inner; ++i) yr[i] = binary_value(op, ar[i * sa], br[i * sb]);
+  switch (op) {
+    case BinaryOp::Add:
+      return binary_apply(bc, a, b, y, [](T u, T v) { return u + v; });
+    case BinaryOp::Sub:
+      return binary_apply(bc, a, b, y, [](T u, T v) { return u - v; });
+    case BinaryOp::Mul:
+      return binary_apply(bc, a, b, y, [](T u, T v) { return u * v; });
+    case BinaryOp::Div:
+      return binary_apply(bc, a, b, y, [](T u, T v) { return u / v; });
+    case BinaryOp::Pow:
+      return binary_apply(bc, a, b, y, [](T u, T v) { return power(u, v); });
+    case BinaryOp::Eq:
+      return binary_apply(bc, a, b, y, [](T u, T v) { return u == v ? T(1) : T(0); });
+    case BinaryOp::Gt:
+      return binary_apply(bc, a, b, y, [](T u, T v) { return u > v ? T(1) : T(0); });
   }
+  throw std::invalid_argument("binary op: unknown BinaryOp");
 }
 
 template <typename T>
