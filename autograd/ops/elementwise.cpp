@@ -98,11 +98,13 @@ Tensor sub(const Tensor& a, const Tensor& b) {
 // d(ab) = b da + a db
 Tensor mul(const Tensor& a, const Tensor& b) {
   Tensor y = binary_raw(BinaryOp::Mul, "mul", a, b);
+  // Each input's gradient needs only the other input: keep just what a needed gradient uses.
+  const bool need_a = needs_grad(a), need_b = needs_grad(b);
   record(y, "mul", {a, b},
-         [a = a.detach(), b = b.detach(), need_a = needs_grad(a),
-          need_b = needs_grad(b)](const Tensor& dy) {
-           return std::vector<Tensor>{need_a ? sum_to(mul(dy, b), a.shape()) : Tensor(),
-                                      need_b ? sum_to(mul(dy, a), b.shape()) : Tensor()};
+         [sa = a.shape(), sb = b.shape(), need_a, need_b, a = need_b ? a.detach() : Tensor(),
+          b = need_a ? b.detach() : Tensor()](const Tensor& dy) {
+           return std::vector<Tensor>{need_a ? sum_to(mul(dy, b), sa) : Tensor(),
+                                      need_b ? sum_to(mul(dy, a), sb) : Tensor()};
          });
   return y;
 }

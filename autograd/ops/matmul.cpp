@@ -98,11 +98,13 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
     throw std::invalid_argument("matmul: shapes " + shape_str(a.shape()) + " and " +
                                 shape_str(b.shape()) + " are not aligned");
   Tensor c = matmul_raw(a, b);
+  // dA needs only B and dB only A: keep just what a needed gradient uses.
+  const bool need_a = needs_grad(a), need_b = needs_grad(b);
   record(c, "matmul", {a, b},
-         [a = a.detach(), b = b.detach(), need_a = needs_grad(a),
-          need_b = needs_grad(b)](const Tensor& dc) {
-           return std::vector<Tensor>{need_a ? sum_to(matmul_raw(dc, b.t()), a.shape()) : Tensor(),
-                                      need_b ? sum_to(matmul_raw(a.t(), dc), b.shape()) : Tensor()};
+         [sa = a.shape(), sb = b.shape(), need_a, need_b, a = need_b ? a.detach() : Tensor(),
+          b = need_a ? b.detach() : Tensor()](const Tensor& dc) {
+           return std::vector<Tensor>{need_a ? sum_to(matmul_raw(dc, b.t()), sa) : Tensor(),
+                                      need_b ? sum_to(matmul_raw(a.t(), dc), sb) : Tensor()};
          });
   return c;
 }
@@ -136,10 +138,12 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
     NALA_KERNEL(x, gemm, X.trans, true, rows, out, in, T(1), X.t.data<T>(), X.ld, 0, w.data<T>(),
                 in, 0, T(bias.defined() ? 1 : 0), y.data<T>(), out, 0, 1);
   y = y.view(out_shape);
+  // dx needs only W and dW only x: keep just what a needed gradient uses.
+  const bool need_x = needs_grad(x), need_w = needs_grad(weight);
   record(y, "linear", {x, weight, bias},
-         [x2, w, xs = x.shape(), need_x = needs_grad(x), need_w = needs_grad(weight),
-          need_b = needs_grad(bias)](const Tensor& dy_in) {
-           Tensor dy = dy_in.reshape({x2.size(0), w.size(0)});
+         [rows, out, xs = x.shape(), need_x, need_w, need_b = needs_grad(bias),
+          x2 = need_w ? x2 : Tensor(), w = need_x ? w : Tensor()](const Tensor& dy_in) {
+           Tensor dy = dy_in.reshape({rows, out});
            return std::vector<Tensor>{need_x ? matmul_raw(dy, w).view(xs) : Tensor(),
                                       need_w ? matmul_raw(dy.t(), x2) : Tensor(),
                                       need_b ? sum(dy, {0}) : Tensor()};
