@@ -270,10 +270,14 @@ void reduce_middle_axis_pass(int64_t outer, int64_t r, int64_t inner, int64_t ch
 constexpr int64_t kSplitScratchElements = int64_t(1) << 16;
 static __device__ double split_scratch[kSplitScratchElements];
 
+// Looked up once per translation unit, not at every launch that uses it.
 static inline double* split_scratch_address() {
-  void* scratch = nullptr;
-  NALA_CUDA_CHECK(cudaGetSymbolAddress(&scratch, split_scratch));
-  return static_cast<double*>(scratch);
+  static double* const address = [] {
+    void* scratch = nullptr;
+    NALA_CUDA_CHECK(cudaGetSymbolAddress(&scratch, split_scratch));
+    return static_cast<double*>(scratch);
+  }();
+  return address;
 }
 
 // Splitting aims for about kTargetPartials partial results, each over at least kMinChunk elements.
