@@ -8,6 +8,7 @@
 
 #include "nn/checkpoint.h"
 #include "nn/models/nalaformer.h"
+#include "nn_test_util.h"
 #include "test_util.h"
 
 using namespace nala;
@@ -48,19 +49,8 @@ void check_same_tensors(const StateDict& a, const StateDict& b) {
   }
 }
 
-NaLaFormerConfig tiny_config() {
-  NaLaFormerConfig c;
-  c.variant = "tiny";
-  c.widths = {8, 16, 24, 32};
-  c.depths = {1, 1, 1, 1};
-  c.heads = {2, 4, 6, 8};
-  c.mlp_ratio = 2.0;
-  c.drop_path_rate = 0.2;  // so that resuming must restore the random generator
-  c.stem_stride = 1;
-  c.num_classes = 10;
-  c.head_hidden = 32;
-  return c;
-}
+// Drop path on, so that resuming must restore the random generator.
+NaLaFormerConfig tiny_config() { return test::tiny_config(0.2); }
 
 // Everything a training run carries from step to step.
 struct Run {

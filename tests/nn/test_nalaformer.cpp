@@ -6,6 +6,7 @@
 #include "autograd/gradcheck.h"
 #include "nn/models/nalaformer.h"
 #include "nn/optim.h"
+#include "nn_test_util.h"
 #include "test_util.h"
 
 using namespace nala;
@@ -13,19 +14,7 @@ using test::random_tensor;
 
 namespace {
 
-// Four stages at widths 8..32 with head dim 4, one block each: fast on the CPU.
-NaLaFormerConfig tiny_config() {
-  NaLaFormerConfig c;
-  c.variant = "tiny";
-  c.widths = {8, 16, 24, 32};
-  c.depths = {1, 1, 1, 1};
-  c.heads = {2, 4, 6, 8};
-  c.mlp_ratio = 2.0;
-  c.stem_stride = 1;
-  c.num_classes = 10;
-  c.head_hidden = 32;
-  return c;
-}
+using test::tiny_config;
 
 // ---- parameter counts, layer by layer from NALAFORMER.md section 2 ----
 
