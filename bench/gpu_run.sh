@@ -5,7 +5,11 @@
 #   bash bench/gpu_run.sh tests                 build, all tests and gradcheck on CUDA only
 #                                               (exit status 0 when all pass)
 #   bash bench/gpu_run.sh train SECONDS EPOCHS [nala train options...]
-#                                               build, then xt-cifar on CIFAR-10 (JPEG folder)
+#                                               build, then xt-cifar on CIFAR-10 (JPEG folder);
+#                                               after SECONDS it is interrupted (SIGINT: it saves
+#                                               and exits). With RUN_DIR set to a directory that
+#                                               outlives the call (build-gpu/..., on a warm
+#                                               machine), the next call resumes where it stopped.
 #   bash bench/gpu_run.sh imagenette SECONDS EPOCHS SIZE   build, then xt on Imagenette
 #   bash bench/gpu_run.sh ops                   build, then the memory-bound ops vs PyTorch eager
 #   bash bench/gpu_run.sh profile               build, then xt-cifar training speed on synthetic data
@@ -67,8 +71,10 @@ else
   for ((i = 0; i < ${#defaults[@]}; i += 2)); do
     [[ " ${options[*]} " == *" ${defaults[i]} "* ]] || options+=("${defaults[i]}" "${defaults[i + 1]}")
   done
-  timeout "${2:-300}" build-gpu/nala train --model xt-cifar --data folder=/tmp/data/cifar10 --device cuda \
-    --epochs "${3:-40}" --workers 12 --out "$OUT/run" "${options[@]}" > "$OUT/train.log" 2>&1
-  cp "$OUT/run/metrics.csv" "$OUT/metrics.csv" 2>/dev/null
+  run_dir=${RUN_DIR:-$OUT/run}
+  [ -f "$run_dir/last.safetensors" ] && options+=(--resume "$run_dir/last.safetensors")
+  timeout -s INT -k 60 "${2:-300}" build-gpu/nala train --model xt-cifar --data folder=/tmp/data/cifar10 \
+    --device cuda --epochs "${3:-40}" --workers 12 --out "$run_dir" "${options[@]}" >> "$OUT/train.log" 2>&1
+  cp "$run_dir/metrics.csv" "$run_dir/curves.png" "$OUT/" 2>/dev/null
   echo "==== train"; tr '\r' '\n' < "$OUT/train.log" | grep -E "^epoch [0-9]+:|model|error|done" | tail -50
 fi
