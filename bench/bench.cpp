@@ -110,6 +110,7 @@ static int bench_attention(const BenchOptions& o, std::ostream& os) {
   for (int64_t d : dims)
     for (int64_t side : sides) {
       int64_t N = side * side;
+      if ((o.head_dim && d != o.head_dim) || (o.tokens && N != o.tokens)) continue;
       Tensor q = randn({B, H, N, d}, opt).requires_grad_(),
              k = randn({B, H, N, d}, opt).requires_grad_();
       Tensor v = randn({B, H, N, d}, opt).requires_grad_(), g = randn({B, H, N, d}, opt);
@@ -129,7 +130,11 @@ static int bench_attention(const BenchOptions& o, std::ostream& os) {
           Tensor out = var.composed ? attention_composed(var.kind, q, k, v, side, side)
                                     : attention(var.kind, q, k, v, side, side);
           if (backward) {
-            sum(mul(out, g)).backward();
+            // A named loss, not `sum(mul(out, g)).backward()`: C++ keeps a temporary alive to the
+            // end of the full expression, and the product would then sit in memory through the
+            // whole backward (the PyTorch peer's `(out * g).sum().backward()` frees it first).
+            Tensor loss = sum(mul(out, g));
+            loss.backward();
             // Drop the gradients, as the PyTorch peer does (q.grad = None): each call then
             // measures one forward+backward, not also the accumulation into earlier gradients.
             q.zero_grad(), k.zero_grad(), v.zero_grad();

@@ -2,6 +2,7 @@
 // warm-up) and prints what it achieves against its ceiling (GFLOP/s, GB/s).
 #pragma once
 
+#include <cstdint>
 #include <iosfwd>
 #include <string>
 
@@ -10,6 +11,8 @@ namespace nala {
 struct BenchOptions {
   std::string device = "cpu";
   int repeats = 5;
+  // `nala bench attention` only: one head dim and one token count (0: every size it knows).
+  int64_t head_dim = 0, tokens = 0;
 };
 
 // Returns 0 on success; an unknown name lists the known ones and returns 2.

@@ -14,6 +14,8 @@
 #   bash bench/gpu_run.sh ops                   build, then the memory-bound ops vs PyTorch eager
 #   bash bench/gpu_run.sh profile               build, then xt-cifar training speed on synthetic data
 #                                               and each kernel's GPU time over 3 steps (ncu)
+#   bash bench/gpu_run.sh kernels               build, then ncu on the attention kernels (d = 64,
+#                                               N = 16384; d = 32, N = 65536) and the ops' kernels
 # Run from the repository root after unpacking the carried Debian packages (DEVELOPERS.md):
 #   cp -rn .carry/deps/usr/. /usr/ && ldconfig && bash bench/gpu_run.sh check
 set -uo pipefail
@@ -57,6 +59,22 @@ elif [ "$MODE" = profile ]; then
   python3 tools/ncu_summary.py /tmp/ncu.csv --top 40 > "$OUT/ncu_summary.txt"
   echo "==== speed"; tr '\r' '\n' < "$OUT/train_speed.log" | grep -E "^epoch [0-9]+:" | tail -2
   echo "==== ncu (3 steps + 1 test batch)"; head -25 "$OUT/ncu_summary.txt"
+elif [ "$MODE" = kernels ]; then
+  for shape in "64 16384" "32 65536"; do
+    set -- $shape
+    timeout 120 ncu --section SpeedOfLight --section Occupancy --section LaunchStats \
+      --section ComputeWorkloadAnalysis -k regex:linear_ -c 12 build-gpu/nala bench attention \
+      --device cuda --head-dim "$1" --tokens "$2" --repeats 1 > "$OUT/ncu_attention_d$1.txt" 2>&1
+  done
+  metrics=gpu__time_duration.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed
+  metrics+=,sm__throughput.avg.pct_of_peak_sustained_elapsed,sm__warps_active.avg.pct_of_peak_sustained_active
+  metrics+=,launch__grid_size,launch__registers_per_thread
+  timeout 200 ncu --metrics "$metrics" --csv --page raw build-gpu/nala bench ops --device cuda \
+    --repeats 1 > /tmp/ncu_ops.csv 2> "$OUT/ncu_ops.err"
+  python3 tools/ncu_summary.py /tmp/ncu_ops.csv --top 30 > "$OUT/ncu_ops_summary.txt"
+  echo "==== attention"; grep -hE "linear_|Duration|Compute \(SM\) Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Dynamic Shared|Theoretical Occ|Block Limit|FMA" \
+    "$OUT"/ncu_attention_d*.txt | sed -E 's/.*(linear_[a-z_]+kernel<[^>]*>).*/\1/; s/  +/ /g' | head -150
+  echo "==== ops"; cat "$OUT/ncu_ops_summary.txt"
 elif [ "$MODE" = imagenette ]; then
   wait
   timeout "${2:-300}" build-gpu/nala train --model xt --data folder=/tmp/data/imagenette-128 --image-size "${4:-224}" \

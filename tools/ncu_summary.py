@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Sums the GPU time of every kernel in an Nsight Compute CSV, grouped by kernel name.
+"""Sums the GPU time of every kernel in an Nsight Compute CSV, grouped by kernel name; any other
+metric in the CSV is averaged over the kernel's launches and printed after the name.
 
-    ncu --metrics gpu__time_duration.sum --csv --page raw PROGRAM > ncu.csv
+    ncu --metrics gpu__time_duration.sum[,METRIC...] --csv --page raw PROGRAM > ncu.csv
     python3 tools/ncu_summary.py ncu.csv [--top 30]
 """
 import argparse
@@ -20,17 +21,24 @@ def main():
     rows = list(csv.reader(io.StringIO("\n".join(lines[start:]))))
     header, units = rows[0], rows[1]
     name_col, time_col = header.index("Kernel Name"), header.index("gpu__time_duration.sum")
+    extra = [i for i, h in enumerate(header) if "__" in h and i != time_col]
     total, count = collections.defaultdict(float), collections.Counter()
+    sums = collections.defaultdict(lambda: [0.0] * len(extra))
     for row in rows[2:]:
-        if len(row) <= time_col:
+        if len(row) <= max([time_col] + extra):
             continue
         name = row[name_col].split("(")[0][:110]
         total[name] += float(row[time_col].replace(",", ""))
         count[name] += 1
+        for j, i in enumerate(extra):
+            sums[name][j] += float(row[i].replace(",", "") or 0)
     everything = sum(total.values())
     print(f"{len(rows) - 2} kernels, {everything / 1e6:.2f} ms of GPU time ({units[time_col]} summed)")
+    if extra:
+        print("means after the name: " + ", ".join(f"{header[i]} ({units[i]})" for i in extra))
     for name, t in sorted(total.items(), key=lambda kv: -kv[1])[: args.top]:
-        print(f"{t / 1e3:10.1f} us {100 * t / everything:5.1f}% {count[name]:6d}x  {name}")
+        means = " ".join(f"{v / count[name]:.4g}" for v in sums[name])
+        print(f"{t / 1e3:10.1f} us {100 * t / everything:5.1f}% {count[name]:6d}x  {name}  {means}")
 
 
 if __name__ == "__main__":

@@ -128,6 +128,8 @@ int main(int argc, char** argv) {
   bench->add_option("name", bench_name, "matmul, conv2d, attention, copy, ...")->required();
   bench->add_option("--device", bench_options.device)->check(CLI::IsMember(devices));
   bench->add_option("--repeats", bench_options.repeats, "timed repetitions (median reported)");
+  bench->add_option("--head-dim", bench_options.head_dim, "attention: only this head dim");
+  bench->add_option("--tokens", bench_options.tokens, "attention: only this N (a square grid)");
 
   CLI11_PARSE(app, argc, argv);
   try {
