@@ -71,7 +71,7 @@ elif [ "$MODE" = kernels ]; then
   metrics+=,launch__grid_size,launch__registers_per_thread
   timeout 200 ncu --metrics "$metrics" --csv --page raw build-gpu/nala bench ops --device cuda \
     --repeats 1 > /tmp/ncu_ops.csv 2> "$OUT/ncu_ops.err"
-  python3 tools/ncu_summary.py /tmp/ncu_ops.csv --top 30 > "$OUT/ncu_ops_summary.txt"
+  python3 tools/ncu_summary.py /tmp/ncu_ops.csv --top 30 --means "${metrics#*,}" > "$OUT/ncu_ops_summary.txt"
   echo "==== attention"; grep -hE "linear_|Duration|Compute \(SM\) Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Dynamic Shared|Theoretical Occ|Block Limit|FMA" \
     "$OUT"/ncu_attention_d*.txt | sed -E 's/.*(linear_[a-z_]+kernel<[^>]*>).*/\1/; s/  +/ /g' | head -150
   echo "==== ops"; cat "$OUT/ncu_ops_summary.txt"

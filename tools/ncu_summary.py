@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""Sums the GPU time of every kernel in an Nsight Compute CSV, grouped by kernel name; any other
-metric in the CSV is averaged over the kernel's launches and printed after the name.
+"""Sums the GPU time of every kernel in an Nsight Compute CSV, grouped by kernel name; the metrics
+named by --means are averaged over the kernel's launches and printed after the name.
 
     ncu --metrics gpu__time_duration.sum[,METRIC...] --csv --page raw PROGRAM > ncu.csv
-    python3 tools/ncu_summary.py ncu.csv [--top 30]
+    python3 tools/ncu_summary.py ncu.csv [--top 30] [--means METRIC,...]
 """
 import argparse
 import collections
@@ -15,13 +15,14 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("csv")
     ap.add_argument("--top", type=int, default=30)
+    ap.add_argument("--means", default="", help="comma-separated metrics to average per kernel")
     args = ap.parse_args()
     lines = open(args.csv).read().split("\n")
     start = next(i for i, line in enumerate(lines) if line.startswith('"ID"'))
     rows = list(csv.reader(io.StringIO("\n".join(lines[start:]))))
     header, units = rows[0], rows[1]
     name_col, time_col = header.index("Kernel Name"), header.index("gpu__time_duration.sum")
-    extra = [i for i, h in enumerate(header) if "__" in h and i != time_col]
+    extra = [header.index(m) for m in args.means.split(",") if m]
     total, count = collections.defaultdict(float), collections.Counter()
     sums = collections.defaultdict(lambda: [0.0] * len(extra))
     for row in rows[2:]:
@@ -31,7 +32,10 @@ def main():
         total[name] += float(row[time_col].replace(",", ""))
         count[name] += 1
         for j, i in enumerate(extra):
-            sums[name][j] += float(row[i].replace(",", "") or 0)
+            try:
+                sums[name][j] += float(row[i].replace(",", ""))
+            except ValueError:  # a metric ncu could not collect ('n/a', 'No-CC')
+                pass
     everything = sum(total.values())
     print(f"{len(rows) - 2} kernels, {everything / 1e6:.2f} ms of GPU time ({units[time_col]} summed)")
     if extra:
