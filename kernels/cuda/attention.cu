@@ -88,12 +88,6 @@ struct SharedLayout {
   }
 };
 
-template <typename T>
-__device__ T* shared_memory() {
-  extern __shared__ __align__(16) unsigned char shared_bytes[];
-  return reinterpret_cast<T*>(shared_bytes);
-}
-
 // The most dynamic shared memory a block may ask for on this device.
 size_t max_shared_bytes() {
   static const size_t bytes = [] {

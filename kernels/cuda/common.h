@@ -40,6 +40,13 @@ void for_each_index(int64_t n, F f) {
   NALA_CUDA_CHECK_LAUNCH();
 }
 
+// The block's dynamic shared memory (the launch's third parameter), 16-byte aligned, as T.
+template <typename T>
+__device__ T* shared_memory() {
+  extern __shared__ __align__(16) unsigned char shared_bytes[];
+  return reinterpret_cast<T*>(shared_bytes);
+}
+
 // ---- reductions ----
 
 // A reduction is an identity and an associative combine.

@@ -48,9 +48,11 @@ TEST_CASE("CUDA ops agree with the CPU ops") {
 TEST_CASE("CUDA reductions split over many blocks agree with the CPU") {
   if (!test::cuda_available()) return;
   // Shapes larger than the gradcheck cases, so that the CUDA kernels cut their reductions into
-  // splits (batch norm: uneven splits of images; depthwise weight gradient: several splits of
-  // positions, several windows of taps, planes smaller than a block and not dividing it),
-  // checked in float64 against the CPU.
+  // splits (batch norm: uneven splits of images; layer norm: many rows per block; depthwise weight
+  // gradient: several splits of positions, several windows of taps, planes smaller than a block and
+  // not dividing it), and the tiled depthwise forward / input gradient with several tiles per plane
+  // or several planes per block (the last block's planes running past the batch), checked in
+  // float64 against the CPU.
   auto input = [](const Shape& shape, uint64_t seed) {
     return test::random_tensor(shape, seed, DType::Float64).requires_grad_();
   };
@@ -69,6 +71,24 @@ TEST_CASE("CUDA reductions split over many blocks agree with the CPU") {
        [](const std::vector<Tensor>& x) {
          return batch_norm(x[0], x[1], x[2], Tensor(), Tensor(), true);
        }},
+      // Layer norm: dgamma / dbeta fused into the dx kernel (rows of at most 256: a block's
+      // warps loop over several rows each once rows pass 8 * 1024), or column reductions after
+      // it (wider rows; a block per row beyond 1024).
+      {"layer_norm (9000, 20)",
+       [&](Device) {
+         return std::vector<Tensor>{input({9000, 20}, 25), input({20}, 26), input({20}, 27)};
+       },
+       [](const std::vector<Tensor>& x) { return layer_norm(x[0], x[1], x[2], 1e-5); }},
+      {"layer_norm (37, 300)",
+       [&](Device) {
+         return std::vector<Tensor>{input({37, 300}, 28), input({300}, 29), input({300}, 30)};
+       },
+       [](const std::vector<Tensor>& x) { return layer_norm(x[0], x[1], x[2], 1e-5); }},
+      {"layer_norm (4, 1500)",
+       [&](Device) {
+         return std::vector<Tensor>{input({4, 1500}, 31), input({1500}, 32), input({1500}, 33)};
+       },
+       [](const std::vector<Tensor>& x) { return layer_norm(x[0], x[1], x[2], 1e-5); }},
       {"depthwise 3x3 on 2x2 planes",
        [&](Device) {
          return std::vector<Tensor>{input({300, 6, 2, 2}, 7), input({6, 1, 3, 3}, 8),
@@ -87,6 +107,18 @@ TEST_CASE("CUDA reductions split over many blocks agree with the CPU") {
                                     input({2}, 18)};
        },
        [](const std::vector<Tensor>& x) { return conv2d(x[0], x[1], x[2], 2, 3, 2); }},
+      {"depthwise 3x3, padding 0, on 40 x 37 planes (several tiles per plane)",
+       [&](Device) {
+         return std::vector<Tensor>{input({2, 3, 40, 37}, 19), input({3, 1, 3, 3}, 20),
+                                    input({3}, 21)};
+       },
+       [](const std::vector<Tensor>& x) { return conv2d(x[0], x[1], x[2], 1, 0, 3); }},
+      {"depthwise 5x5 on 1x1 planes (a block of planes, all taps but one outside)",
+       [&](Device) {
+         return std::vector<Tensor>{input({300, 5, 1, 1}, 22), input({5, 1, 5, 5}, 23),
+                                    input({5}, 24)};
+       },
+       [](const std::vector<Tensor>& x) { return conv2d(x[0], x[1], x[2], 1, 2, 5); }},
       {"depthwise 3x3 on 5x5 planes",
        [&](Device) {
          return std::vector<Tensor>{input({13, 4, 5, 5}, 10), input({4, 1, 3, 3}, 11),
