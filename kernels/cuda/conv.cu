@@ -178,22 +178,26 @@ struct DepthwiseBackwardInput {
 // degrees (f[i, j] = w[kh-1-i, kw-1-j]), pad = (kh-1-pad_h, kw-1-pad_w), no bias; then
 //   dx[h, w] = sum_{oh, ow} w[h + pad_h - oh, w + pad_w - ow] dy[oh, ow]
 // with oh = h - (kh-1-pad_h) + i. A block computes a tile_h x tile_w tile of outputs in each of
-// planes_per_block planes (several small planes per block, so 2 x 2 planes still fill the
-// threads). It stages the tile's inputs with their halo, (tile_h + kh - 1) x (tile_w + kw - 1)
-// per plane, zero outside the image, and the planes' filters in shared memory; a thread per
-// output then reads shared memory only. Global memory is read once per tile (plus the halo),
-// coalesced along rows, and the bounds are checked once per staged element, not once per tap
-// (the per-output functors below, used at other strides, were instruction-bound: ~80% of the
-// SM's issue slots, <10% of DRAM bandwidth, under ncu).
+// planes_per_block planes (several small planes per block, so 2 x 2 planes still fill it), each
+// thread kOutputsPerThread of them. It stages the tile's inputs with their halo,
+// (tile_h + kh - 1) x (tile_w + kw - 1) per plane, zero outside the image, and the planes'
+// filters in shared memory, each thread loading kStageBatch elements before storing any (so that
+// they are in flight together); the outputs then read shared memory only. Global memory is read
+// once per tile (plus the halo), and bounds are checked once per staged element, not per tap.
+// (The per-output functors above, kept for other strides, are instruction-bound: under ncu ~80%
+// of the SM's issue slots and under 10% of the DRAM bandwidth.)
 constexpr int kTiledThreads = 256;
+constexpr int kOutputsPerThread = 4;
+constexpr int kStageBatch = 8;
 constexpr int kMaxTiledKernel = 7;
 constexpr size_t kMaxTiledSharedBytes = 48 * 1024;
 
 struct Correlation {
-  int64_t planes, channels;  // planes = batch * channels
+  int planes, channels;  // planes = batch * channels
   int in_h, in_w, out_h, out_w, kernel_h, kernel_w, pad_h, pad_w;
-  bool flip;                                                      // turn the filter by 180 degrees
-  int tile_h = 0, tile_w = 0, tiles_w = 0, planes_per_block = 0;  // the launch's tiling
+  bool flip;  // turn the filter by 180 degrees
+  // The launch's tiling; tile_w and tile_h * tile_w are powers of two (shifts below).
+  int tile_h = 0, tile_w = 0, tiles_w = 0, planes_per_block = 0, tile_w_shift = 0, tile_shift = 0;
   int stage_h() const { return tile_h + kernel_h - 1; }
   int stage_w() const { return tile_w + kernel_w - 1; }
   size_t shared_elements() const {
@@ -208,67 +212,74 @@ __global__ void __launch_bounds__(kTiledThreads)
   const int stage_h = c.tile_h + c.kernel_h - 1, stage_w = c.tile_w + c.kernel_w - 1;
   const int stage_size = stage_h * stage_w, taps = c.kernel_h * c.kernel_w;
   T* filters = staged + c.planes_per_block * stage_size;
-  const int64_t first_plane = static_cast<int64_t>(blockIdx.x) * c.planes_per_block;
+  const int first_plane = static_cast<int>(blockIdx.x) * c.planes_per_block;
   const int y0 = static_cast<int>(blockIdx.y) / c.tiles_w * c.tile_h;
   const int x0 = static_cast<int>(blockIdx.y) % c.tiles_w * c.tile_w;
-  // Stage: a warp per staged row (plane p, row sy), its lanes along the row.
-  const int lane = threadIdx.x % kWarpSize, warps = blockDim.x / kWarpSize;
-  for (int row = threadIdx.x / kWarpSize; row < c.planes_per_block * stage_h; row += warps) {
-    const int p = row / stage_h, y = y0 - c.pad_h + row - p * stage_h;
-    const int64_t plane = first_plane + p;
-    const bool row_inside = plane < c.planes && y >= 0 && y < c.in_h;
-    const T* in_row = in + (plane * c.in_h + y) * c.in_w;
-    for (int sx = lane; sx < stage_w; sx += kWarpSize) {
-      const int x = x0 - c.pad_w + sx;
-      staged[row * stage_w + sx] = row_inside && x >= 0 && x < c.in_w ? in_row[x] : T(0);
+  const int staged_total = c.planes_per_block * stage_size;
+  for (int e0 = threadIdx.x; e0 < staged_total; e0 += kStageBatch * blockDim.x) {
+    T v[kStageBatch];
+#pragma unroll
+    for (int b = 0; b < kStageBatch; ++b) {
+      const int e = e0 + b * blockDim.x, p = e / stage_size, r = e - p * stage_size;
+      const int sy = r / stage_w, y = y0 - c.pad_h + sy, x = x0 - c.pad_w + r - sy * stage_w;
+      const bool inside = e < staged_total && first_plane + p < c.planes && y >= 0 && y < c.in_h &&
+                          x >= 0 && x < c.in_w;
+      v[b] = inside ? in[(static_cast<int64_t>(first_plane + p) * c.in_h + y) * c.in_w + x] : T(0);
     }
+#pragma unroll
+    for (int b = 0; b < kStageBatch; ++b)
+      if (e0 + b * blockDim.x < staged_total) staged[e0 + b * blockDim.x] = v[b];
   }
   for (int e = threadIdx.x; e < c.planes_per_block * taps; e += blockDim.x) {
-    const int p = e / taps, t = e - p * taps;
-    const int64_t plane = first_plane + p;
+    const int p = e / taps, t = e - p * taps, plane = first_plane + p;
     filters[e] =
         plane < c.planes ? w[plane % c.channels * taps + (c.flip ? taps - 1 - t : t)] : T(0);
   }
   __syncthreads();
-  const int per_plane = c.tile_h * c.tile_w;
-  const int p = threadIdx.x / per_plane, ty = threadIdx.x % per_plane / c.tile_w,
-            tx = threadIdx.x % c.tile_w;
-  const int64_t plane = first_plane + p;
-  const int y = y0 + ty, x = x0 + tx;
-  if (p >= c.planes_per_block || plane >= c.planes || y >= c.out_h || x >= c.out_w) return;
-  const T* window = staged + p * stage_size + ty * stage_w + tx;
-  const T* f = filters + p * taps;
-  T sum = bias != nullptr ? bias[plane % c.channels] : T(0);
-  for (int i = 0; i < c.kernel_h; ++i)
-    for (int j = 0; j < c.kernel_w; ++j) sum += f[i * c.kernel_w + j] * window[i * stage_w + j];
-  out[(plane * c.out_h + y) * c.out_w + x] = sum;
+#pragma unroll
+  for (int k = 0; k < kOutputsPerThread; ++k) {
+    const int index = threadIdx.x + k * blockDim.x, p = index >> c.tile_shift;
+    const int ty = (index & ((1 << c.tile_shift) - 1)) >> c.tile_w_shift;
+    const int tx = index & (c.tile_w - 1), plane = first_plane + p, y = y0 + ty, x = x0 + tx;
+    if (p >= c.planes_per_block || plane >= c.planes || y >= c.out_h || x >= c.out_w) continue;
+    const T* window = staged + p * stage_size + ty * stage_w + tx;
+    const T* f = filters + p * taps;
+    T sum = bias != nullptr ? bias[plane % c.channels] : T(0);
+    for (int i = 0; i < c.kernel_h; ++i)
+      for (int j = 0; j < c.kernel_w; ++j) sum += f[i * c.kernel_w + j] * window[i * stage_w + j];
+    out[(static_cast<int64_t>(plane) * c.out_h + y) * c.out_w + x] = sum;
+  }
 }
 
-int power_of_two_at_least(int v) {
-  int p = 1;
-  while (p < v) p *= 2;
-  return p;
+int log2_of_power_of_two_at_least(int v) {
+  int shift = 0;
+  while ((1 << shift) < v) ++shift;
+  return shift;
 }
 
-// The correlation's tiling: tiles up to 32 wide and kTiledThreads outputs, as many small planes
-// per block as fill it, fewer where their staged inputs and filters would pass the shared memory
-// a block may use without opting in. False when the tiled kernel does not apply (filters larger
-// than kMaxTiledKernel, more tiles per plane than a grid dimension holds).
+// The correlation's tiling: tiles up to 32 wide and kTiledThreads * kOutputsPerThread outputs,
+// as many small planes per block as fill it, fewer where their staged inputs and filters would
+// pass the shared memory a block may use without opting in. False when the tiled kernel does
+// not apply (filters over kMaxTiledKernel, more tiles per plane than a grid dimension holds,
+// planes past 32-bit indexing).
 template <typename T>
-bool plan_correlation(Correlation& c) {
+bool plan_correlation(Correlation& c, int64_t batch, int64_t channels) {
   if (c.kernel_h > kMaxTiledKernel || c.kernel_w > kMaxTiledKernel || c.pad_h < 0 || c.pad_w < 0 ||
-      c.out_h <= 0 || c.out_w <= 0 || c.planes <= 0)
+      c.out_h <= 0 || c.out_w <= 0 || batch <= 0 || channels <= 0 || batch * channels > INT_MAX)
     return false;
-  c.tile_w = std::min(kWarpSize, power_of_two_at_least(c.out_w));
-  c.tile_h = std::min(kTiledThreads / c.tile_w, power_of_two_at_least(c.out_h));
-  c.planes_per_block = kTiledThreads / (c.tile_w * c.tile_h);
+  constexpr int kTileOutputs = kTiledThreads * kOutputsPerThread;
+  c.planes = static_cast<int>(batch * channels);
+  c.channels = static_cast<int>(channels);
+  c.tile_w_shift = std::min(5, log2_of_power_of_two_at_least(c.out_w));
+  c.tile_w = 1 << c.tile_w_shift;
+  c.tile_h = std::min(kTileOutputs / c.tile_w, 1 << log2_of_power_of_two_at_least(c.out_h));
+  c.tile_shift = log2_of_power_of_two_at_least(c.tile_h * c.tile_w);
+  c.planes_per_block = kTileOutputs / (c.tile_w * c.tile_h);
   while (c.planes_per_block > 1 && c.shared_elements() * sizeof(T) > kMaxTiledSharedBytes)
     c.planes_per_block /= 2;
   c.tiles_w = (c.out_w + c.tile_w - 1) / c.tile_w;
   const int64_t tiles = int64_t((c.out_h + c.tile_h - 1) / c.tile_h) * c.tiles_w;
-  const int64_t blocks = (c.planes + c.planes_per_block - 1) / c.planes_per_block;
-  return tiles <= 65535 && blocks <= INT_MAX &&
-         c.shared_elements() * sizeof(T) <= kMaxTiledSharedBytes;
+  return tiles <= 65535 && c.shared_elements() * sizeof(T) <= kMaxTiledSharedBytes;
 }
 
 template <typename T>
@@ -365,9 +376,9 @@ void col2im(const Conv2dShape& s, const T* col, T* dx) {
 template <typename T>
 void depthwise_conv2d_forward(const Conv2dShape& s, const T* x, const T* w, const T* bias, T* y) {
   const Geometry g = geometry_of(s);
-  Correlation c{s.batch * s.channels, s.channels, g.height, g.width, g.out_h, g.out_w,
-                g.kernel_h,           g.kernel_w, g.pad_h,  g.pad_w, false};
-  if (s.stride_h == 1 && s.stride_w == 1 && plan_correlation<T>(c))
+  Correlation c{0,          0,          g.height, g.width, g.out_h, g.out_w,
+                g.kernel_h, g.kernel_w, g.pad_h,  g.pad_w, false};
+  if (s.stride_h == 1 && s.stride_w == 1 && plan_correlation<T>(c, s.batch, s.channels))
     return correlate(c, x, w, bias, y);
   for_each_index(s.batch * s.channels * s.out_h * s.out_w, DepthwiseForward<T>{g, x, w, bias, y});
 }
@@ -375,8 +386,8 @@ void depthwise_conv2d_forward(const Conv2dShape& s, const T* x, const T* w, cons
 template <typename T>
 void depthwise_conv2d_backward_input(const Conv2dShape& s, const T* dy, const T* w, T* dx) {
   const Geometry g = geometry_of(s);
-  Correlation c{s.batch * s.channels,
-                s.channels,
+  Correlation c{0,
+                0,
                 g.out_h,
                 g.out_w,
                 g.height,
@@ -386,7 +397,7 @@ void depthwise_conv2d_backward_input(const Conv2dShape& s, const T* dy, const T*
                 g.kernel_h - 1 - g.pad_h,
                 g.kernel_w - 1 - g.pad_w,
                 true};
-  if (s.stride_h == 1 && s.stride_w == 1 && plan_correlation<T>(c))
+  if (s.stride_h == 1 && s.stride_w == 1 && plan_correlation<T>(c, s.batch, s.channels))
     return correlate(c, dy, w, static_cast<const T*>(nullptr), dx);
   for_each_index(s.batch * s.channels * s.height * s.width,
                  DepthwiseBackwardInput<T>{g, dy, w, dx});
