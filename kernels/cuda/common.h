@@ -1,7 +1,7 @@
 // Building blocks shared by the CUDA kernels:
 // - for_each_index: run a functor once per index of a flat range (the elementwise kernels);
 // - warp_reduce / block_reduce: tree reductions with warp shuffles;
-// - launch_per_row: one warp (short rows) or one block (long rows) per row of a matrix;
+// - launch_per_row: a group of a warp's lanes (short rows) or a block (long rows) per row;
 // - reduce_middle_axis: a reduction over the middle axis of an (outer, r, inner) array.
 // Device code only uses functors (structs with a __device__ operator()), never lambdas.
 #pragma once
@@ -94,16 +94,25 @@ __device__ T block_reduce(T v) {
 // across the team with team_reduce. The loop bounds are uniform across a team, so every thread
 // of a team reaches the same team_reduce calls.
 
-// A warp per row: for rows of up to kWarpRowMaxCols elements.
-struct WarpPerRow {
+// A group of `lanes` consecutive lanes of a warp per row (lanes a power of two, at most 32): for
+// rows of up to kWarpRowMaxCols elements. Short rows take fewer lanes, so that a warp works on
+// several rows at once (32 columns: 8 lanes of 4 columns, 4 rows per warp) instead of leaving
+// most lanes idle and waiting on one row's loads and shuffles at a time.
+struct LanesPerRow {
   static constexpr int kBlockThreads = 256;
-  __device__ int rank() const { return threadIdx.x % kWarpSize; }
-  __device__ int size() const { return kWarpSize; }
+  int lanes;
+  __device__ int rank() const { return threadIdx.x & (lanes - 1); }
+  __device__ int size() const { return lanes; }
   __device__ int64_t first_row() const {
-    return static_cast<int64_t>(blockIdx.x) * (blockDim.x / kWarpSize) + threadIdx.x / kWarpSize;
+    return (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / lanes;
   }
   __device__ int64_t row_stride() const {
-    return static_cast<int64_t>(gridDim.x) * (blockDim.x / kWarpSize);
+    return static_cast<int64_t>(gridDim.x) * blockDim.x / lanes;
+  }
+  // The group's lanes within the warp, for shuffles that stay inside it.
+  __device__ unsigned mask() const {
+    const unsigned group = lanes == kWarpSize ? 0xffffffffu : (1u << lanes) - 1;
+    return group << (threadIdx.x % kWarpSize & ~(lanes - 1));
   }
 };
 
@@ -116,9 +125,13 @@ struct BlockPerRow {
   __device__ int64_t row_stride() const { return gridDim.x; }
 };
 
+// Butterfly shuffles over the group: lane offsets below `lanes` never leave it.
 template <typename Op, typename T>
-__device__ T team_reduce(WarpPerRow, T v) {
-  return warp_reduce<Op>(v);
+__device__ T team_reduce(LanesPerRow team, T v) {
+  const unsigned mask = team.mask();
+  for (int offset = team.lanes / 2; offset > 0; offset /= 2)
+    v = Op::combine(v, __shfl_xor_sync(mask, v, offset));
+  return v;
 }
 
 template <typename Op, typename T>
@@ -126,16 +139,19 @@ __device__ T team_reduce(BlockPerRow, T v) {
   return block_reduce<Op>(v);
 }
 
-// Calls launch(team, blocks, threads), which launches a row kernel on stream(), with a warp per
-// row when rows have at most kWarpRowMaxCols columns and a block per row otherwise.
+// Calls launch(team, blocks, threads), which launches a row kernel on stream(), with a group of
+// lanes per row when rows have at most kWarpRowMaxCols columns (about a quarter as many lanes
+// as columns, 4 to 32) and a block per row otherwise.
 constexpr int64_t kWarpRowMaxCols = 1024;
 
 template <typename Launch>
 void launch_per_row(int64_t rows, int64_t cols, Launch launch) {
   if (rows <= 0) return;
   if (cols <= kWarpRowMaxCols) {
-    constexpr int kThreads = WarpPerRow::kBlockThreads;
-    launch(WarpPerRow{}, num_blocks(rows, kThreads / kWarpSize), kThreads);
+    int lanes = 4;
+    while (lanes < kWarpSize && 4 * lanes < cols) lanes *= 2;
+    constexpr int kThreads = LanesPerRow::kBlockThreads;
+    launch(LanesPerRow{lanes}, num_blocks(rows, kThreads / lanes), kThreads);
   } else {
     launch(BlockPerRow{}, num_blocks(rows, 1), BlockPerRow::kBlockThreads);
   }

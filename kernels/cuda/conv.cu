@@ -294,15 +294,15 @@ void correlate(const Correlation& c, const T* in, const T* w, const T* bias, T* 
 
 // ---- depthwise weight gradient ----
 //   dw[c, i, j] = sum over n, oh, ow of dy[n, c, oh, ow] x[n, c, oh * stride_h - pad_h + i, ...]
-// Block (c, tile, split) handles channel c, a kTapTile x kTapTile window of the filter's taps
-// (one window covers filters up to 5 x 5) and split `split` of the flattened (n, oh, ow)
+// Block (c, tile, split) handles channel c, a kWindow x kWindow window of the filter's taps
+// (kWindow = 3 for filters up to 3 x 3, else 5: one window covers filters up to 5 x 5, and the
+// unrolled loops check no taps a 3 x 3 filter lacks) and split `split` of the flattened (n, oh, ow)
 // positions. Each thread walks its positions reading dy once and the window's inputs (neighbours
 // of its neighbours' reads, so mostly from L1), keeping one running sum per tap in registers;
 // the block then reduces each tap's sums. With several splits the per-split sums go to
 // split_scratch and a second pass adds them up in a fixed order.
 
 constexpr int kWeightGradThreads = 256;
-constexpr int kTapTile = 5;
 constexpr int64_t kWeightGradTargetBlocks = 1024;
 constexpr int64_t kWeightGradMinPositions = 2048;
 
@@ -311,20 +311,20 @@ struct WeightGradSplits {
   int64_t splits, positions_per_split;
 };
 
-template <typename T>
+template <int kWindow, typename T>
 __global__ void __launch_bounds__(kWeightGradThreads)
     depthwise_backward_weight_kernel(Geometry g, WeightGradSplits sp, const T* x, const T* dy,
                                      T* out) {
   const int64_t c = blockIdx.x, split = blockIdx.z;
-  const int i0 = static_cast<int>(blockIdx.y) / sp.tiles_w * kTapTile;
-  const int j0 = static_cast<int>(blockIdx.y) % sp.tiles_w * kTapTile;
+  const int i0 = static_cast<int>(blockIdx.y) / sp.tiles_w * kWindow;
+  const int j0 = static_cast<int>(blockIdx.y) % sp.tiles_w * kWindow;
   const int64_t first = split * sp.positions_per_split + threadIdx.x;
   const int64_t end = min((split + 1) * sp.positions_per_split, g.batch * g.out_pixels());
   // Position = n * out_pixels + pixel: divide once, then carry (n, pixel) along.
   int64_t n = first / g.out_pixels();
   int pixel = static_cast<int>(first - n * g.out_pixels());
   const int step_images = blockDim.x / g.out_pixels(), step_pixels = blockDim.x % g.out_pixels();
-  T sum[kTapTile][kTapTile] = {};
+  T sum[kWindow][kWindow] = {};
   for (int64_t position = first; position < end; position += blockDim.x) {
     const int64_t plane = n * g.channels + c;
     const T grad = dy[plane * g.out_pixels() + pixel];
@@ -332,11 +332,11 @@ __global__ void __launch_bounds__(kWeightGradThreads)
     const int h0 = pixel / g.out_w * g.stride_h - g.pad_h + i0;
     const int w0 = pixel % g.out_w * g.stride_w - g.pad_w + j0;
 #pragma unroll
-    for (int a = 0; a < kTapTile; ++a) {
+    for (int a = 0; a < kWindow; ++a) {
       const int h = h0 + a;
       if (i0 + a >= g.kernel_h || h < 0 || h >= g.height) continue;
 #pragma unroll
-      for (int b = 0; b < kTapTile; ++b) {
+      for (int b = 0; b < kWindow; ++b) {
         const int w = w0 + b;
         if (j0 + b < g.kernel_w && w >= 0 && w < g.width)
           sum[a][b] += grad * x_plane[h * g.width + w];
@@ -351,9 +351,9 @@ __global__ void __launch_bounds__(kWeightGradThreads)
   }
   // out is dw (one split) or the partials (c, split, tap).
 #pragma unroll
-  for (int a = 0; a < kTapTile; ++a)
+  for (int a = 0; a < kWindow; ++a)
 #pragma unroll
-    for (int b = 0; b < kTapTile; ++b) {
+    for (int b = 0; b < kWindow; ++b) {
       if (i0 + a >= g.kernel_h || j0 + b >= g.kernel_w) continue;  // uniform across the block
       const T total = block_reduce<SumOp<T>>(sum[a][b]);
       if (threadIdx.x == 0)
@@ -408,9 +408,10 @@ void depthwise_conv2d_backward_weight(const Conv2dShape& s, const T* x, const T*
   const int64_t taps = s.kernel_h * s.kernel_w, positions = s.batch * s.out_h * s.out_w;
   if (s.channels * taps <= 0) return;
   const Geometry g = geometry_of(s);
+  const int window = s.kernel_h <= 3 && s.kernel_w <= 3 ? 3 : 5;
   WeightGradSplits sp;
-  sp.tiles_w = static_cast<int>((s.kernel_w + kTapTile - 1) / kTapTile);
-  const int64_t tiles = (s.kernel_h + kTapTile - 1) / kTapTile * sp.tiles_w;
+  sp.tiles_w = static_cast<int>((s.kernel_w + window - 1) / window);
+  const int64_t tiles = (s.kernel_h + window - 1) / window * sp.tiles_w;
   // Enough blocks to fill the GPU, each over at least kWeightGradMinPositions positions, the
   // partials within split_scratch.
   sp.splits = std::min((kWeightGradTargetBlocks + s.channels * tiles - 1) / (s.channels * tiles),
@@ -424,17 +425,18 @@ void depthwise_conv2d_backward_weight(const Conv2dShape& s, const T* x, const T*
     throw std::invalid_argument("depthwise conv2d weight gradient: filter too large for CUDA");
   const dim3 grid(static_cast<unsigned>(s.channels), static_cast<unsigned>(tiles),
                   static_cast<unsigned>(sp.splits));
-  if (sp.splits == 1) {
-    depthwise_backward_weight_kernel<<<grid, kWeightGradThreads, 0, stream()>>>(g, sp, x, dy, dw);
-    NALA_CUDA_CHECK_LAUNCH();
-    return;
-  }
-  T* partials = reinterpret_cast<T*>(split_scratch_address());
-  depthwise_backward_weight_kernel<<<grid, kWeightGradThreads, 0, stream()>>>(g, sp, x, dy,
-                                                                              partials);
+  // out is dw itself (one split) or the partials (c, split, tap).
+  T* out = sp.splits == 1 ? dw : reinterpret_cast<T*>(split_scratch_address());
+  if (window == 3)
+    depthwise_backward_weight_kernel<3>
+        <<<grid, kWeightGradThreads, 0, stream()>>>(g, sp, x, dy, out);
+  else
+    depthwise_backward_weight_kernel<5>
+        <<<grid, kWeightGradThreads, 0, stream()>>>(g, sp, x, dy, out);
   NALA_CUDA_CHECK_LAUNCH();
-  reduce_middle_axis_pass<SumOp<T>>(s.channels, sp.splits, taps, sp.splits, 1,
-                                    MiddleAxisElement<T>{partials, sp.splits, taps}, dw);
+  if (sp.splits > 1)
+    reduce_middle_axis_pass<SumOp<T>>(s.channels, sp.splits, taps, sp.splits, 1,
+                                      MiddleAxisElement<T>{out, sp.splits, taps}, dw);
 }
 
 #define NALA_INSTANTIATE(T)                                                                        \

@@ -1,6 +1,6 @@
-// Layer norm (a warp or block per row) and batch norm (split reductions per channel, then an
-// elementwise pass). Layer norm's dgamma / dbeta are column sums over the rows: fused into the dx
-// kernel for rows up to 256 wide, else column reductions (reduce_middle_axis).
+// Layer norm (a group of lanes or a block per row) and batch norm (split reductions per channel,
+// then an elementwise pass). Layer norm's dgamma / dbeta are column sums over the rows: fused into
+// the dx kernel for rows up to 256 wide, else column reductions (reduce_middle_axis).
 #include <algorithm>
 #include <climits>
 #include <cmath>

@@ -1,4 +1,4 @@
-// Softmax, log-softmax and cross-entropy over the last axis: a warp or a block per row
+// Softmax, log-softmax and cross-entropy over the last axis: a group of lanes or a block per row
 // (launch_per_row), with the row's max and sums combined across the team by shuffles.
 #include <cmath>
 

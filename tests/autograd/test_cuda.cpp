@@ -89,6 +89,27 @@ TEST_CASE("CUDA reductions split over many blocks agree with the CPU") {
          return std::vector<Tensor>{input({4, 1500}, 31), input({1500}, 32), input({1500}, 33)};
        },
        [](const std::vector<Tensor>& x) { return layer_norm(x[0], x[1], x[2], 1e-5); }},
+      // Row kernels with a group of lanes per row: 16 lanes over 37 columns, 4 over 10, rows
+      // that do not fill the last block.
+      {"softmax (333, 37)",
+       [&](Device) {
+         return std::vector<Tensor>{input({333, 37}, 34)};
+       },
+       [](const std::vector<Tensor>& x) { return softmax(x[0]); }},
+      {"log_softmax (1000, 10)",
+       [&](Device) {
+         return std::vector<Tensor>{input({1000, 10}, 35)};
+       },
+       [](const std::vector<Tensor>& x) { return log_softmax(x[0]); }},
+      {"cross_entropy (1000, 10)",
+       [&](Device) {
+         return std::vector<Tensor>{input({1000, 10}, 36)};
+       },
+       [](const std::vector<Tensor>& x) {
+         std::vector<int64_t> labels(1000);
+         for (int64_t i = 0; i < 1000; ++i) labels[i] = i * 7 % 10;
+         return cross_entropy(x[0], from_data(labels, {1000}, x[0].device()), 0.1);
+       }},
       {"depthwise 3x3 on 2x2 planes",
        [&](Device) {
          return std::vector<Tensor>{input({300, 6, 2, 2}, 7), input({6, 1, 3, 3}, 8),
