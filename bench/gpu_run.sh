@@ -14,8 +14,9 @@
 #   bash bench/gpu_run.sh ops                   build, then the memory-bound ops vs PyTorch eager
 #   bash bench/gpu_run.sh profile               build, then xt-cifar training speed on synthetic data
 #                                               and each kernel's GPU time over 3 steps (ncu)
-#   bash bench/gpu_run.sh kernels               build, then ncu on the attention kernels (d = 64,
-#                                               N = 16384; d = 32, N = 65536) and the ops' kernels
+#   bash bench/gpu_run.sh kernels [ops]         build, then ncu on the attention kernels (d = 64,
+#                                               N = 16384; d = 32, N = 65536; not with `ops`) and
+#                                               the ops' kernels
 # Run from the repository root after unpacking the carried Debian packages (DEVELOPERS.md):
 #   cp -rn .carry/deps/usr/. /usr/ && ldconfig && bash bench/gpu_run.sh check
 set -uo pipefail
@@ -60,7 +61,7 @@ elif [ "$MODE" = profile ]; then
   echo "==== speed"; tr '\r' '\n' < "$OUT/train_speed.log" | grep -E "^epoch [0-9]+:" | tail -2
   echo "==== ncu (3 steps + 1 test batch)"; head -25 "$OUT/ncu_summary.txt"
 elif [ "$MODE" = kernels ]; then
-  for shape in "64 16384" "32 65536"; do
+  [ "${2:-all}" = ops ] || for shape in "64 16384" "32 65536"; do
     set -- $shape
     timeout 120 ncu --section SpeedOfLight --section Occupancy --section LaunchStats \
       --section ComputeWorkloadAnalysis -k regex:linear_ -c 12 build-gpu/nala bench attention \

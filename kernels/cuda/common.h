@@ -144,12 +144,18 @@ __device__ T team_reduce(BlockPerRow, T v) {
 // as columns, 4 to 32) and a block per row otherwise.
 constexpr int64_t kWarpRowMaxCols = 1024;
 
+// About a quarter as many lanes as columns, a power of two from 4 to 32.
+inline int lanes_per_row(int64_t cols) {
+  int lanes = 4;
+  while (lanes < kWarpSize && 4 * lanes < cols) lanes *= 2;
+  return lanes;
+}
+
 template <typename Launch>
 void launch_per_row(int64_t rows, int64_t cols, Launch launch) {
   if (rows <= 0) return;
   if (cols <= kWarpRowMaxCols) {
-    int lanes = 4;
-    while (lanes < kWarpSize && 4 * lanes < cols) lanes *= 2;
+    const int lanes = lanes_per_row(cols);
     constexpr int kThreads = LanesPerRow::kBlockThreads;
     launch(LanesPerRow{lanes}, num_blocks(rows, kThreads / lanes), kThreads);
   } else {

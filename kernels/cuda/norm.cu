@@ -84,34 +84,33 @@ __global__ void layer_norm_backward_dx_kernel(Team team, int64_t rows, int64_t c
 }
 
 // The same dx with dgamma = sum_rows dy xhat and dbeta = sum_rows dy fused in, for rows of at
-// most kFusedColumnsPerLane * 32 columns (a warp per row, lane l holding columns l, l + 32, ...).
-// Each lane keeps its columns' running sums in registers over the rows its warp visits; the
-// block adds its warps' sums in warp order and writes one partial row per block,
-//   partials[(0 * blocks + block) * cols + c] (dgamma), partials[(1 * blocks + block) * cols + c]
-// (dbeta), which a second pass sums over the blocks (in a fixed order: deterministic). Without
-// it, dgamma and dbeta were two more column reductions reading x and dy again, in 4 launches:
-// two thirds of the backward's GPU time at (65536, 32).
+// most kFusedColumnsPerLane lanes-per-row columns (a LanesPerRow team, its lane r holding
+// columns r, r + lanes, ...). Each lane keeps its columns' running sums in registers over the
+// rows its team visits; the block adds its teams' sums in team order and writes one partial row
+// per block, partials[(0 * blocks + block) * cols + c] (dgamma) and
+// partials[(1 * blocks + block) * cols + c] (dbeta), which a second pass sums over the blocks (in
+// a fixed order: deterministic). Without it, dgamma and dbeta were two more column reductions
+// reading x and dy again, in 4 launches: two thirds of the backward's GPU time at (65536, 32).
 constexpr int kFusedColumnsPerLane = 8;
-constexpr int kFusedThreads = 256;
-constexpr int kFusedWarps = kFusedThreads / kWarpSize;
+constexpr int kFusedThreads = LanesPerRow::kBlockThreads;
 constexpr int64_t kFusedMaxBlocks = 1024;
 
 template <typename T>
 __global__ void __launch_bounds__(kFusedThreads)
-    layer_norm_backward_fused_kernel(int64_t rows, int cols, const T* x, const T* dy,
-                                     const T* gamma, const T* mean, const T* rstd, T* dx,
-                                     T* partials) {
-  __shared__ T warp_sums[2][kFusedWarps][kFusedColumnsPerLane * kWarpSize];
-  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
+    layer_norm_backward_fused_kernel(LanesPerRow team, int64_t rows, int cols, const T* x,
+                                     const T* dy, const T* gamma, const T* mean, const T* rstd,
+                                     T* dx, T* partials) {
+  // [which][team in block][column]: (kFusedThreads / lanes) teams of at most 8 lanes columns.
+  __shared__ T team_sums[2][kFusedThreads * kFusedColumnsPerLane];
+  const int rank = team.rank(), lanes = team.size();
   T dgamma[kFusedColumnsPerLane] = {}, dbeta[kFusedColumnsPerLane] = {};
-  for (int64_t row = static_cast<int64_t>(blockIdx.x) * kFusedWarps + warp; row < rows;
-       row += static_cast<int64_t>(gridDim.x) * kFusedWarps) {
+  for (int64_t row = team.first_row(); row < rows; row += team.row_stride()) {
     const T row_mean = mean[row], row_rstd = rstd[row];
     T xhat[kFusedColumnsPerLane], g[kFusedColumnsPerLane];
     T sum_g = T(0), sum_g_xhat = T(0);
 #pragma unroll
     for (int k = 0; k < kFusedColumnsPerLane; ++k) {
-      const int c = lane + k * kWarpSize;
+      const int c = rank + k * lanes;
       if (c >= cols) break;
       const T grad = dy[row * cols + c];
       xhat[k] = (x[row * cols + c] - row_mean) * row_rstd;
@@ -121,25 +120,28 @@ __global__ void __launch_bounds__(kFusedThreads)
       dgamma[k] += grad * xhat[k];
       dbeta[k] += grad;
     }
-    const T mean_g = warp_reduce<SumOp<T>>(sum_g) / T(cols);
-    const T mean_g_xhat = warp_reduce<SumOp<T>>(sum_g_xhat) / T(cols);
+    const T mean_g = team_reduce<SumOp<T>>(team, sum_g) / T(cols);
+    const T mean_g_xhat = team_reduce<SumOp<T>>(team, sum_g_xhat) / T(cols);
 #pragma unroll
     for (int k = 0; k < kFusedColumnsPerLane; ++k) {
-      const int c = lane + k * kWarpSize;
+      const int c = rank + k * lanes;
       if (c >= cols) break;
       dx[row * cols + c] = row_rstd * (g[k] - mean_g - xhat[k] * mean_g_xhat);
     }
   }
+  const int team_index = threadIdx.x / lanes, teams = blockDim.x / lanes;
 #pragma unroll
   for (int k = 0; k < kFusedColumnsPerLane; ++k) {
-    warp_sums[0][warp][lane + k * kWarpSize] = dgamma[k];
-    warp_sums[1][warp][lane + k * kWarpSize] = dbeta[k];
+    const int c = rank + k * lanes;
+    if (c >= cols) break;
+    team_sums[0][team_index * cols + c] = dgamma[k];
+    team_sums[1][team_index * cols + c] = dbeta[k];
   }
   __syncthreads();
   for (int i = threadIdx.x; i < 2 * cols; i += blockDim.x) {
     const int which = i / cols, c = i - which * cols;
     T sum = T(0);
-    for (int w = 0; w < kFusedWarps; ++w) sum += warp_sums[which][w][c];
+    for (int t = 0; t < teams; ++t) sum += team_sums[which][t * cols + c];
     partials[(static_cast<int64_t>(which) * gridDim.x + blockIdx.x) * cols + c] = sum;
   }
 }
@@ -405,14 +407,17 @@ void layer_norm_backward(int64_t rows, int64_t cols, const T* x, const T* dy, co
                          const T* mean, const T* rstd, T* dx, T* dgamma, T* dbeta) {
   if (rows <= 0) return;
   // Blocks enough to fill the GPU, their partial rows within split_scratch.
-  const int64_t fused_blocks = std::min({kFusedMaxBlocks, (rows + kFusedWarps - 1) / kFusedWarps,
-                                         kSplitScratchElements / std::max<int64_t>(2 * cols, 1)});
-  if ((dgamma != nullptr || dbeta != nullptr) && cols <= kFusedColumnsPerLane * kWarpSize &&
+  const int lanes = lanes_per_row(cols);
+  const int64_t rows_per_block = kFusedThreads / lanes;
+  const int64_t fused_blocks =
+      std::min({kFusedMaxBlocks, (rows + rows_per_block - 1) / rows_per_block,
+                kSplitScratchElements / std::max<int64_t>(2 * cols, 1)});
+  if ((dgamma != nullptr || dbeta != nullptr) && cols <= kFusedColumnsPerLane * lanes &&
       fused_blocks > 0) {
     T* partials = reinterpret_cast<T*>(split_scratch_address());
     layer_norm_backward_fused_kernel<<<static_cast<unsigned>(fused_blocks), kFusedThreads, 0,
-                                       stream()>>>(rows, static_cast<int>(cols), x, dy, gamma, mean,
-                                                   rstd, dx, partials);
+                                       stream()>>>(LanesPerRow{lanes}, rows, static_cast<int>(cols),
+                                                   x, dy, gamma, mean, rstd, dx, partials);
     NALA_CUDA_CHECK_LAUNCH();
     T* outs[2] = {dgamma, dbeta};
     for (int which = 0; which < 2; ++which)

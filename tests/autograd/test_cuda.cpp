@@ -71,12 +71,12 @@ TEST_CASE("CUDA reductions split over many blocks agree with the CPU") {
        [](const std::vector<Tensor>& x) {
          return batch_norm(x[0], x[1], x[2], Tensor(), Tensor(), true);
        }},
-      // Layer norm: dgamma / dbeta fused into the dx kernel (rows of at most 256: a block's
-      // warps loop over several rows each once rows pass 8 * 1024), or column reductions after
-      // it (wider rows; a block per row beyond 1024).
-      {"layer_norm (9000, 20)",
+      // Layer norm: dgamma / dbeta fused into the dx kernel (rows of at most 256; 20 columns
+      // take teams of 8 lanes, 32 per block, which loop over several rows each once rows pass
+      // 32 * 1024), or column reductions after it (wider rows; a block per row beyond 1024).
+      {"layer_norm (40000, 20)",
        [&](Device) {
-         return std::vector<Tensor>{input({9000, 20}, 25), input({20}, 26), input({20}, 27)};
+         return std::vector<Tensor>{input({40000, 20}, 25), input({20}, 26), input({20}, 27)};
        },
        [](const std::vector<Tensor>& x) { return layer_norm(x[0], x[1], x[2], 1e-5); }},
       {"layer_norm (37, 300)",
