@@ -119,7 +119,8 @@ struct Col2im {
 
 // One thread per output pixel: y[n, c, oh, ow] = bias[c] + sum_{i, j} w[c, i, j] x[n, c, .., ..].
 // The threads of a warp share c, so their filter reads hit the same addresses (one broadcast).
-// (Strides other than 1 and filters over 7 x 7; the tiled kernel below does the rest.)
+// (Strides other than 1 and filters other than 3 x 3, 5 x 5, 7 x 7; the tiled kernel below does
+// the rest.)
 template <typename T>
 struct DepthwiseForward {
   Geometry g;
@@ -175,106 +176,135 @@ struct DepthwiseBackwardInput {
 // At stride 1 both are one operation, a per-channel correlation with zero padding:
 //   out[p, y, x] = bias[c] + sum_{i, j} f_c[i, j] in[p, y - pad_h + i, x - pad_w + j].
 // Forward: in = x, f = w, pad = (pad_h, pad_w). Input gradient: in = dy, f = w turned by 180
-// degrees (f[i, j] = w[kh-1-i, kw-1-j]), pad = (kh-1-pad_h, kw-1-pad_w), no bias; then
+// degrees (f[i, j] = w[K-1-i, K-1-j]), pad = (K-1-pad_h, K-1-pad_w), no bias; then
 //   dx[h, w] = sum_{oh, ow} w[h + pad_h - oh, w + pad_w - ow] dy[oh, ow]
-// with oh = h - (kh-1-pad_h) + i. A block computes a tile_h x tile_w tile of outputs in each of
-// planes_per_block planes (several small planes per block, so 2 x 2 planes still fill it), each
-// thread kOutputsPerThread of them. It stages the tile's inputs with their halo,
-// (tile_h + kh - 1) x (tile_w + kw - 1) per plane, zero outside the image, and the planes'
-// filters in shared memory, each thread loading kStageBatch elements before storing any (so that
-// they are in flight together); the outputs then read shared memory only. Global memory is read
-// once per tile (plus the halo), and bounds are checked once per staged element, not per tap.
-// (The per-output functors above, kept for other strides, are instruction-bound: under ncu ~80%
-// of the SM's issue slots and under 10% of the DRAM bandwidth.)
+// with oh = h - (K-1-pad_h) + i. For square K x K filters, K = 3, 5 or 7 (a template parameter,
+// so the taps unroll). A block computes a tile_h x tile_w tile of outputs in each of
+// planes_per_block planes (several small planes per block, so 2 x 2 planes still fill it):
+//   1. it stages the tile's inputs with their halo, (tile_h + K - 1) x (tile_w + K - 1) per
+//      plane, zero outside the image: a warp per staged row, lanes along it, kStageRows rows per
+//      warp loaded before any is stored (so that their loads are in flight together);
+//   2. a thread takes `rows` (up to kRowsPerThread) vertically adjacent outputs of one column,
+//      its filter in registers, and sweeps the rows + K - 1 input rows they read once each:
+//      each staged row feeds every output whose window covers it.
+// Global memory is read once per tile (plus the halo); bounds are checked once per staged row
+// and element, not per tap. (The per-output functors above, kept for other strides and
+// filters, are instruction-bound: under ncu ~80% of the SM's issue slots, <10% of DRAM's.)
 constexpr int kTiledThreads = 256;
-constexpr int kOutputsPerThread = 4;
-constexpr int kStageBatch = 8;
-constexpr int kMaxTiledKernel = 7;
+constexpr int kRowsPerThread = 4;
+constexpr int kStageRows = 4;
 constexpr size_t kMaxTiledSharedBytes = 48 * 1024;
 
 struct Correlation {
   int planes, channels;  // planes = batch * channels
-  int in_h, in_w, out_h, out_w, kernel_h, kernel_w, pad_h, pad_w;
+  int in_h, in_w, out_h, out_w, kernel, pad_h, pad_w;
   bool flip;  // turn the filter by 180 degrees
-  // The launch's tiling; tile_w and tile_h * tile_w are powers of two (shifts below).
-  int tile_h = 0, tile_w = 0, tiles_w = 0, planes_per_block = 0, tile_w_shift = 0, tile_shift = 0;
-  int stage_h() const { return tile_h + kernel_h - 1; }
-  int stage_w() const { return tile_w + kernel_w - 1; }
+  // The launch's tiling: tile_h a multiple of rows (outputs per thread).
+  int tile_h = 0, tile_w = 0, tiles_w = 0, rows = 0, planes_per_block = 0;
   size_t shared_elements() const {
-    return static_cast<size_t>(planes_per_block) * (stage_h() * stage_w() + kernel_h * kernel_w);
+    return static_cast<size_t>(planes_per_block) * (tile_h + kernel - 1) * (tile_w + kernel - 1);
   }
 };
 
-template <typename T>
+template <int K, typename T>
 __global__ void __launch_bounds__(kTiledThreads)
     depthwise_correlation_kernel(Correlation c, const T* in, const T* w, const T* bias, T* out) {
   T* staged = shared_memory<T>();
-  const int stage_h = c.tile_h + c.kernel_h - 1, stage_w = c.tile_w + c.kernel_w - 1;
-  const int stage_size = stage_h * stage_w, taps = c.kernel_h * c.kernel_w;
-  T* filters = staged + c.planes_per_block * stage_size;
+  const int stage_h = c.tile_h + K - 1, stage_w = c.tile_w + K - 1;
   const int first_plane = static_cast<int>(blockIdx.x) * c.planes_per_block;
   const int y0 = static_cast<int>(blockIdx.y) / c.tiles_w * c.tile_h;
   const int x0 = static_cast<int>(blockIdx.y) % c.tiles_w * c.tile_w;
-  const int staged_total = c.planes_per_block * stage_size;
-  for (int e0 = threadIdx.x; e0 < staged_total; e0 += kStageBatch * blockDim.x) {
-    T v[kStageBatch];
+  // 1. Stage. A staged row is at most 32 + 6 wide: two passes of the warp's lanes.
+  const int lane = threadIdx.x % kWarpSize, warps = blockDim.x / kWarpSize;
+  const int staged_rows = c.planes_per_block * stage_h;
+  for (int row0 = threadIdx.x / kWarpSize; row0 < staged_rows; row0 += warps * kStageRows) {
+    T v[kStageRows][2];
 #pragma unroll
-    for (int b = 0; b < kStageBatch; ++b) {
-      const int e = e0 + b * blockDim.x, p = e / stage_size, r = e - p * stage_size;
-      const int sy = r / stage_w, y = y0 - c.pad_h + sy, x = x0 - c.pad_w + r - sy * stage_w;
-      const bool inside = e < staged_total && first_plane + p < c.planes && y >= 0 && y < c.in_h &&
-                          x >= 0 && x < c.in_w;
-      v[b] = inside ? in[(static_cast<int64_t>(first_plane + p) * c.in_h + y) * c.in_w + x] : T(0);
+    for (int b = 0; b < kStageRows; ++b) {
+      const int row = row0 + b * warps, p = row / stage_h, y = y0 - c.pad_h + row - p * stage_h;
+      const bool row_inside =
+          row < staged_rows && first_plane + p < c.planes && y >= 0 && y < c.in_h;
+      const T* in_row = in + (static_cast<int64_t>(first_plane + p) * c.in_h + y) * c.in_w;
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int sx = lane + h * kWarpSize, x = x0 - c.pad_w + sx;
+        v[b][h] = row_inside && sx < stage_w && x >= 0 && x < c.in_w ? in_row[x] : T(0);
+      }
     }
 #pragma unroll
-    for (int b = 0; b < kStageBatch; ++b)
-      if (e0 + b * blockDim.x < staged_total) staged[e0 + b * blockDim.x] = v[b];
-  }
-  for (int e = threadIdx.x; e < c.planes_per_block * taps; e += blockDim.x) {
-    const int p = e / taps, t = e - p * taps, plane = first_plane + p;
-    filters[e] =
-        plane < c.planes ? w[plane % c.channels * taps + (c.flip ? taps - 1 - t : t)] : T(0);
+    for (int b = 0; b < kStageRows; ++b)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int row = row0 + b * warps, sx = lane + h * kWarpSize;
+        if (row < staged_rows && sx < stage_w) staged[row * stage_w + sx] = v[b][h];
+      }
   }
   __syncthreads();
+  // 2. Outputs (y0 + ty0 + k, x0 + tx), k < rows, of plane first_plane + p.
+  const int per_plane = c.tile_h / c.rows * c.tile_w;
+  const int p = threadIdx.x / per_plane, cell = threadIdx.x % per_plane;
+  const int ty0 = cell / c.tile_w * c.rows, tx = cell % c.tile_w;
+  const int plane = first_plane + p;
+  if (p >= c.planes_per_block || plane >= c.planes || x0 + tx >= c.out_w || y0 + ty0 >= c.out_h)
+    return;
+  const int channel = plane % c.channels;
+  T f[K][K];
 #pragma unroll
-  for (int k = 0; k < kOutputsPerThread; ++k) {
-    const int index = threadIdx.x + k * blockDim.x, p = index >> c.tile_shift;
-    const int ty = (index & ((1 << c.tile_shift) - 1)) >> c.tile_w_shift;
-    const int tx = index & (c.tile_w - 1), plane = first_plane + p, y = y0 + ty, x = x0 + tx;
-    if (p >= c.planes_per_block || plane >= c.planes || y >= c.out_h || x >= c.out_w) continue;
-    const T* window = staged + p * stage_size + ty * stage_w + tx;
-    const T* f = filters + p * taps;
-    T sum = bias != nullptr ? bias[plane % c.channels] : T(0);
-    for (int i = 0; i < c.kernel_h; ++i)
-      for (int j = 0; j < c.kernel_w; ++j) sum += f[i * c.kernel_w + j] * window[i * stage_w + j];
-    out[(static_cast<int64_t>(plane) * c.out_h + y) * c.out_w + x] = sum;
+  for (int i = 0; i < K; ++i)
+#pragma unroll
+    for (int j = 0; j < K; ++j)
+      f[i][j] = w[channel * K * K + (c.flip ? (K - 1 - i) * K + K - 1 - j : i * K + j)];
+  T acc[kRowsPerThread];
+#pragma unroll
+  for (int k = 0; k < kRowsPerThread; ++k) acc[k] = bias != nullptr ? bias[channel] : T(0);
+  const T* window = staged + (p * stage_h + ty0) * stage_w + tx;
+#pragma unroll
+  for (int r = 0; r < kRowsPerThread + K - 1; ++r) {
+    if (r >= c.rows + K - 1) break;
+    T in_row[K];
+#pragma unroll
+    for (int j = 0; j < K; ++j) in_row[j] = window[r * stage_w + j];
+#pragma unroll
+    for (int k = 0; k < kRowsPerThread; ++k) {
+      const int i = r - k;  // the filter row that input row r meets for output row k
+      if (i < 0 || i >= K) continue;
+#pragma unroll
+      for (int j = 0; j < K; ++j) acc[k] += f[i][j] * in_row[j];
+    }
+  }
+#pragma unroll
+  for (int k = 0; k < kRowsPerThread; ++k) {
+    const int y = y0 + ty0 + k;
+    if (k < c.rows && y < c.out_h)
+      out[(static_cast<int64_t>(plane) * c.out_h + y) * c.out_w + x0 + tx] = acc[k];
   }
 }
 
-int log2_of_power_of_two_at_least(int v) {
-  int shift = 0;
-  while ((1 << shift) < v) ++shift;
-  return shift;
+int power_of_two_at_least(int v) {
+  int p = 1;
+  while (p < v) p *= 2;
+  return p;
 }
 
-// The correlation's tiling: tiles up to 32 wide and kTiledThreads * kOutputsPerThread outputs,
-// as many small planes per block as fill it, fewer where their staged inputs and filters would
-// pass the shared memory a block may use without opting in. False when the tiled kernel does
-// not apply (filters over kMaxTiledKernel, more tiles per plane than a grid dimension holds,
-// planes past 32-bit indexing).
+// The correlation's tiling: tiles up to 32 wide, up to kRowsPerThread outputs per thread, as
+// many small planes per block as fill its threads, fewer where their staged inputs would pass
+// the shared memory a block may use without opting in. False when the tiled kernel does not
+// apply: filters other than 3 x 3, 5 x 5, 7 x 7, more tiles per plane than a grid dimension
+// holds, planes past 32-bit indexing.
 template <typename T>
-bool plan_correlation(Correlation& c, int64_t batch, int64_t channels) {
-  if (c.kernel_h > kMaxTiledKernel || c.kernel_w > kMaxTiledKernel || c.pad_h < 0 || c.pad_w < 0 ||
-      c.out_h <= 0 || c.out_w <= 0 || batch <= 0 || channels <= 0 || batch * channels > INT_MAX)
+bool plan_correlation(Correlation& c, const Conv2dShape& s) {
+  if (s.stride_h != 1 || s.stride_w != 1 || s.kernel_h != s.kernel_w ||
+      (s.kernel_h != 3 && s.kernel_h != 5 && s.kernel_h != 7) || c.pad_h < 0 || c.pad_w < 0 ||
+      c.out_h <= 0 || c.out_w <= 0 || s.batch <= 0 || s.channels <= 0 ||
+      s.batch * s.channels > INT_MAX)
     return false;
-  constexpr int kTileOutputs = kTiledThreads * kOutputsPerThread;
-  c.planes = static_cast<int>(batch * channels);
-  c.channels = static_cast<int>(channels);
-  c.tile_w_shift = std::min(5, log2_of_power_of_two_at_least(c.out_w));
-  c.tile_w = 1 << c.tile_w_shift;
-  c.tile_h = std::min(kTileOutputs / c.tile_w, 1 << log2_of_power_of_two_at_least(c.out_h));
-  c.tile_shift = log2_of_power_of_two_at_least(c.tile_h * c.tile_w);
-  c.planes_per_block = kTileOutputs / (c.tile_w * c.tile_h);
+  c.planes = static_cast<int>(s.batch * s.channels);
+  c.channels = static_cast<int>(s.channels);
+  c.kernel = static_cast<int>(s.kernel_h);
+  c.tile_w = std::min(kWarpSize, power_of_two_at_least(c.out_w));
+  c.tile_h = std::min(kTiledThreads * kRowsPerThread / c.tile_w, power_of_two_at_least(c.out_h));
+  c.rows = std::min(kRowsPerThread, c.tile_h);
+  c.planes_per_block = kTiledThreads / (c.tile_h / c.rows * c.tile_w);
   while (c.planes_per_block > 1 && c.shared_elements() * sizeof(T) > kMaxTiledSharedBytes)
     c.planes_per_block /= 2;
   c.tiles_w = (c.out_w + c.tile_w - 1) / c.tile_w;
@@ -287,8 +317,13 @@ void correlate(const Correlation& c, const T* in, const T* w, const T* bias, T* 
   const int tiles = (c.out_h + c.tile_h - 1) / c.tile_h * c.tiles_w;
   const dim3 grid(static_cast<unsigned>((c.planes + c.planes_per_block - 1) / c.planes_per_block),
                   static_cast<unsigned>(tiles));
-  depthwise_correlation_kernel<<<grid, kTiledThreads, c.shared_elements() * sizeof(T), stream()>>>(
-      c, in, w, bias, out);
+  const size_t bytes = c.shared_elements() * sizeof(T);
+  if (c.kernel == 3)
+    depthwise_correlation_kernel<3><<<grid, kTiledThreads, bytes, stream()>>>(c, in, w, bias, out);
+  else if (c.kernel == 5)
+    depthwise_correlation_kernel<5><<<grid, kTiledThreads, bytes, stream()>>>(c, in, w, bias, out);
+  else
+    depthwise_correlation_kernel<7><<<grid, kTiledThreads, bytes, stream()>>>(c, in, w, bias, out);
   NALA_CUDA_CHECK_LAUNCH();
 }
 
@@ -376,10 +411,8 @@ void col2im(const Conv2dShape& s, const T* col, T* dx) {
 template <typename T>
 void depthwise_conv2d_forward(const Conv2dShape& s, const T* x, const T* w, const T* bias, T* y) {
   const Geometry g = geometry_of(s);
-  Correlation c{0,          0,          g.height, g.width, g.out_h, g.out_w,
-                g.kernel_h, g.kernel_w, g.pad_h,  g.pad_w, false};
-  if (s.stride_h == 1 && s.stride_w == 1 && plan_correlation<T>(c, s.batch, s.channels))
-    return correlate(c, x, w, bias, y);
+  Correlation c{0, 0, g.height, g.width, g.out_h, g.out_w, 0, g.pad_h, g.pad_w, false};
+  if (plan_correlation<T>(c, s)) return correlate(c, x, w, bias, y);
   for_each_index(s.batch * s.channels * s.out_h * s.out_w, DepthwiseForward<T>{g, x, w, bias, y});
 }
 
@@ -392,13 +425,11 @@ void depthwise_conv2d_backward_input(const Conv2dShape& s, const T* dy, const T*
                 g.out_w,
                 g.height,
                 g.width,
-                g.kernel_h,
-                g.kernel_w,
+                0,
                 g.kernel_h - 1 - g.pad_h,
                 g.kernel_w - 1 - g.pad_w,
                 true};
-  if (s.stride_h == 1 && s.stride_w == 1 && plan_correlation<T>(c, s.batch, s.channels))
-    return correlate(c, dy, w, static_cast<const T*>(nullptr), dx);
+  if (plan_correlation<T>(c, s)) return correlate(c, dy, w, static_cast<const T*>(nullptr), dx);
   for_each_index(s.batch * s.channels * s.height * s.width,
                  DepthwiseBackwardInput<T>{g, dy, w, dx});
 }
