@@ -122,6 +122,7 @@ static int bench_attention(const BenchOptions& o, std::ostream& os) {
       for (const Variant& var : {Variant{"nala", AttentionKind::Nala, false},
                                  Variant{"composed", AttentionKind::Nala, true},
                                  Variant{"softmax", AttentionKind::Softmax, false}}) {
+        if (!o.kind.empty() && o.kind != var.name) continue;
         if (var.composed && N > 16384) continue;  // materialises 2d-wide features
         // O(N^2): seconds per call beyond these sizes.
         if (var.kind == AttentionKind::Softmax && N > (device == Device::CUDA ? 16384 : 4096))

@@ -11,8 +11,10 @@ namespace nala {
 struct BenchOptions {
   std::string device = "cpu";
   int repeats = 5;
-  // `nala bench attention` only: one head dim and one token count (0: every size it knows).
+  // `nala bench attention` only: one head dim and one token count (0: every size it knows), one
+  // variant (nala, composed or softmax; empty: all).
   int64_t head_dim = 0, tokens = 0;
+  std::string kind;
 };
 
 // Returns 0 on success; an unknown name lists the known ones and returns 2.

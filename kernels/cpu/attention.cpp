@@ -250,9 +250,11 @@ T attend_query(int64_t d, const T* q, const T* sin, const T* cos, const T* state
 // Backward pass 1 over a chunk of queries: dq of each, and the chunk's partial sums
 //   dstate = sum_i z_i Q'_i^T do_i (D x d),  dkbar = sum_i dden_i phiQ_i (D),
 // where, with dQ'_i = z_i S do_i, the denominator's gradient is dden_i = -z_i Q'_i . dQ'_i.
+// S^T (d x D, from the head's transposed copy) makes dQ'_i = z_i S do_i a sum of its rows
+// scaled by z_i do_ie, vectorised along D, instead of D dot products of length d.
 template <FeatureMap fm, typename T>
 void query_chunk_backward(int64_t tokens, int64_t d, const T* q, const T* sin, const T* cos,
-                          const T* state, const T* kbar, const T* z, const T* dout, T* dq,
+                          const T* state_t, const T* kbar, const T* z, const T* dout, T* dq,
                           T* dstate, T* dkbar) {
   const int64_t width = feature_dim(fm, d);
   T sigma[kMaxHeadDim], phi[kMaxFeatureDim] = {}, rotated[kMaxFeatureDim];
@@ -264,7 +266,11 @@ void query_chunk_backward(int64_t tokens, int64_t d, const T* q, const T* sin, c
     const T* row_cos = cos + i * d;
     const T* doi = dout + i * d;
     const QueryScale<T> s = query_features<fm>(d, q + i * d, row_sin, row_cos, sigma, phi, rotated);
-    for (int64_t c = 0; c < width; ++c) drotated[c] = z[i] * dot(d, state + c * d, doi);
+    std::fill(drotated, drotated + width, T(0));
+    for (int64_t e = 0; e < d; ++e) {
+      const T g = z[i] * doi[e];
+      for (int64_t c = 0; c < width; ++c) drotated[c] += g * state_t[e * width + c];
+    }
     const T dden = -z[i] * dot(width, rotated, drotated);
     rotary_halves_transposed<fm>(d, drotated, row_sin, row_cos, dphi);
     for (int64_t c = 0; c < width; ++c) dphi[c] += dden * kbar[c];
@@ -272,25 +278,29 @@ void query_chunk_backward(int64_t tokens, int64_t d, const T* q, const T* sin, c
     query_signed_backward<fm>(d, q + i * d, sigma, dsigma, s, dq + i * d);
     for (int64_t c = 0; c < width; ++c) {
       dkbar[c] += dden * phi[c];
-      for (int64_t e = 0; e < d; ++e) dstate[c * d + e] += rotated[c] * z[i] * doi[e];
+      const T zq = z[i] * rotated[c];
+      for (int64_t e = 0; e < d; ++e) dstate[c * d + e] += zq * doi[e];
     }
   }
 }
 
-// Backward pass 3 for one key, from dstate_token = dS / N and dkbar_token = dkbar / N:
+// Backward pass 3 for one key, from dstate_token = dS / N (and its transpose, d x D) and
+// dkbar_token = dkbar / N:
 //   dv = dstate_token^T K',  dK' = dstate_token v,  dphiK = rho^T(dK') + dkbar_token.
 template <FeatureMap fm, typename T>
 void key_backward(int64_t d, const T* k, const T* v, const T* sin, const T* cos,
-                  const T* dstate_token, const T* dkbar_token, T* dk, T* dv) {
+                  const T* dstate_token, const T* dstate_token_t, const T* dkbar_token, T* dk,
+                  T* dv) {
   const int64_t width = feature_dim(fm, d);
   T kappa[kMaxHeadDim], phi[kMaxFeatureDim] = {}, rotated[kMaxFeatureDim];
   T drotated[kMaxFeatureDim] = {}, dphi[kMaxFeatureDim], dkappa[kMaxHeadDim];
   key_features<fm>(d, k, sin, cos, kappa, phi, rotated);
   std::fill(dv, dv + d, T(0));
-  for (int64_t c = 0; c < width; ++c) {
-    drotated[c] = dot(d, dstate_token + c * d, v);
+  for (int64_t c = 0; c < width; ++c)
     for (int64_t e = 0; e < d; ++e) dv[e] += rotated[c] * dstate_token[c * d + e];
-  }
+  std::fill(drotated, drotated + width, T(0));
+  for (int64_t e = 0; e < d; ++e)
+    for (int64_t c = 0; c < width; ++c) drotated[c] += v[e] * dstate_token_t[e * width + c];
   rotary_halves_transposed<fm>(d, drotated, sin, cos, dphi);
   for (int64_t c = 0; c < width; ++c) dphi[c] += dkbar_token[c];
   split_signs_backward<fm>(d, kappa, dphi, dkappa);
@@ -299,7 +309,15 @@ void key_backward(int64_t d, const T* k, const T* v, const T* sin, const T* cos,
 
 // ---- linear attention: the kernels ----
 // The workspace holds, per head, one partial sum per chunk (a D x d matrix then a D vector),
-// then (backward) the head's dS / N and dkbar / N in the same layout.
+// then (backward) the head's dS / N and dkbar / N in the same layout, then per head the
+// transposes (d x D) of S and of dS / N.
+
+// t (cols x rows) = m^T for m (rows x cols).
+template <typename T>
+void transpose(int64_t rows, int64_t cols, const T* m, T* t) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) t[c * rows + r] = m[r * cols + c];
+}
 
 template <FeatureMap fm, typename T>
 void linear_forward(int64_t bh, int64_t n, int64_t d, const T* q, const T* k, const T* v,
@@ -337,6 +355,11 @@ void linear_backward(int64_t bh, int64_t n, int64_t d, const T* q, const T* k, c
   const int64_t partial_size = width * d + width;
   const int64_t chunks = num_chunks(n);
   T* token_grads = workspace + bh * chunks * partial_size;  // dS / N and dkbar / N per head
+  T* state_t = token_grads + bh * partial_size;             // S^T per head
+  T* token_grads_t = state_t + bh * width * d;              // (dS / N)^T per head
+#pragma omp parallel for schedule(static)
+  for (int64_t h = 0; h < bh; ++h)
+    transpose(width, d, state + h * width * d, state_t + h * width * d);
 #pragma omp parallel for collapse(2) schedule(static)
   for (int64_t h = 0; h < bh; ++h)
     for (int64_t chunk = 0; chunk < chunks; ++chunk) {
@@ -345,7 +368,7 @@ void linear_backward(int64_t bh, int64_t n, int64_t d, const T* q, const T* k, c
       const int64_t at = (h * n + first) * d;
       T* partial = workspace + (h * chunks + chunk) * partial_size;
       query_chunk_backward<fm>(rows, d, q + at, sin + first * d, cos + first * d,
-                               state + h * width * d, kbar + h * width, z + h * n + first,
+                               state_t + h * width * d, kbar + h * width, z + h * n + first,
                                dout + at, dq + at, partial, partial + width * d);
     }
 #pragma omp parallel for schedule(static)
@@ -353,13 +376,14 @@ void linear_backward(int64_t bh, int64_t n, int64_t d, const T* q, const T* k, c
     T* grads = token_grads + h * partial_size;
     sum_partials(chunks, width * d, width, T(1) / T(n), workspace + h * chunks * partial_size,
                  grads, grads + width * d);
+    transpose(width, d, grads, token_grads_t + h * width * d);
   }
 #pragma omp parallel for schedule(static)
   for (int64_t row = 0; row < bh * n; ++row) {
     const int64_t h = row / n, j = row % n;
     const T* grads = token_grads + h * partial_size;
     key_backward<fm>(d, k + row * d, v + row * d, sin + j * d, cos + j * d, grads,
-                     grads + width * d, dk + row * d, dv + row * d);
+                     token_grads_t + h * width * d, grads + width * d, dk + row * d, dv + row * d);
   }
 }
 
@@ -489,7 +513,7 @@ int64_t num_blocks(int64_t n) { return (n + kBlockTokens - 1) / kBlockTokens; }
 
 int64_t linear_attention_workspace_size(FeatureMap fm, int64_t bh, int64_t n, int64_t d) {
   const int64_t width = feature_dim(fm, d);
-  return bh * (num_chunks(n) + 1) * (width * d + width);
+  return bh * ((num_chunks(n) + 1) * (width * d + width) + 2 * width * d);
 }
 
 template <typename T>

@@ -130,6 +130,8 @@ int main(int argc, char** argv) {
   bench->add_option("--repeats", bench_options.repeats, "timed repetitions (median reported)");
   bench->add_option("--head-dim", bench_options.head_dim, "attention: only this head dim");
   bench->add_option("--tokens", bench_options.tokens, "attention: only this N (a square grid)");
+  bench->add_option("--kind", bench_options.kind, "attention: only this variant")
+      ->check(CLI::IsMember({"nala", "composed", "softmax"}));
 
   CLI11_PARSE(app, argc, argv);
   try {
