@@ -240,10 +240,10 @@ T attend_query(int64_t d, const T* q, const T* sin, const T* cos, const T* state
   T sigma[kMaxHeadDim], phi[kMaxFeatureDim] = {}, rotated[kMaxFeatureDim];
   query_features<fm>(d, q, sin, cos, sigma, phi, rotated);
   const T z = 1 / (dot(width, phi, kbar) + T(kDenominatorEps));
-  std::fill(o, o + d, T(0));
+  T acc[kMaxHeadDim] = {};  // summed here, in L1, and written to o once
   for (int64_t c = 0; c < width; ++c)
-    for (int64_t e = 0; e < d; ++e) o[e] += rotated[c] * state[c * d + e];
-  for (int64_t e = 0; e < d; ++e) o[e] *= z;
+    for (int64_t e = 0; e < d; ++e) acc[e] += rotated[c] * state[c * d + e];
+  for (int64_t e = 0; e < d; ++e) o[e] = z * acc[e];
   return z;
 }
 
