@@ -8,6 +8,7 @@
 // that map for one window tap; rather than testing every pixel, it first computes the run of
 // output indices whose input index is inside the image, so its innermost loop has no branches.
 #include <algorithm>
+#include <vector>
 
 #include "kernels/kernels.h"
 
@@ -40,7 +41,10 @@ void for_each_tap_pixel(const Conv2dShape& s, int64_t ki, int64_t kj, F&& f) {
   for (int64_t oh = rows.begin; oh < rows.end; ++oh) {
     const int64_t o_row = oh * s.out_w;
     const int64_t i_row = (oh * s.stride_h - s.pad_h + ki) * s.width + kj - s.pad_w;
-    for (int64_t ow = cols.begin; ow < cols.end; ++ow) f(o_row + ow, i_row + ow * s.stride_w);
+    if (s.stride_w == 1)  // both runs contiguous: the compiler vectorises this loop
+      for (int64_t ow = cols.begin; ow < cols.end; ++ow) f(o_row + ow, i_row + ow);
+    else
+      for (int64_t ow = cols.begin; ow < cols.end; ++ow) f(o_row + ow, i_row + ow * s.stride_w);
   }
 }
 
@@ -133,23 +137,28 @@ void depthwise_conv2d_backward_input(const Conv2dShape& s, const T* dy, const T*
 }
 
 // dw[c, ki, kj] = sum over b, oh, ow of dy[b, c, oh, ow] x[b, c, ih, iw], summed in double.
-// One thread per channel, so no two threads write the same dw.
+// One thread per channel, so no two threads write the same dw. The sum runs in one double per
+// output pixel (by_pixel[o], over the batch), which the compiler vectorises along the row (one
+// running sum would be a chain of dependent adds), and the pixels are added last.
 template <typename T>
 void depthwise_conv2d_backward_weight(const Conv2dShape& s, const T* x, const T* dy, T* dw) {
   const int64_t window = s.kernel_h * s.kernel_w;
   const int64_t out_plane = s.out_h * s.out_w;
 #pragma omp parallel for if (s.batch * s.channels * window * out_plane >= kParallelWork)
   for (int64_t c = 0; c < s.channels; ++c) {
+    std::vector<double> by_pixel(out_plane);
     for (int64_t ki = 0; ki < s.kernel_h; ++ki) {
       for (int64_t kj = 0; kj < s.kernel_w; ++kj) {
-        double sum = 0;
+        std::fill(by_pixel.begin(), by_pixel.end(), 0.0);
         for (int64_t b = 0; b < s.batch; ++b) {
           const T* x_plane = x + (b * s.channels + c) * s.height * s.width;
           const T* dy_plane = dy + (b * s.channels + c) * out_plane;
           for_each_tap_pixel(s, ki, kj, [&](int64_t o, int64_t i) {
-            sum += static_cast<double>(dy_plane[o]) * x_plane[i];
+            by_pixel[o] += static_cast<double>(dy_plane[o]) * x_plane[i];
           });
         }
+        double sum = 0;
+        for (double v : by_pixel) sum += v;
         dw[(c * s.kernel_h + ki) * s.kernel_w + kj] = static_cast<T>(sum);
       }
     }
