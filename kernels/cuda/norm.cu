@@ -84,7 +84,7 @@ __global__ void layer_norm_backward_dx_kernel(Team team, int64_t rows, int64_t c
 }
 
 // The same dx with dgamma = sum_rows dy xhat and dbeta = sum_rows dy fused in, for rows of at
-// most kFusedColumnsPerLane lanes-per-row columns (a LanesPerRow team, its lane r holding
+// most kFusedColumnsPerLane * lanes columns (a LanesPerRow team per row, its lane r holding
 // columns r, r + lanes, ...). Each lane keeps its columns' running sums in registers over the
 // rows its team visits; the block adds its teams' sums in team order and writes one partial row
 // per block, partials[(0 * blocks + block) * cols + c] (dgamma) and
@@ -100,7 +100,7 @@ __global__ void __launch_bounds__(kFusedThreads)
     layer_norm_backward_fused_kernel(LanesPerRow team, int64_t rows, int cols, const T* x,
                                      const T* dy, const T* gamma, const T* mean, const T* rstd,
                                      T* dx, T* partials) {
-  // [which][team in block][column]: (kFusedThreads / lanes) teams of at most 8 lanes columns.
+  // [which][team in block][column]: kFusedThreads / lanes teams of at most 8 * lanes columns.
   __shared__ T team_sums[2][kFusedThreads * kFusedColumnsPerLane];
   const int rank = team.rank(), lanes = team.size();
   T dgamma[kFusedColumnsPerLane] = {}, dbeta[kFusedColumnsPerLane] = {};
