@@ -187,30 +187,6 @@ __device__ void add_block(T* m, int ld, const T (&acc)[4][4]) {
   }
 }
 
-// ---- dividing work among a block's threads ----
-
-// The cells (row, col) of a grid with `cols` columns, in row-major order, that this thread
-// visits: cell threadIdx.x, then every blockDim.x-th. Stepping costs no division. Loops read
-//   for (GridWalk w(cols); w.row < rows; w.next()) ...
-struct GridWalk {
-  int row, col;
-  const int cols, row_step, col_step;
-  __device__ explicit GridWalk(int num_cols)
-      : row(threadIdx.x / num_cols),
-        col(threadIdx.x % num_cols),
-        cols(num_cols),
-        row_step(blockDim.x / num_cols),
-        col_step(blockDim.x % num_cols) {}
-  __device__ void next() {
-    row += row_step;
-    col += col_step;
-    if (col >= cols) {
-      col -= cols;
-      ++row;
-    }
-  }
-};
-
 // ---- staging rows ----
 
 // Starts copying the first `rows` rows of x (rows of d) into staged[j][c] (token-major, row

@@ -47,6 +47,39 @@ __device__ T* shared_memory() {
   return reinterpret_cast<T*>(shared_bytes);
 }
 
+// ---- dividing a grid of cells among a block's threads ----
+
+// The cells (row, col) of a grid with `cols` columns, in row-major order, that this thread
+// visits: flat cell `first`, then every `step`-th; by default cell threadIdx.x, then every
+// blockDim.x-th (the block's threads dealt the cells in turn). One division at the start, none
+// per step. Loops read
+//   for (GridWalk w(cols); w.row < rows; w.next()) ...
+// Row is int, or int64_t where rows run past 32 bits (images of a batch).
+template <typename Row = int>
+struct GridWalk {
+  Row row;
+  int col;
+  const int cols;
+  const Row row_step;
+  const int col_step;
+  __device__ explicit GridWalk(int num_cols)
+      : GridWalk(static_cast<Row>(threadIdx.x), num_cols, static_cast<int>(blockDim.x)) {}
+  __device__ GridWalk(Row first, int num_cols, int step)
+      : row(first / num_cols),
+        col(static_cast<int>(first % num_cols)),
+        cols(num_cols),
+        row_step(step / num_cols),
+        col_step(step % num_cols) {}
+  __device__ void next() {
+    row += row_step;
+    col += col_step;
+    if (col >= cols) {
+      col -= cols;
+      ++row;
+    }
+  }
+};
+
 // ---- reductions ----
 
 // A reduction is an identity and an associative combine.

@@ -280,12 +280,6 @@ __global__ void __launch_bounds__(kTiledThreads)
   }
 }
 
-int power_of_two_at_least(int v) {
-  int p = 1;
-  while (p < v) p *= 2;
-  return p;
-}
-
 // The correlation's tiling: tiles up to 32 wide, up to kRowsPerThread outputs per thread, as
 // many small planes per block as fill its threads, fewer where their staged inputs would pass
 // the shared memory a block may use without opting in. False when the tiled kernel does not
@@ -301,8 +295,8 @@ bool plan_correlation(Correlation& c, const Conv2dShape& s) {
   c.planes = static_cast<int>(s.batch * s.channels);
   c.channels = static_cast<int>(s.channels);
   c.kernel = static_cast<int>(s.kernel_h);
-  c.tile_w = std::min(kWarpSize, power_of_two_at_least(c.out_w));
-  c.tile_h = std::min(kTiledThreads * kRowsPerThread / c.tile_w, power_of_two_at_least(c.out_h));
+  c.tile_w = static_cast<int>(pow2_at_least(c.out_w, kWarpSize));
+  c.tile_h = static_cast<int>(pow2_at_least(c.out_h, kTiledThreads * kRowsPerThread / c.tile_w));
   c.rows = std::min(kRowsPerThread, c.tile_h);
   c.planes_per_block = kTiledThreads / (c.tile_h / c.rows * c.tile_w);
   while (c.planes_per_block > 1 && c.shared_elements() * sizeof(T) > kMaxTiledSharedBytes)
@@ -355,13 +349,12 @@ __global__ void __launch_bounds__(kWeightGradThreads)
   const int j0 = static_cast<int>(blockIdx.y) % sp.tiles_w * kWindow;
   const int64_t first = split * sp.positions_per_split + threadIdx.x;
   const int64_t end = min((split + 1) * sp.positions_per_split, g.batch * g.out_pixels());
-  // Position = n * out_pixels + pixel: divide once, then carry (n, pixel) along.
-  int64_t n = first / g.out_pixels();
-  int pixel = static_cast<int>(first - n * g.out_pixels());
-  const int step_images = blockDim.x / g.out_pixels(), step_pixels = blockDim.x % g.out_pixels();
   T sum[kWindow][kWindow] = {};
-  for (int64_t position = first; position < end; position += blockDim.x) {
-    const int64_t plane = n * g.channels + c;
+  // Position = image * out_pixels + pixel, walked as (image, pixel) cells.
+  GridWalk<int64_t> cell(first, g.out_pixels(), static_cast<int>(blockDim.x));
+  for (int64_t position = first; position < end; position += blockDim.x, cell.next()) {
+    const int64_t plane = cell.row * g.channels + c;
+    const int pixel = cell.col;
     const T grad = dy[plane * g.out_pixels() + pixel];
     const T* x_plane = x + plane * g.in_pixels();
     const int h0 = pixel / g.out_w * g.stride_h - g.pad_h + i0;
@@ -376,12 +369,6 @@ __global__ void __launch_bounds__(kWeightGradThreads)
         if (j0 + b < g.kernel_w && w >= 0 && w < g.width)
           sum[a][b] += grad * x_plane[h * g.width + w];
       }
-    }
-    n += step_images;
-    pixel += step_pixels;
-    if (pixel >= g.out_pixels()) {
-      pixel -= g.out_pixels();
-      ++n;
     }
   }
   // out is dw (one split) or the partials (c, split, tap).

@@ -198,32 +198,17 @@ BatchNormSplits batch_norm_splits(const char* op, int64_t batch, int64_t channel
 }
 
 // The elements of channel c in images [first, last) of a (batch, channels, spatial) array, dealt
-// to the threads of a block in turn (thread t visits the t-th, (t + blockDim.x)-th, ... element),
-// each thread carrying its (image, position) along instead of dividing an index at every step.
-struct ChannelElements {
-  int64_t n, last, c, channels;
-  int p, spatial, step_images, step_positions;
-  __device__ ChannelElements(int64_t first, int64_t last_image, int64_t channel,
-                             int64_t num_channels, int plane)
-      : n(first + threadIdx.x / plane),
-        last(last_image),
-        c(channel),
-        channels(num_channels),
-        p(threadIdx.x % plane),
-        spatial(plane),
-        step_images(blockDim.x / plane),
-        step_positions(blockDim.x % plane) {}
-  __device__ bool done() const { return n >= last; }
-  __device__ int64_t offset() const { return (n * channels + c) * spatial + p; }
-  __device__ void next() {
-    n += step_images;
-    p += step_positions;
-    if (p >= spatial) {
-      p -= spatial;
-      ++n;
-    }
-  }
-};
+// to the block's threads in turn: a GridWalk over (image, position) cells, for
+//   for (ImageWalk e = channel_walk(first, spatial); e.row < last; e.next())
+//     ... x[channel_offset(e, c, channels, spatial)] ...
+using ImageWalk = GridWalk<int64_t>;
+__device__ inline ImageWalk channel_walk(int64_t first_image, int spatial) {
+  return ImageWalk(first_image * spatial + threadIdx.x, spatial, static_cast<int>(blockDim.x));
+}
+__device__ inline int64_t channel_offset(const ImageWalk& e, int64_t c, int64_t channels,
+                                         int spatial) {
+  return (e.row * channels + c) * spatial + e.col;
+}
 
 // Images [s * images_per_split, ...) of split s.
 __device__ inline int64_t split_first_image(BatchNormSplits sp, int64_t s) {
@@ -244,12 +229,12 @@ __global__ void batch_norm_partial_moments_kernel(int64_t batch, int64_t channel
   const int64_t first = split_first_image(sp, s), last = split_last_image(sp, s, batch);
   const T count = T((last - first) * spatial);
   T sum = T(0);
-  for (ChannelElements e(first, last, c, channels, spatial); !e.done(); e.next())
-    sum += x[e.offset()];
+  for (ImageWalk e = channel_walk(first, spatial); e.row < last; e.next())
+    sum += x[channel_offset(e, c, channels, spatial)];
   const T split_mean = block_reduce<SumOp<T>>(sum) / count;
   T squares = T(0);
-  for (ChannelElements e(first, last, c, channels, spatial); !e.done(); e.next()) {
-    const T centered = x[e.offset()] - split_mean;
+  for (ImageWalk e = channel_walk(first, spatial); e.row < last; e.next()) {
+    const T centered = x[channel_offset(e, c, channels, spatial)] - split_mean;
     squares += centered * centered;
   }
   squares = block_reduce<SumOp<T>>(squares);
@@ -292,37 +277,23 @@ __global__ void batch_norm_combine_moments_kernel(int64_t batch, int64_t channel
   }
 }
 
-// y = (x - mean[c]) invstd[c] gamma[c] + beta[c], one thread per element.
-template <typename T>
+// y = (x - mean[c]) invstd[c] gamma[c] + beta[c], one thread per element. In training, invstd
+// is the batch's (from the moments kernels); in eval, spread is the running variance and
+// invstd[c] = 1 / sqrt(running_var[c] + eps).
+template <typename T, bool kFromVariance>
 struct BatchNormNormalize {
   int64_t channels, spatial;
   const T* x;
   const T* gamma;
   const T* beta;
   const T* mean;
-  const T* invstd;
-  T* y;
-  __device__ void operator()(int64_t i) const {
-    const int64_t c = i / spatial % channels;
-    y[i] = (x[i] - mean[c]) * invstd[c] * scale_at(gamma, c) + shift_at(beta, c);
-  }
-};
-
-// y = (x - running_mean) / sqrt(running_var + eps) * gamma + beta, one thread per element.
-template <typename T>
-struct BatchNormEval {
-  int64_t channels, spatial;
-  const T* x;
-  const T* gamma;
-  const T* beta;
-  const T* running_mean;
-  const T* running_var;
+  const T* spread;  // invstd, or the running variance when kFromVariance
   T eps;
   T* y;
   __device__ void operator()(int64_t i) const {
     const int64_t c = i / spatial % channels;
-    y[i] = (x[i] - running_mean[c]) / sqrt(running_var[c] + eps) * scale_at(gamma, c) +
-           shift_at(beta, c);
+    const T invstd = kFromVariance ? T(1) / sqrt(spread[c] + eps) : spread[c];
+    y[i] = (x[i] - mean[c]) * invstd * scale_at(gamma, c) + shift_at(beta, c);
   }
 };
 
@@ -338,12 +309,12 @@ __global__ void batch_norm_partial_grad_sums_kernel(int64_t batch, int64_t chann
   const int64_t c = blockIdx.x, s = blockIdx.y;
   const T channel_mean = mean[c], channel_invstd = invstd[c];
   T sum_dy = T(0), sum_dy_xhat = T(0);
-  for (ChannelElements e(split_first_image(sp, s), split_last_image(sp, s, batch), c, channels,
-                         spatial);
-       !e.done(); e.next()) {
-    const T g = dy[e.offset()];
+  const int64_t last = split_last_image(sp, s, batch);
+  for (ImageWalk e = channel_walk(split_first_image(sp, s), spatial); e.row < last; e.next()) {
+    const int64_t i = channel_offset(e, c, channels, spatial);
+    const T g = dy[i];
     sum_dy += g;
-    sum_dy_xhat += g * (x[e.offset()] - channel_mean) * channel_invstd;
+    sum_dy_xhat += g * (x[i] - channel_mean) * channel_invstd;
   }
   sum_dy = block_reduce<SumOp<T>>(sum_dy);
   sum_dy_xhat = block_reduce<SumOp<T>>(sum_dy_xhat);
@@ -453,16 +424,18 @@ void batch_norm_forward_train(int64_t batch, int64_t channels, int64_t spatial, 
                                                   partials, eps, momentum, running_mean,
                                                   running_var, mean, invstd);
   NALA_CUDA_CHECK_LAUNCH();
-  for_each_index(batch * channels * spatial,
-                 BatchNormNormalize<T>{channels, spatial, x, gamma, beta, mean, invstd, y});
+  for_each_index(
+      batch * channels * spatial,
+      BatchNormNormalize<T, false>{channels, spatial, x, gamma, beta, mean, invstd, eps, y});
 }
 
 template <typename T>
 void batch_norm_forward_eval(int64_t batch, int64_t channels, int64_t spatial, const T* x,
                              const T* gamma, const T* beta, const T* running_mean,
                              const T* running_var, T eps, T* y) {
-  for_each_index(batch * channels * spatial, BatchNormEval<T>{channels, spatial, x, gamma, beta,
-                                                              running_mean, running_var, eps, y});
+  for_each_index(batch * channels * spatial,
+                 BatchNormNormalize<T, true>{channels, spatial, x, gamma, beta, running_mean,
+                                             running_var, eps, y});
 }
 
 template <typename T>

@@ -22,14 +22,12 @@ unsigned blocks_per_tensor(const int64_t* sizes, int count) {
   return std::min<unsigned>(num_blocks(largest, kThreads), kBlocksPerTensor);
 }
 
-// Partial sums of sum_of_squares, one per block, combined by a second launch in a fixed order
-// (no atomics: the result is the same on every run). Safe because all work runs on one stream.
-__device__ double g_square_partials[TensorList<float>::kMaxTensors * kBlocksPerTensor];
-
 // Block (b, t): the sum of the squares of its grid-stride share of arrays[0][t], in double, into
-// g_square_partials[t * gridDim.x + b].
+// partials[t * gridDim.x + b] (split_scratch), which a second launch adds up in a fixed order
+// (no atomics: the result is the same on every run).
 template <typename T>
-__global__ void __launch_bounds__(kThreads) tensor_square_sums_kernel(TensorList<T> list) {
+__global__ void __launch_bounds__(kThreads)
+    tensor_square_sums_kernel(TensorList<T> list, double* partials) {
   const int t = blockIdx.y;
   const T* x = list.arrays[0][t];
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
@@ -38,13 +36,13 @@ __global__ void __launch_bounds__(kThreads) tensor_square_sums_kernel(TensorList
        i += step)
     s += double(x[i]) * double(x[i]);
   s = block_reduce<SumOp<double>>(s);
-  if (threadIdx.x == 0) g_square_partials[t * gridDim.x + blockIdx.x] = s;
+  if (threadIdx.x == 0) partials[t * gridDim.x + blockIdx.x] = s;
 }
 
 template <typename T>
-__global__ void add_square_partials_kernel(int count, T* out) {
+__global__ void add_square_partials_kernel(int count, const double* partials, T* out) {
   double total = 0;
-  for (int b = threadIdx.x; b < count; b += blockDim.x) total += g_square_partials[b];
+  for (int b = threadIdx.x; b < count; b += blockDim.x) total += partials[b];
   total = block_reduce<SumOp<double>>(total);
   if (threadIdx.x == 0) *out += static_cast<T>(total);
 }
@@ -80,9 +78,11 @@ template <typename T>
 void sum_of_squares(const TensorList<T>& list, T* out) {
   if (list.count == 0) return;
   const dim3 grid(blocks_per_tensor(list.sizes, list.count), list.count);
-  tensor_square_sums_kernel<T><<<grid, kThreads, 0, stream()>>>(list);
+  static_assert(TensorList<T>::kMaxTensors * kBlocksPerTensor <= kSplitScratchElements);
+  double* partials = split_scratch_address();
+  tensor_square_sums_kernel<T><<<grid, kThreads, 0, stream()>>>(list, partials);
   NALA_CUDA_CHECK_LAUNCH();
-  add_square_partials_kernel<T><<<1, kThreads, 0, stream()>>>(grid.x * grid.y, out);
+  add_square_partials_kernel<T><<<1, kThreads, 0, stream()>>>(grid.x * grid.y, partials, out);
   NALA_CUDA_CHECK_LAUNCH();
 }
 
