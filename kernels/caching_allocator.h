@@ -32,6 +32,14 @@ class CachingAllocator {
   static constexpr size_t kLargeThreshold = kMiB;
   static constexpr size_t kLargeAlignment = 2 * kMiB;  // larger requests round up to this
 
+  // This backend's one allocator. Never destroyed: cached blocks stay reachable until the process
+  // exits (on the GPU, freeing them from a static destructor could run after CUDA has shut down;
+  // the driver reclaims them).
+  static CachingAllocator& instance() {
+    static auto* allocator = new CachingAllocator;
+    return *allocator;
+  }
+
   // The size of the block that serves a request of `bytes`.
   static size_t block_size_for(size_t bytes) {
     const size_t multiple = bytes < kLargeThreshold ? kSmallAlignment : kLargeAlignment;
@@ -136,3 +144,14 @@ class CachingAllocator {
 };
 
 }  // namespace nala::kernels
+
+// Defines a backend's allocator functions (declared in kernels/kernel_list.inc) over
+// CachingAllocator<Backend>::instance(), in the backend's namespace.
+#define NALA_DEFINE_ALLOCATOR_FUNCTIONS(Backend)                                                 \
+  void* allocate(size_t bytes) { return CachingAllocator<Backend>::instance().allocate(bytes); } \
+  void deallocate(void* ptr, size_t bytes) {                                                     \
+    CachingAllocator<Backend>::instance().deallocate(ptr, bytes);                                \
+  }                                                                                              \
+  AllocatorStats allocator_stats() { return CachingAllocator<Backend>::instance().stats(); }     \
+  void reset_peak_stats() { CachingAllocator<Backend>::instance().reset_peak(); }                \
+  void empty_cache() { CachingAllocator<Backend>::instance().empty_cache(); }

@@ -119,28 +119,11 @@ struct AllocatorStats {
 
 namespace cpu {
 #include "kernels/kernel_list.inc"
-
-// Host memory for tensors, from a caching allocator (kernels/cpu/allocator.cpp): size-bucketed
-// free lists, so a training loop reuses blocks instead of touching fresh pages. An
-// out-of-memory throws with the requested size and the statistics.
-void* allocate(size_t bytes);
-void deallocate(void* ptr, size_t bytes);
-AllocatorStats allocator_stats();
-void reset_peak_stats();
-void empty_cache();  // gives every cached block back to the system
 }  // namespace cpu
 
 #ifdef NALA_WITH_CUDA
 namespace cuda {
 #include "kernels/kernel_list.inc"
-
-// Device memory, from the same caching allocator (kernels/cuda/runtime.cu): a training loop
-// reuses blocks without cudaMalloc / cudaFree.
-void* allocate(size_t bytes);
-void deallocate(void* ptr, size_t bytes);
-AllocatorStats allocator_stats();
-void reset_peak_stats();
-void empty_cache();  // gives every cached block back to the driver
 
 // ---- CUDA runtime services (kernels/cuda/runtime.cu) ----
 bool is_available();  // true when a CUDA device can be used

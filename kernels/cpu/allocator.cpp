@@ -15,18 +15,8 @@ struct HostMemory {
   static void wait() {}  // CPU kernels have finished when they return
 };
 
-// Never destroyed: the cached blocks stay reachable until the process exits.
-CachingAllocator<HostMemory>& allocator() {
-  static auto* instance = new CachingAllocator<HostMemory>;
-  return *instance;
-}
-
 }  // namespace
 
-void* allocate(size_t bytes) { return allocator().allocate(bytes); }
-void deallocate(void* ptr, size_t bytes) { allocator().deallocate(ptr, bytes); }
-AllocatorStats allocator_stats() { return allocator().stats(); }
-void reset_peak_stats() { allocator().reset_peak(); }
-void empty_cache() { allocator().empty_cache(); }
+NALA_DEFINE_ALLOCATOR_FUNCTIONS(HostMemory)
 
 }  // namespace nala::kernels::cpu

@@ -61,20 +61,9 @@ struct DeviceMemory {
   static void wait() { NALA_CUDA_CHECK(cudaStreamSynchronize(stream())); }
 };
 
-// Never destroyed: cached blocks are not freed at exit (the driver reclaims them, and freeing
-// them from a static destructor could run after CUDA itself has shut down).
-CachingAllocator<DeviceMemory>& allocator() {
-  static auto* instance = new CachingAllocator<DeviceMemory>;
-  return *instance;
-}
-
 }  // namespace
 
-void* allocate(size_t bytes) { return allocator().allocate(bytes); }
-void deallocate(void* ptr, size_t bytes) { allocator().deallocate(ptr, bytes); }
-AllocatorStats allocator_stats() { return allocator().stats(); }
-void reset_peak_stats() { allocator().reset_peak(); }
-void empty_cache() { allocator().empty_cache(); }
+NALA_DEFINE_ALLOCATOR_FUNCTIONS(DeviceMemory)
 
 // ---- copies ----
 
