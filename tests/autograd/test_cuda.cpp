@@ -53,99 +53,65 @@ TEST_CASE("CUDA reductions split over many blocks agree with the CPU") {
   // not dividing it), and the tiled depthwise forward / input gradient with several tiles per plane
   // or several planes per block (the last block's planes running past the batch), checked in
   // float64 against the CPU.
-  auto input = [](const Shape& shape, uint64_t seed) {
-    return test::random_tensor(shape, seed, DType::Float64).requires_grad_();
+  // A case of float64 inputs of these shapes, drawn with seeds seed, seed + 1, ...
+  auto make_case = [](std::string name, std::vector<Shape> shapes, uint64_t seed, TensorFn f) {
+    auto inputs = [shapes, seed](Device) {
+      std::vector<Tensor> x;
+      for (size_t i = 0; i < shapes.size(); ++i)
+        x.push_back(test::random_tensor(shapes[i], seed + i, DType::Float64).requires_grad_());
+      return x;
+    };
+    return GradcheckCase{std::move(name), inputs, std::move(f)};
+  };
+  auto batch_norm_case = [&](const Shape& x, uint64_t seed) {
+    return make_case("batch_norm " + shape_str(x), {x, {x[1]}, {x[1]}}, seed,
+                     [](const std::vector<Tensor>& t) {
+                       return batch_norm(t[0], t[1], t[2], Tensor(), Tensor(), true);
+                     });
+  };
+  auto layer_norm_case = [&](int64_t rows, int64_t cols, uint64_t seed) {
+    return make_case(
+        "layer_norm " + shape_str({rows, cols}), {{rows, cols}, {cols}, {cols}}, seed,
+        [](const std::vector<Tensor>& t) { return layer_norm(t[0], t[1], t[2], 1e-5); });
+  };
+  // Depthwise k x k convolution of x (N, C, H, W) with bias.
+  auto depthwise_case = [&](const std::string& why, const Shape& x, int64_t k, int64_t stride,
+                            int64_t pad, uint64_t seed) {
+    const int64_t c = x[1];
+    return make_case("depthwise " + std::to_string(k) + "x" + std::to_string(k) + " on " +
+                         shape_str(x) + ", stride " + std::to_string(stride) + ", padding " +
+                         std::to_string(pad) + " (" + why + ")",
+                     {x, {c, 1, k, k}, {c}}, seed, [=](const std::vector<Tensor>& t) {
+                       return conv2d(t[0], t[1], t[2], stride, pad, c);
+                     });
   };
   const std::vector<GradcheckCase> cases = {
-      {"batch_norm (37, 3, 24, 24)",
-       [&](Device) {
-         return std::vector<Tensor>{input({37, 3, 24, 24}, 1), input({3}, 2), input({3}, 3)};
-       },
-       [](const std::vector<Tensor>& x) {
-         return batch_norm(x[0], x[1], x[2], Tensor(), Tensor(), true);
-       }},
-      {"batch_norm (2100, 3, 2, 2)",
-       [&](Device) {
-         return std::vector<Tensor>{input({2100, 3, 2, 2}, 4), input({3}, 5), input({3}, 6)};
-       },
-       [](const std::vector<Tensor>& x) {
-         return batch_norm(x[0], x[1], x[2], Tensor(), Tensor(), true);
-       }},
+      batch_norm_case({37, 3, 24, 24}, 1),
+      batch_norm_case({2100, 3, 2, 2}, 4),
       // Layer norm: dgamma / dbeta fused into the dx kernel (rows of at most 256; 20 columns
       // take teams of 8 lanes, 32 per block, which loop over several rows each once rows pass
       // 32 * 1024), or column reductions after it (wider rows; a block per row beyond 1024).
-      {"layer_norm (40000, 20)",
-       [&](Device) {
-         return std::vector<Tensor>{input({40000, 20}, 25), input({20}, 26), input({20}, 27)};
-       },
-       [](const std::vector<Tensor>& x) { return layer_norm(x[0], x[1], x[2], 1e-5); }},
-      {"layer_norm (37, 300)",
-       [&](Device) {
-         return std::vector<Tensor>{input({37, 300}, 28), input({300}, 29), input({300}, 30)};
-       },
-       [](const std::vector<Tensor>& x) { return layer_norm(x[0], x[1], x[2], 1e-5); }},
-      {"layer_norm (4, 1500)",
-       [&](Device) {
-         return std::vector<Tensor>{input({4, 1500}, 31), input({1500}, 32), input({1500}, 33)};
-       },
-       [](const std::vector<Tensor>& x) { return layer_norm(x[0], x[1], x[2], 1e-5); }},
+      layer_norm_case(40000, 20, 25),
+      layer_norm_case(37, 300, 28),
+      layer_norm_case(4, 1500, 31),
       // Row kernels with a group of lanes per row: 16 lanes over 37 columns, 4 over 10, rows
       // that do not fill the last block.
-      {"softmax (333, 37)",
-       [&](Device) {
-         return std::vector<Tensor>{input({333, 37}, 34)};
-       },
-       [](const std::vector<Tensor>& x) { return softmax(x[0]); }},
-      {"log_softmax (1000, 10)",
-       [&](Device) {
-         return std::vector<Tensor>{input({1000, 10}, 35)};
-       },
-       [](const std::vector<Tensor>& x) { return log_softmax(x[0]); }},
-      {"cross_entropy (1000, 10)",
-       [&](Device) {
-         return std::vector<Tensor>{input({1000, 10}, 36)};
-       },
-       [](const std::vector<Tensor>& x) {
-         std::vector<int64_t> labels(1000);
-         for (int64_t i = 0; i < 1000; ++i) labels[i] = i * 7 % 10;
-         return cross_entropy(x[0], from_data(labels, {1000}, x[0].device()), 0.1);
-       }},
-      {"depthwise 3x3 on 2x2 planes",
-       [&](Device) {
-         return std::vector<Tensor>{input({300, 6, 2, 2}, 7), input({6, 1, 3, 3}, 8),
-                                    input({6}, 9)};
-       },
-       [](const std::vector<Tensor>& x) { return conv2d(x[0], x[1], x[2], 1, 1, 6); }},
-      {"depthwise 5x5 over many positions (several splits)",
-       [&](Device) {
-         return std::vector<Tensor>{input({64, 3, 12, 12}, 13), input({3, 1, 5, 5}, 14),
-                                    input({3}, 15)};
-       },
-       [](const std::vector<Tensor>& x) { return conv2d(x[0], x[1], x[2], 1, 2, 3); }},
-      {"depthwise 7x7, stride 2 (several tap windows)",
-       [&](Device) {
-         return std::vector<Tensor>{input({5, 2, 9, 9}, 16), input({2, 1, 7, 7}, 17),
-                                    input({2}, 18)};
-       },
-       [](const std::vector<Tensor>& x) { return conv2d(x[0], x[1], x[2], 2, 3, 2); }},
-      {"depthwise 3x3, padding 0, on 40 x 37 planes (several tiles per plane)",
-       [&](Device) {
-         return std::vector<Tensor>{input({2, 3, 40, 37}, 19), input({3, 1, 3, 3}, 20),
-                                    input({3}, 21)};
-       },
-       [](const std::vector<Tensor>& x) { return conv2d(x[0], x[1], x[2], 1, 0, 3); }},
-      {"depthwise 5x5 on 1x1 planes (a block of planes, all taps but one outside)",
-       [&](Device) {
-         return std::vector<Tensor>{input({300, 5, 1, 1}, 22), input({5, 1, 5, 5}, 23),
-                                    input({5}, 24)};
-       },
-       [](const std::vector<Tensor>& x) { return conv2d(x[0], x[1], x[2], 1, 2, 5); }},
-      {"depthwise 3x3 on 5x5 planes",
-       [&](Device) {
-         return std::vector<Tensor>{input({13, 4, 5, 5}, 10), input({4, 1, 3, 3}, 11),
-                                    input({4}, 12)};
-       },
-       [](const std::vector<Tensor>& x) { return conv2d(x[0], x[1], x[2], 1, 1, 4); }},
+      make_case("softmax (333, 37)", {{333, 37}}, 34,
+                [](const std::vector<Tensor>& t) { return softmax(t[0]); }),
+      make_case("log_softmax (1000, 10)", {{1000, 10}}, 35,
+                [](const std::vector<Tensor>& t) { return log_softmax(t[0]); }),
+      make_case("cross_entropy (1000, 10)", {{1000, 10}}, 36,
+                [](const std::vector<Tensor>& t) {
+                  std::vector<int64_t> labels(1000);
+                  for (int64_t i = 0; i < 1000; ++i) labels[i] = i * 7 % 10;
+                  return cross_entropy(t[0], from_data(labels, {1000}, t[0].device()), 0.1);
+                }),
+      depthwise_case("planes smaller than a block", {300, 6, 2, 2}, 3, 1, 1, 7),
+      depthwise_case("several splits of positions", {64, 3, 12, 12}, 5, 1, 2, 13),
+      depthwise_case("several tap windows; the per-output kernels", {5, 2, 9, 9}, 7, 2, 3, 16),
+      depthwise_case("several tiles per plane", {2, 3, 40, 37}, 3, 1, 0, 19),
+      depthwise_case("a block of planes, all taps but one outside", {300, 5, 1, 1}, 5, 1, 2, 22),
+      depthwise_case("planes not dividing a block", {13, 4, 5, 5}, 3, 1, 1, 10),
   };
   for (const GradcheckCase& c : cases) {
     CAPTURE(c.name);
