@@ -129,6 +129,20 @@ static std::vector<EpochRecord> read_metrics_csv(const std::string& path) {
   return records;
 }
 
+// One epoch's line of metrics.csv (after its header) and of metrics.jsonl.
+static const char* const kMetricsCsvHeader =
+    "epoch,train_loss,train_acc,test_loss,test_top1,test_top5,lr,seconds\n";
+static void write_csv_row(std::ostream& csv, const EpochRecord& r) {
+  csv << r.epoch << "," << r.train_loss << "," << r.train_acc << "," << r.test_loss << ","
+      << r.test_top1 << "," << r.test_top5 << "," << r.lr << "," << r.seconds << std::endl;
+}
+static void write_jsonl_row(std::ostream& jsonl, const EpochRecord& r) {
+  jsonl << std::setprecision(6) << "{\"epoch\": " << r.epoch << ", \"train_loss\": " << r.train_loss
+        << ", \"train_acc\": " << r.train_acc << ", \"test_loss\": " << r.test_loss
+        << ", \"test_top1\": " << r.test_top1 << ", \"test_top5\": " << r.test_top5
+        << ", \"lr\": " << r.lr << ", \"seconds\": " << r.seconds << "}" << std::endl;
+}
+
 static void write_curves_png(const std::string& path, const std::vector<EpochRecord>& history) {
   const int W = 800, H = 300, panel = W / 2, margin = 20;
   std::vector<uint8_t> px(W * H * 3, 255);
@@ -260,13 +274,28 @@ EvalResult train(const TrainOptions& o, std::ostream& log) {
       << train_set.channels() << "x" << train_set.height() << "x" << train_set.width() << ", "
       << steps_per_epoch << " steps per epoch on " << o.device << "\n";
 
+  // A resumed run continues the curves and the best accuracy of its run directory, up to the
+  // checkpoint's epoch: resuming from an earlier checkpoint (best.safetensors, say) drops the
+  // later epochs' records, which that run will write again.
+  std::vector<EpochRecord> history;
+  if (!o.resume.empty()) {
+    history = read_metrics_csv(o.out + "/metrics.csv");
+    const size_t recorded = history.size();
+    history.erase(std::remove_if(history.begin(), history.end(),
+                                 [&](const EpochRecord& r) { return r.epoch > progress.epoch; }),
+                  history.end());
+    if (history.size() < recorded) {
+      std::ofstream csv(o.out + "/metrics.csv"), jsonl(o.out + "/metrics.jsonl");
+      csv << kMetricsCsvHeader;
+      for (const EpochRecord& r : history) {
+        write_csv_row(csv, r);
+        write_jsonl_row(jsonl, r);
+      }
+    }
+  }
   std::ofstream jsonl(o.out + "/metrics.jsonl", std::ios::app),
       csv(o.out + "/metrics.csv", std::ios::app);
-  if (csv.tellp() == 0)
-    csv << "epoch,train_loss,train_acc,test_loss,test_top1,test_top5,lr,seconds\n";
-  // A resumed run continues the curves and the best accuracy of its run directory.
-  std::vector<EpochRecord> history;
-  if (!o.resume.empty()) history = read_metrics_csv(o.out + "/metrics.csv");
+  if (csv.tellp() == 0) csv << kMetricsCsvHeader;
   double best_top1 = -1;
   for (const EpochRecord& r : history) best_top1 = std::max(best_top1, r.test_top1);
   EvalResult last;
@@ -351,14 +380,8 @@ EvalResult train(const TrainOptions& o, std::ostream& log) {
         << " top-1 " << rec.test_top1 << "% top-5 " << rec.test_top5 << "% ("
         << std::setprecision(1) << seconds << " s, " << std::setprecision(0) << seen / seconds
         << " img/s)\n";
-    jsonl << std::setprecision(6) << "{\"epoch\": " << rec.epoch
-          << ", \"train_loss\": " << rec.train_loss << ", \"train_acc\": " << rec.train_acc
-          << ", \"test_loss\": " << rec.test_loss << ", \"test_top1\": " << rec.test_top1
-          << ", \"test_top5\": " << rec.test_top5 << ", \"lr\": " << rec.lr
-          << ", \"seconds\": " << rec.seconds << "}" << std::endl;
-    csv << rec.epoch << "," << rec.train_loss << "," << rec.train_acc << "," << rec.test_loss << ","
-        << rec.test_top1 << "," << rec.test_top5 << "," << rec.lr << "," << rec.seconds
-        << std::endl;
+    write_jsonl_row(jsonl, rec);
+    write_csv_row(csv, rec);
     save("last.safetensors");
     if (rec.test_top1 > best_top1) {
       best_top1 = rec.test_top1;

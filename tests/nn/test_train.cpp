@@ -105,6 +105,30 @@ TEST_CASE("nala train: a run stopped mid-epoch and resumed equals one that never
                        std::invalid_argument);
 }
 
+TEST_CASE("nala train: resuming from an earlier epoch's checkpoint rewrites the later records") {
+  // Epoch 1, a copy of its checkpoint, then epochs 2 and 3; resuming from the copy must leave the
+  // records of epochs 1, 2, 3 once each (not 1, 2, 3, 2, 3), in both metrics files.
+  const std::string out = "/tmp/nala_test_train_rewind";
+  fs::remove_all(out);
+  std::ostringstream log;
+  train(tiny_run(out, 1), log);
+  fs::copy_file(out + "/last.safetensors", out + "/epoch1.safetensors");
+  TrainOptions more = tiny_run(out, 3);
+  more.resume = out + "/last.safetensors";
+  train(more, log);
+  REQUIRE(count_lines(out + "/metrics.csv") == 4);  // header + 3 epochs
+  more.resume = out + "/epoch1.safetensors";
+  train(more, log);
+  CHECK(count_lines(out + "/metrics.jsonl") == 3);
+  std::ifstream csv(out + "/metrics.csv");
+  std::string line;
+  std::vector<std::string> epochs;
+  std::getline(csv, line);
+  CHECK(line.rfind("epoch,", 0) == 0);
+  while (std::getline(csv, line)) epochs.push_back(line.substr(0, line.find(',')));
+  CHECK(epochs == std::vector<std::string>{"1", "2", "3"});
+}
+
 TEST_CASE("nala train: bad data specs are clear errors") {
   std::ostringstream log;
   TrainOptions o = tiny_run("/tmp/nala_test_train_bad", 1);
