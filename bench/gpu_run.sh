@@ -4,6 +4,8 @@
 #                                               benchmarks with their PyTorch peers
 #   bash bench/gpu_run.sh tests                 build, all tests and gradcheck on CUDA only
 #                                               (exit status 0 when all pass)
+#   bash bench/gpu_run.sh attention             build nala and test_autograd only, its tests, then
+#                                               nala bench attention (CUDA): a quick iteration
 #   bash bench/gpu_run.sh train SECONDS EPOCHS [nala train options...]
 #                                               build, then xt-cifar on CIFAR-10 (JPEG folder);
 #                                               after SECONDS it is interrupted (SIGINT: it saves
@@ -29,7 +31,9 @@ if [ "$MODE" = train ] || [ "$MODE" = imagenette ]; then
   (mkdir -p /tmp/data && for a in .carry/*.tar.gz; do tar xzf "$a" -C /tmp/data; done) &
 fi
 cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 > "$OUT/configure.log" 2>&1
-cmake --build build-gpu -j16 > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
+targets=()
+[ "$MODE" = attention ] && targets=(--target nala_cli test_autograd)
+cmake --build build-gpu -j16 "${targets[@]}" > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
 
 if [ "$MODE" = check ] || [ "$MODE" = tests ]; then
   timeout 150 ctest --test-dir build-gpu -V > "$OUT/ctest.log" 2>&1
@@ -45,6 +49,11 @@ if [ "$MODE" = check ] || [ "$MODE" = tests ]; then
   [ -n "${SKIP_TORCH:-}" ] || PYTHONUNBUFFERED=1 timeout 120 python3 tools/bench_attention_torch.py --device cuda > "$OUT/bench_torch.log" 2>&1
   echo "==== nala"; cat "$OUT/bench_nala.log"
   echo "==== torch"; grep -v Warn "$OUT/bench_torch.log" 2>/dev/null | tail -30
+elif [ "$MODE" = attention ]; then
+  timeout 120 build-gpu/test_autograd > "$OUT/test_autograd.log" 2>&1
+  echo "==== test_autograd (rc $?)"; grep -E "^\[doctest\] (test cases|assertions)|ERROR|CHECK|MESSAGE|attention kind" "$OUT/test_autograd.log" | head -60
+  build-gpu/nala bench attention --device cuda > "$OUT/bench_attention_nala.log" 2>&1
+  echo "==== nala"; cat "$OUT/bench_attention_nala.log"
 elif [ "$MODE" = ops ]; then
   build-gpu/nala bench ops --device cuda > "$OUT/bench_ops_nala.log" 2>&1
   PYTHONUNBUFFERED=1 timeout 100 python3 tools/bench_ops_torch.py --device cuda > "$OUT/bench_ops_torch.log" 2>&1

@@ -35,6 +35,7 @@
 #include <initializer_list>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "kernels/cuda/common.h"
 #include "kernels/kernels.h"
@@ -43,6 +44,10 @@ namespace nala::kernels::cuda {
 namespace {
 
 constexpr int kThreads = 128;  // threads per block of every kernel below
+// Each thread holds at most kHeld blocks of 16 values of a product (ProductTiling below), so a
+// block of threads computes products of at most kMaxProduct elements.
+constexpr int kHeld = 4;
+constexpr int kMaxProduct = kHeld * 16 * kThreads;
 // Linear attention: tokens per block (each block writes one partial sum of its chunk). Chunks
 // are small enough that the bh heads give about 512 blocks (a few per SM, so short sequences
 // still fill the GPU) and at most 1024 tokens long (a power of two, at least 64).
@@ -66,6 +71,16 @@ void check_head_dim(const char* kernel, int64_t d) {
   if (d <= 0 || d % 4 != 0)
     throw std::invalid_argument(std::string(kernel) + ": head dim " + std::to_string(d) +
                                 " is not a positive multiple of 4");
+}
+
+// The products hold a D x d state in registers (ProductSum): at most kMaxProduct elements.
+void check_linear_head_dim(const char* kernel, FeatureMap fm, int64_t d) {
+  check_head_dim(kernel, d);
+  if (feature_dim(fm, d) * d > kMaxProduct)
+    throw std::invalid_argument(std::string(kernel) + ": head dim " + std::to_string(d) +
+                                " too large on CUDA: the " + std::to_string(feature_dim(fm, d)) +
+                                " x " + std::to_string(d) + " state exceeds " +
+                                std::to_string(kMaxProduct) + " elements (d <= 64 for NaLa)");
 }
 
 // The kernels move rows with 16-byte vector accesses.
@@ -100,11 +115,16 @@ size_t max_shared_bytes() {
   return bytes;
 }
 
-// The largest tile (kMaxTile, kMaxTile / 2, ..., 4) whose shared memory bytes(tile) lets four
-// blocks share an SM; failing that two, failing that one.
+// The tile (kMaxTile, kMaxTile / 2, ..., 4) for a kernel whose block needs bytes(tile) of shared
+// memory: tiles of 16 tokens or more keep the products on the tensor cores (m16 fragments), so
+// the largest of those that lets four blocks share an SM, failing that two; then the largest of
+// any size for four, two, one.
 template <typename Bytes>
 int choose_tile(const char* kernel, Bytes bytes) {
   const size_t limit = max_shared_bytes();
+  for (const size_t budget : {limit / 4, limit / 2})
+    for (int tile = kMaxTile; tile >= 16; tile /= 2)
+      if (bytes(tile) <= budget) return tile;
   for (const size_t budget : {limit / 4, limit / 2, limit})
     for (int tile = kMaxTile; tile >= 4; tile /= 2)
       if (bytes(tile) <= budget) return tile;
@@ -155,10 +175,11 @@ __device__ inline void store4(double* p, const double (&x)[4]) {
   store2(p + 2, x[2], x[3]);
 }
 
-// ---- 4 x 4 register blocks of products ----
+// ---- products of staged operands ----
 
 // acc[r][c] += sum_{k < depth} p[k * ldp + r] q[k * ldq + c]  (r, c < 4): a 4 x 4 block of
-// P^T Q, the summed index running down the rows of both shared-memory operands.
+// P^T Q, the summed index running down the rows of both shared-memory operands (the softmax
+// kernels' products).
 template <typename T>
 __device__ void accumulate_block(int depth, const T* p, int ldp, const T* q, int ldq,
                                  T (&acc)[4][4]) {
@@ -186,6 +207,206 @@ __device__ void add_block(T* m, int ld, const T (&acc)[4][4]) {
     store4(m + r * ld, row);
   }
 }
+
+// The linear-attention kernels' products are C = A B with A (M x K) and B (K x N) in shared
+// memory. An Operand names where element (i, k) of one lies, i its own index (a row of A, a
+// column of B) and k the summed one, so that a product reads a staged array in whichever
+// orientation it was written, with no transposed copy.
+template <typename T>
+struct Operand {
+  const T* p;
+  int i_step, k_step;
+  __device__ T operator()(int i, int k) const { return p[i * i_step + k * k_step]; }
+};
+// x[k][i] (leading dim ld) and x[i][k].
+template <typename T>
+__device__ Operand<T> k_rows(const T* x, int ld) {
+  return {x, 1, ld};
+}
+template <typename T>
+__device__ Operand<T> i_rows(const T* x, int ld) {
+  return {x, ld, 1};
+}
+
+// Leading dims of staged operands, chosen so that the tensor cores' fragment loads are free of
+// bank conflicts (see ProductTiling): a lane (g, t) of a load reads element (i0 + g, k0 + t),
+// so rows of k (k_rows) need a leading dim of 8 or 24 mod 32 words, rows of i (i_rows) one of
+// 4 mod 8. Counts that are not multiples of 8 never reach the tensor cores.
+__host__ __device__ inline int k_rows_ld(int count) { return count % 16 == 0 ? count + 8 : count; }
+__host__ __device__ inline int i_rows_ld(int count) { return count % 8 == 0 ? count + 4 : count; }
+
+// The block's threads share the M x N values of C (M N <= kMaxProduct), each holding some blocks
+// of 16 values in registers; each pair (C(m, n), C(m, n + 1)) then goes to an epilogue(m, n, c0,
+// c1) that stores or adds it, and reaches exactly one thread.
+//
+// float32 runs on the tensor cores when the shape allows (M % 16, N % 8, K % 8 all 0, sm_80 or
+// later): mma.sync m16n8k8 in TF32, which reads the top 19 bits of each operand (10 of float32's
+// 23 mantissa bits). Each operand is split as x = big + small: big is x cut to those bits and
+// small = x - big is exact; C accumulates small_a big_b + big_a small_b + big_a big_b ("3xTF32").
+// The dropped small_a small_b and the bits the tensor cores cut from small are each at most
+// 2^-20 of the product, against float32's 2^-24 rounding per operation. (The cut is one AND;
+// cvt.rna.tf32.f32 costs five instructions on sm_90 and would triple the instructions per mma.)
+// Fragments of one m16n8k8 (lane = 4 g + t, g < 8, t < 4; PTX ISA, "Matrix fragments for
+// mma.m16n8k8", .tf32): A register r holds A(g + 8 (r % 2), t + 4 (r / 2)), B register r holds
+// B(t + 4 r, g), C register r holds C(g + 8 (r / 2), 2 t + r % 2). A warp holds 16 x 32 blocks
+// of C (four m16n8 tiles sharing A's fragments) when N % 32 is 0, else 16 x 8 blocks: warp w
+// the blocks w, w + 4, ...
+// Otherwise (float64, or other shapes) thread x holds the 4 x 4 blocks x, x + kThreads, ... and
+// multiplies on the FP units. Either way a thread holds at most kHeld blocks of 16 values.
+
+__device__ inline void split_tf32(float x, uint32_t& big, uint32_t& small) {
+  big = __float_as_uint(x) & 0xffffe000u;
+  small = __float_as_uint(x - __uint_as_float(big));
+}
+
+// c[0..3] += A B for one m16n8k8 tile.
+__device__ inline void mma_tf32(float* c, const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+#if __CUDA_ARCH__ >= 800  // ProductTiling calls it only there
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+      "{%8, %9}, {%0, %1, %2, %3};"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
+}
+
+// Which blocks of C a thread holds and how it computes one (see above). A block is 16 values:
+// on the tensor cores four m16n8 tiles, acc[4 tile + r] their C registers; on the FP units a
+// 4 x 4 block, acc[4 r + c].
+template <typename T>
+struct ProductTiling {
+  int M, N, K;
+  bool tensor_cores;
+  int tiles;  // m16n8 tiles per block on the tensor cores: 4, or 1 when N % 32 != 0
+
+  __device__ ProductTiling(int m, int n, int k)
+      : M(m), N(n), K(k), tensor_cores(false), tiles(n % 32 == 0 ? 4 : 1) {
+#if __CUDA_ARCH__ >= 800
+    tensor_cores = std::is_same_v<T, float> && M % 16 == 0 && N % 8 == 0 && K % 8 == 0 &&
+                   M / 16 * (N / (8 * tiles)) <= kHeld * (kThreads / 32);
+#endif
+  }
+  __device__ int column_blocks() const { return tensor_cores ? N / (8 * tiles) : N / 4; }
+  // The h-th block this thread holds (h < kHeld), or -1.
+  __device__ int held(int h) const {
+    const int blocks = (tensor_cores ? M / 16 : M / 4) * column_blocks();
+    const int block = tensor_cores ? static_cast<int>(threadIdx.x / 32 + h * (kThreads / 32))
+                                   : static_cast<int>(threadIdx.x + h * kThreads);
+    return block < blocks ? block : -1;
+  }
+
+  // acc += block `block` of A B.
+  __device__ void accumulate(int block, Operand<T> a, Operand<T> b, T (&acc)[16]) const {
+    if constexpr (std::is_same_v<T, float>)
+      if (tensor_cores)
+        return tiles == 4 ? accumulate_tf32<4>(block, a, b, acc)
+                          : accumulate_tf32<1>(block, a, b, acc);
+    const int m0 = 4 * (block / column_blocks()), n0 = 4 * (block % column_blocks());
+#pragma unroll 4
+    for (int k = 0; k < K; ++k) {
+      T x[4], y[4];
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        x[r] = a(m0 + r, k);
+        y[r] = b(n0 + r, k);
+      }
+#pragma unroll
+      for (int r = 0; r < 4; ++r)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) acc[4 * r + c] += x[r] * y[c];
+    }
+  }
+
+  template <int kTiles>
+  __device__ void accumulate_tf32(int block, Operand<float> a, Operand<float> b,
+                                  float (&acc)[16]) const {
+    const int g = threadIdx.x % 32 / 4, t = threadIdx.x % 4;
+    const int m0 = 16 * (block / column_blocks()), n0 = 8 * kTiles * (block % column_blocks());
+#pragma unroll 2
+    for (int k0 = 0; k0 < K; k0 += 8) {
+      uint32_t a_big[4], a_small[4], b_big[kTiles][2], b_small[kTiles][2];
+#pragma unroll
+      for (int r = 0; r < 4; ++r)
+        split_tf32(a(m0 + g + 8 * (r % 2), k0 + t + 4 * (r / 2)), a_big[r], a_small[r]);
+#pragma unroll
+      for (int tile = 0; tile < kTiles; ++tile)
+#pragma unroll
+        for (int r = 0; r < 2; ++r)
+          split_tf32(b(n0 + 8 * tile + g, k0 + t + 4 * r), b_big[tile][r], b_small[tile][r]);
+          // Three sweeps over the tiles, so that consecutive mma's add to different accumulators.
+#pragma unroll
+      for (int tile = 0; tile < kTiles; ++tile) mma_tf32(acc + 4 * tile, a_small, b_big[tile]);
+#pragma unroll
+      for (int tile = 0; tile < kTiles; ++tile) mma_tf32(acc + 4 * tile, a_big, b_small[tile]);
+#pragma unroll
+      for (int tile = 0; tile < kTiles; ++tile) mma_tf32(acc + 4 * tile, a_big, b_big[tile]);
+    }
+  }
+
+  // epilogue(m, n, C(m, n), C(m, n + 1)) for each pair of block `block`.
+  template <typename Epilogue>
+  __device__ void hand_out(int block, const T (&acc)[16], Epilogue epilogue) const {
+    if (tensor_cores) {
+      const int g = threadIdx.x % 32 / 4, t = threadIdx.x % 4;
+      const int m0 = 16 * (block / column_blocks()), n0 = 8 * tiles * (block % column_blocks());
+#pragma unroll
+      for (int tile = 0; tile < 4; ++tile) {
+        if (tile >= tiles) break;
+        const int n = n0 + 8 * tile + 2 * t;
+        epilogue(m0 + g, n, acc[4 * tile], acc[4 * tile + 1]);
+        epilogue(m0 + g + 8, n, acc[4 * tile + 2], acc[4 * tile + 3]);
+      }
+      return;
+    }
+    const int m0 = 4 * (block / column_blocks()), n0 = 4 * (block % column_blocks());
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      epilogue(m0 + r, n0, acc[4 * r], acc[4 * r + 1]);
+      epilogue(m0 + r, n0 + 2, acc[4 * r + 2], acc[4 * r + 3]);
+    }
+  }
+};
+
+// C = A B handed to an epilogue, one held block at a time (a product used once).
+template <typename T, typename Epilogue>
+__device__ void block_product(int M, int N, int K, Operand<T> a, Operand<T> b, Epilogue epilogue) {
+  const ProductTiling<T> tiling(M, N, K);
+  for (int h = 0; h < kHeld; ++h) {
+    const int block = tiling.held(h);
+    if (block < 0) break;
+    T acc[16] = {};
+    tiling.accumulate(block, a, b, acc);
+    tiling.hand_out(block, acc, epilogue);
+  }
+}
+
+// A running sum C += A B over tiles of the summed index (the same M x N each time), its blocks
+// held in registers from one tile to the next.
+template <typename T>
+struct ProductSum {
+  T acc[kHeld][16] = {};
+
+  __device__ void add(int M, int N, int K, Operand<T> a, Operand<T> b) {
+    const ProductTiling<T> tiling(M, N, K);
+#pragma unroll
+    for (int h = 0; h < kHeld; ++h) {
+      const int block = tiling.held(h);
+      if (block < 0) break;
+      tiling.accumulate(block, a, b, acc[h]);
+    }
+  }
+
+  template <typename Epilogue>
+  __device__ void hand_out(int M, int N, int K, Epilogue epilogue) const {
+    const ProductTiling<T> tiling(M, N, K);
+#pragma unroll
+    for (int h = 0; h < kHeld; ++h) {
+      const int block = tiling.held(h);
+      if (block < 0) break;
+      tiling.hand_out(block, acc[h], epilogue);
+    }
+  }
+};
 
 // ---- staging rows ----
 
@@ -383,15 +604,14 @@ struct SumPartials {
 __host__ __device__ inline int key_sum_groups(int d) { return d < kThreads ? kThreads / d : 1; }
 
 struct KeySumsLayout {
-  int k, sin, cos, values, rotated, partial, key_sums, size;
+  int k, sin, cos, values, rotated, key_sums, size;
   __host__ __device__ KeySumsLayout(int tile, int d, int width) {
     SharedLayout s;
     k = s.take(tile * d);                          // staged rows, token-major
     sin = s.take(tile * d);                        // staged rows
     cos = s.take(tile * d);                        // staged rows
-    values = s.take(tile * d);                     // staged rows
-    rotated = s.take(tile * width);                // K'_j, token-major
-    partial = s.take(width * d + width);           // the chunk's sums of K'_j^T v_j, then of phiK_j
+    values = s.take(tile * k_rows_ld(d));          // staged rows
+    rotated = s.take(tile * k_rows_ld(width));     // K'_j, token-major
     key_sums = s.take(key_sum_groups(d) * width);  // phiK_j summed per group of tokens
     size = s.size;
   }
@@ -400,12 +620,14 @@ struct KeySumsLayout {
 // Pass 1: block (chunk, head) writes its chunk's [sum_j K'_j^T v_j (D x d), sum_j phiK_j (D)]
 // to partials (bh, chunks, D d + D). Per tile of keys: stage k, v, sin, cos; a thread per
 // (token, pair) builds K' (consecutive threads on consecutive pairs, token-major); the block
-// adds the tile's K'^T V in 4 x 4 register blocks and the column sums of phiK = split(kappa).
+// adds the tile's K'^T V to its running sum (held in registers) and the column sums of
+// phiK = split(kappa).
 template <typename T, FeatureMap fm>
 __global__ void __launch_bounds__(kThreads)
     linear_key_sums_kernel(int64_t n, int64_t chunk, int d, int tile, const T* k, const T* v,
                            const T* sin, const T* cos, T* partials) {
   const int width = kHalves<fm> * d, ld = d, groups = key_sum_groups(d);
+  const int values_ld = k_rows_ld(d), rotated_ld = k_rows_ld(width);
   const KeySumsLayout layout(tile, d, width);
   T* shared = shared_memory<T>();
   T* k_s = shared + layout.k;
@@ -413,11 +635,9 @@ __global__ void __launch_bounds__(kThreads)
   T* cos_s = shared + layout.cos;
   T* values = shared + layout.values;
   T* rotated = shared + layout.rotated;
-  T* partial = shared + layout.partial;
-  T* kv_sum = partial;
   T* key_sums = shared + layout.key_sums;
-  for (int i = threadIdx.x; i < width * d; i += blockDim.x) kv_sum[i] = 0;
   for (int i = threadIdx.x; i < groups * width; i += blockDim.x) key_sums[i] = 0;
+  ProductSum<T> kv_sum;
 
   const int64_t head = blockIdx.y;
   const int64_t first = blockIdx.x * chunk, last = min(n, first + chunk);
@@ -425,7 +645,7 @@ __global__ void __launch_bounds__(kThreads)
     const int rows = static_cast<int>(min(static_cast<int64_t>(tile), last - t0));
     const int64_t row0 = head * n + t0;
     stage_rows(tile, rows, d, k + row0 * d, k_s, ld);
-    stage_rows(tile, rows, d, v + row0 * d, values, d);
+    stage_rows(tile, rows, d, v + row0 * d, values, values_ld);
     stage_rows(tile, rows, d, sin + t0 * d, sin_s, ld);
     stage_rows(tile, rows, d, cos + t0 * d, cos_s, ld);
     finish_staging();
@@ -438,16 +658,11 @@ __global__ void __launch_bounds__(kThreads)
         T y0, y1;
         rotary_pair(split_sign(half, kappa0), split_sign(half, kappa1), sin_s + j * ld + c,
                     cos_s + j * ld + c, y0, y1);
-        store2(rotated + j * width + half * d + c, y0, y1);
+        store2(rotated + j * rotated_ld + half * d + c, y0, y1);
       }
     }
     __syncthreads();
-    for (GridWalk w(d / 4); w.row < width / 4; w.next()) {
-      const int c0 = 4 * w.row, e0 = 4 * w.col;
-      T acc[4][4] = {};
-      accumulate_block(tile, rotated + c0, width, values + e0, d, acc);
-      add_block(kv_sum + c0 * d + e0, d, acc);
-    }
+    kv_sum.add(width, d, tile, k_rows(rotated, rotated_ld), k_rows(values, values_ld));
     for (GridWalk w(d); w.row < groups; w.next()) {
       T pos = 0, neg = 0;
       for (int j = w.row; j < tile; j += groups) {
@@ -461,44 +676,44 @@ __global__ void __launch_bounds__(kThreads)
     }
     __syncthreads();
   }
+  T* out = partials + (head * gridDim.x + blockIdx.x) * (width * d + width);
+  kv_sum.hand_out(width, d, tile,
+                  [&](int c, int e, T x0, T x1) { store2(out + c * d + e, x0, x1); });
   for (int c = threadIdx.x; c < width; c += blockDim.x) {
     T sum = 0;
     for (int g = 0; g < groups; ++g) sum += key_sums[g * width + c];
-    partial[width * d + c] = sum;
+    out[width * d + c] = sum;
   }
-  __syncthreads();
-  T* out = partials + (head * gridDim.x + blockIdx.x) * (width * d + width);
-  for (int i = threadIdx.x; i < width * d + width; i += blockDim.x) out[i] = partial[i];
 }
 
 struct OutputLayout {
   int state, kbar, q, sin, cos, scales, z, rotated, den_parts, size;
   __host__ __device__ OutputLayout(int tile, int d, int width) {
     SharedLayout s;
-    state = s.take(width * d);  // S
+    state = s.take(width * k_rows_ld(d));  // S
     kbar = s.take(width);
     q = s.take(d * (tile + 1));    // staged rows, feature-major
     sin = s.take(d * (tile + 1));  // staged rows, feature-major
     cos = s.take(d * (tile + 1));  // staged rows, feature-major
     scales = s.take(tile * 3);     // QueryScale of each token
     z = s.take(tile);
-    rotated = s.take(width * tile);    // Q'^T: feature-major
-    den_parts = s.take(d / 2 * tile);  // [pair][token] terms of phiQ . kbar
+    rotated = s.take(width * k_rows_ld(tile));  // Q'^T: feature-major
+    den_parts = s.take(d / 2 * tile);           // [pair][token] terms of phiQ . kbar
     size = s.size;
   }
 };
 
 // Pass 3: o_i = z_i Q'_i S and z_i = 1 / (phiQ_i . kbar + eps) for a chunk of queries of one
 // head. Per tile: stage q, sin, cos feature-major; a thread per token finds the row's scale; a
-// thread per
-// (token, pair) builds phiQ and Q' (consecutive threads take consecutive tokens, writing Q'
-// feature-major) and its pair's terms of phiQ . kbar; a thread per token sums them into z; the
-// block multiplies Q' S in 4 x 4 register blocks and writes o.
+// thread per (token, pair) builds phiQ and Q' (consecutive threads take consecutive tokens,
+// writing Q' feature-major) and its pair's terms of phiQ . kbar; a thread per token sums them
+// into z; the block multiplies Q' S (block_product) and writes o.
 template <typename T, FeatureMap fm>
 __global__ void __launch_bounds__(kThreads)
     linear_output_kernel(int64_t n, int64_t chunk, int d, int tile, const T* q, const T* sin,
                          const T* cos, const T* state, const T* kbar, T* o, T* z) {
   const int width = kHalves<fm> * d, half_d = d / 2, ld = tile + 1;
+  const int state_ld = k_rows_ld(d), rotated_ld = k_rows_ld(tile);
   const OutputLayout layout(tile, d, width);
   T* shared = shared_memory<T>();
   T* state_s = shared + layout.state;
@@ -512,14 +727,15 @@ __global__ void __launch_bounds__(kThreads)
   T* den_parts = shared + layout.den_parts;
 
   const int64_t head = blockIdx.y;
-  for (int i = threadIdx.x; i < width * d; i += blockDim.x)
-    state_s[i] = state[head * width * d + i];
+  for (GridWalk w(d); w.row < width; w.next())
+    state_s[w.row * state_ld + w.col] = state[(head * width + w.row) * d + w.col];
   for (int c = threadIdx.x; c < width; c += blockDim.x) kbar_s[c] = kbar[head * width + c];
 
   const int64_t first = blockIdx.x * chunk, last = min(n, first + chunk);
   for (int64_t t0 = first; t0 < last; t0 += tile) {
     const int rows = static_cast<int>(min(static_cast<int64_t>(tile), last - t0));
-    stage_rows_transposed(tile, rows, d, q + (head * n + t0) * d, q_s, ld);
+    const int64_t row0 = head * n + t0;
+    stage_rows_transposed(tile, rows, d, q + row0 * d, q_s, ld);
     stage_rows_transposed(tile, rows, d, sin + t0 * d, sin_s, ld);
     stage_rows_transposed(tile, rows, d, cos + t0 * d, cos_s, ld);
     __syncthreads();
@@ -536,8 +752,8 @@ __global__ void __launch_bounds__(kThreads)
         den += f0 * kbar_s[half * d + c] + f1 * kbar_s[half * d + c + 1];
         T y0, y1;
         rotary_pair(f0, f1, sin_s + at, cos_s + at, y0, y1, ld);
-        rotated[(half * d + c) * tile + j] = y0;
-        rotated[(half * d + c + 1) * tile + j] = y1;
+        rotated[(half * d + c) * rotated_ld + j] = y0;
+        rotated[(half * d + c + 1) * rotated_ld + j] = y1;
       }
       den_parts[pair * tile + j] = den;
     }
@@ -546,18 +762,13 @@ __global__ void __launch_bounds__(kThreads)
       T den = T(kDenominatorEps);
       for (int pair = 0; pair < half_d; ++pair) den += den_parts[pair * tile + j];
       z_s[j] = 1 / den;
-      if (j < rows) z[head * n + t0 + j] = z_s[j];
+      if (j < rows) z[row0 + j] = z_s[j];
     }
     __syncthreads();
-    for (GridWalk w(d / 4); w.row < tile / 4; w.next()) {
-      const int j0 = 4 * w.row, e0 = 4 * w.col;
-      T acc[4][4] = {};
-      accumulate_block(width, rotated + j0, tile, state_s + e0, d, acc);
-      for (int r = 0; r < 4 && j0 + r < rows; ++r) {
-        for (int e = 0; e < 4; ++e) acc[r][e] *= z_s[j0 + r];
-        store4(o + (head * n + t0 + j0 + r) * d + e0, acc[r]);
-      }
-    }
+    block_product(tile, d, width, k_rows(rotated, rotated_ld), k_rows(state_s, state_ld),
+                  [&](int j, int e, T x0, T x1) {
+                    if (j < rows) store2(o + (row0 + j) * d + e, z_s[j] * x0, z_s[j] * x1);
+                  });
     __syncthreads();
   }
 }
@@ -565,12 +776,12 @@ __global__ void __launch_bounds__(kThreads)
 // ---- linear attention, backward ----
 
 struct QueryBackwardLayout {
-  int state_t, kbar, q, dout, sin, cos, scales, z, dden, dnorm, zdo_t, zdo, sigma, rotated,
-      drotated, dsigma, den_parts, power_parts, scale_parts, partial, size;
+  int state, kbar, q, dout, sin, cos, scales, z, dden, dnorm, zdo, sigma, rotated, drotated, dsigma,
+      den_parts, power_parts, scale_parts, dkbar, size;
   __host__ __device__ QueryBackwardLayout(int tile, int d, int width) {
     const int parts = tile * (d / 2 + 1);  // [token][pair], row stride d / 2 + 1 (odd)
     SharedLayout s;
-    state_t = s.take(d * width);  // S^T
+    state = s.take(width * i_rows_ld(d));  // S
     kbar = s.take(width);
     q = s.take(tile * (d + 1));     // staged rows
     dout = s.take(tile * (d + 1));  // staged rows
@@ -580,16 +791,15 @@ struct QueryBackwardLayout {
     z = s.take(tile);
     dden = s.take(tile);
     dnorm = s.take(tile);
-    zdo_t = s.take(d * tile);         // z_i do_i, feature-major
-    zdo = s.take(tile * d);           // z_i do_i, token-major
-    sigma = s.take(tile * d);         // token-major
-    rotated = s.take(tile * width);   // Q', token-major
-    drotated = s.take(tile * width);  // dQ', token-major
-    dsigma = s.take(tile * d);        // token-major
+    zdo = s.take(tile * i_rows_ld(d));           // z_i do_i, token-major
+    sigma = s.take(tile * d);                    // token-major
+    rotated = s.take(tile * k_rows_ld(width));   // Q', token-major
+    drotated = s.take(tile * k_rows_ld(width));  // dQ', token-major
+    dsigma = s.take(tile * d);                   // token-major
     den_parts = s.take(parts);
     power_parts = s.take(parts);
     scale_parts = s.take(parts);
-    partial = s.take(width * d + width);  // the chunk's sums of z_i Q'_i^T do_i, dden_i phiQ_i
+    dkbar = s.take(width);  // the chunk's sum of dden_i phiQ_i
     size = s.size;
   }
 };
@@ -599,15 +809,17 @@ struct QueryBackwardLayout {
 //   dQ'_i = z_i S do_i,  dden_i = -z_i Q'_i . dQ'_i,  dphiQ_i = rho^T(dQ'_i) + dden_i kbar,
 //   dsigma = split^T(dphiQ), then dq through the power, the norm and the direction.
 // Threads per (token, pair) take consecutive pairs here (token-major arrays, coalesced dq).
+// The running dS is held in registers (ProductSum).
 template <typename T, FeatureMap fm>
 __global__ void __launch_bounds__(kThreads)
     linear_query_backward_kernel(int64_t n, int64_t chunk, int d, int tile, const T* q,
                                  const T* sin, const T* cos, const T* state, const T* kbar,
                                  const T* z, const T* dout, T* dq, T* partials) {
   const int width = kHalves<fm> * d, half_d = d / 2, ld = d + 1, parts_ld = half_d + 1;
+  const int state_ld = i_rows_ld(d), zdo_ld = i_rows_ld(d), rotated_ld = k_rows_ld(width);
   const QueryBackwardLayout layout(tile, d, width);
   T* shared = shared_memory<T>();
-  T* state_t = shared + layout.state_t;
+  T* state_s = shared + layout.state;
   T* kbar_s = shared + layout.kbar;
   T* q_s = shared + layout.q;
   T* dout_s = shared + layout.dout;
@@ -617,7 +829,6 @@ __global__ void __launch_bounds__(kThreads)
   T* z_s = shared + layout.z;
   T* dden = shared + layout.dden;
   T* dnorm = shared + layout.dnorm;
-  T* zdo_t = shared + layout.zdo_t;
   T* zdo = shared + layout.zdo;
   T* sigma = shared + layout.sigma;
   T* rotated = shared + layout.rotated;
@@ -626,15 +837,16 @@ __global__ void __launch_bounds__(kThreads)
   T* den_parts = shared + layout.den_parts;
   T* power_parts = shared + layout.power_parts;
   T* scale_parts = shared + layout.scale_parts;
-  T* partial = shared + layout.partial;
-  T* dstate = partial;
-  T* dkbar = partial + width * d;
+  T* dkbar = shared + layout.dkbar;
 
   const int64_t head = blockIdx.y;
   for (GridWalk w(d); w.row < width; w.next())
-    state_t[w.col * width + w.row] = state[(head * width + w.row) * d + w.col];
-  for (int c = threadIdx.x; c < width; c += blockDim.x) kbar_s[c] = kbar[head * width + c];
-  for (int i = threadIdx.x; i < width * d + width; i += blockDim.x) partial[i] = 0;
+    state_s[w.row * state_ld + w.col] = state[(head * width + w.row) * d + w.col];
+  for (int c = threadIdx.x; c < width; c += blockDim.x) {
+    kbar_s[c] = kbar[head * width + c];
+    dkbar[c] = 0;
+  }
+  ProductSum<T> dstate;
 
   const int64_t first = blockIdx.x * chunk, last = min(n, first + chunk);
   for (int64_t t0 = first; t0 < last; t0 += tile) {
@@ -647,11 +859,8 @@ __global__ void __launch_bounds__(kThreads)
     for (int j = threadIdx.x; j < tile; j += blockDim.x) z_s[j] = j < rows ? z[row0 + j] : T(0);
     finish_staging();
     __syncthreads();
-    // A thread per token: the row's scale, and z_i do_i feature-major.
-    for (int j = threadIdx.x; j < tile; j += blockDim.x) {
+    for (int j = threadIdx.x; j < tile; j += blockDim.x)
       scales[j] = query_scale<fm>(d, q_s + j * ld, 1);
-      for (int e = 0; e < d; ++e) zdo_t[e * tile + j] = z_s[j] * dout_s[j * ld + e];
-    }
     __syncthreads();
     // A thread per (token, pair): sigma, Q' and z_i do_i token-major.
     for (GridWalk w(half_d); w.row < tile; w.next()) {
@@ -659,34 +868,25 @@ __global__ void __launch_bounds__(kThreads)
       const T s0 = query_signed<fm>(q_s[j * ld + c], scales[j]);
       const T s1 = query_signed<fm>(q_s[j * ld + c + 1], scales[j]);
       store2(sigma + j * d + c, s0, s1);
-      store2(zdo + j * d + c, z_s[j] * dout_s[j * ld + c], z_s[j] * dout_s[j * ld + c + 1]);
+      store2(zdo + j * zdo_ld + c, z_s[j] * dout_s[j * ld + c], z_s[j] * dout_s[j * ld + c + 1]);
       for (int half = 0; half < kHalves<fm>; ++half) {
         T y0, y1;
         rotary_pair(split_sign(half, s0), split_sign(half, s1), sin_s + j * ld + c,
                     cos_s + j * ld + c, y0, y1);
-        store2(rotated + j * width + half * d + c, y0, y1);
+        store2(rotated + j * rotated_ld + half * d + c, y0, y1);
       }
     }
     __syncthreads();
     // dQ' = (z do) S^T for the tile; the chunk's dS += Q'^T (z do).
-    for (GridWalk w(width / 4); w.row < tile / 4; w.next()) {
-      const int j0 = 4 * w.row, c0 = 4 * w.col;
-      T acc[4][4] = {};
-      accumulate_block(d, zdo_t + j0, tile, state_t + c0, width, acc);
-      for (int r = 0; r < 4; ++r) store4(drotated + (j0 + r) * width + c0, acc[r]);
-    }
-    for (GridWalk w(d / 4); w.row < width / 4; w.next()) {
-      const int c0 = 4 * w.row, e0 = 4 * w.col;
-      T acc[4][4] = {};
-      accumulate_block(tile, rotated + c0, width, zdo + e0, d, acc);
-      add_block(dstate + c0 * d + e0, d, acc);
-    }
+    block_product(tile, width, d, i_rows(zdo, zdo_ld), i_rows(state_s, state_ld),
+                  [&](int j, int c, T x0, T x1) { store2(drotated + j * rotated_ld + c, x0, x1); });
+    dstate.add(width, d, tile, k_rows(rotated, rotated_ld), k_rows(zdo, zdo_ld));
     __syncthreads();
     for (GridWalk w(half_d); w.row < tile; w.next()) {
       const int j = w.row, c = 2 * w.col;
       T sum = 0;
       for (int half = 0; half < kHalves<fm>; ++half) {
-        const int at = j * width + half * d + c;
+        const int at = j * rotated_ld + half * d + c;
         sum += rotated[at] * drotated[at] + rotated[at + 1] * drotated[at + 1];
       }
       den_parts[j * parts_ld + w.col] = sum;
@@ -703,7 +903,7 @@ __global__ void __launch_bounds__(kThreads)
       const int j = w.row, pair = w.col, c = 2 * pair;
       T dphi[2][2] = {};
       for (int half = 0; half < kHalves<fm>; ++half) {
-        const int at = j * width + half * d + c;
+        const int at = j * rotated_ld + half * d + c;
         T g0, g1;
         rotary_pair_transposed(drotated[at], drotated[at + 1], sin_s + j * ld + c,
                                cos_s + j * ld + c, g0, g1);
@@ -754,24 +954,24 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();
   }
   T* out = partials + (head * gridDim.x + blockIdx.x) * (width * d + width);
-  for (int i = threadIdx.x; i < width * d + width; i += blockDim.x) out[i] = partial[i];
+  dstate.hand_out(width, d, tile,
+                  [&](int c, int e, T x0, T x1) { store2(out + c * d + e, x0, x1); });
+  for (int c = threadIdx.x; c < width; c += blockDim.x) out[width * d + c] = dkbar[c];
 }
 
 struct KeyBackwardLayout {
-  int dstate, dstate_t, dkbar, k, v, sin, cos, rotated, values_t, drotated, dk, size;
+  int dstate, dkbar, k, v, sin, cos, rotated, drotated, dk, size;
   __host__ __device__ KeyBackwardLayout(int tile, int d, int width) {
     SharedLayout s;
-    dstate = s.take(width * d);       // dS / N
-    dstate_t = s.take(d * width);     // its transpose
-    dkbar = s.take(width);            // dkbar / N
-    k = s.take(tile * (d + 1));       // staged rows
-    v = s.take(tile * (d + 1));       // staged rows
-    sin = s.take(tile * (d + 1));     // staged rows
-    cos = s.take(tile * (d + 1));     // staged rows
-    rotated = s.take(width * tile);   // K'^T: feature-major
-    values_t = s.take(d * tile);      // v^T: feature-major
-    drotated = s.take(width * tile);  // dK'^T: feature-major
-    dk = s.take(tile * (d + 1));      // staged dk rows, written out coalesced
+    dstate = s.take(width * i_rows_ld(d));       // dS / N
+    dkbar = s.take(width);                       // dkbar / N
+    k = s.take(tile * (d + 1));                  // staged rows
+    v = s.take(tile * i_rows_ld(d));             // staged rows
+    sin = s.take(tile * (d + 1));                // staged rows
+    cos = s.take(tile * (d + 1));                // staged rows
+    rotated = s.take(width * k_rows_ld(tile));   // K'^T: feature-major
+    drotated = s.take(width * k_rows_ld(tile));  // dK'^T: feature-major
+    dk = s.take(tile * (d + 1));                 // staged dk rows, written out coalesced
     size = s.size;
   }
 };
@@ -786,26 +986,23 @@ __global__ void __launch_bounds__(kThreads)
     linear_key_backward_kernel(int64_t n, int64_t chunk, int d, int tile, const T* k, const T* v,
                                const T* sin, const T* cos, const T* token_grads, T* dk, T* dv) {
   const int width = kHalves<fm> * d, half_d = d / 2, ld = d + 1;
+  const int dstate_ld = i_rows_ld(d), v_ld = i_rows_ld(d), tile_ld = k_rows_ld(tile);
   const KeyBackwardLayout layout(tile, d, width);
   T* shared = shared_memory<T>();
   T* dstate = shared + layout.dstate;
-  T* dstate_t = shared + layout.dstate_t;
   T* dkbar = shared + layout.dkbar;
   T* k_s = shared + layout.k;
   T* v_s = shared + layout.v;
   T* sin_s = shared + layout.sin;
   T* cos_s = shared + layout.cos;
   T* rotated = shared + layout.rotated;
-  T* values_t = shared + layout.values_t;
   T* drotated = shared + layout.drotated;
   T* dk_s = shared + layout.dk;
 
   const int64_t head = blockIdx.y;
   const T* grads = token_grads + head * (width * d + width);
-  for (GridWalk w(d); w.row < width; w.next()) {
-    dstate[w.row * d + w.col] = grads[w.row * d + w.col];
-    dstate_t[w.col * width + w.row] = grads[w.row * d + w.col];
-  }
+  for (GridWalk w(d); w.row < width; w.next())
+    dstate[w.row * dstate_ld + w.col] = grads[w.row * d + w.col];
   for (int c = threadIdx.x; c < width; c += blockDim.x) dkbar[c] = grads[width * d + c];
 
   const int64_t first = blockIdx.x * chunk, last = min(n, first + chunk);
@@ -813,7 +1010,7 @@ __global__ void __launch_bounds__(kThreads)
     const int rows = static_cast<int>(min(static_cast<int64_t>(tile), last - t0));
     const int64_t row0 = head * n + t0;
     stage_rows(tile, rows, d, k + row0 * d, k_s, ld);
-    stage_rows(tile, rows, d, v + row0 * d, v_s, ld);
+    stage_rows(tile, rows, d, v + row0 * d, v_s, v_ld);
     stage_rows(tile, rows, d, sin + t0 * d, sin_s, ld);
     stage_rows(tile, rows, d, cos + t0 * d, cos_s, ld);
     finish_staging();
@@ -826,34 +1023,26 @@ __global__ void __launch_bounds__(kThreads)
         T y0, y1;
         rotary_pair(split_sign(half, kappa0), split_sign(half, kappa1), sin_s + j * ld + c,
                     cos_s + j * ld + c, y0, y1);
-        rotated[(half * d + c) * tile + j] = y0;
-        rotated[(half * d + c + 1) * tile + j] = y1;
+        rotated[(half * d + c) * tile_ld + j] = y0;
+        rotated[(half * d + c + 1) * tile_ld + j] = y1;
       }
-      values_t[c * tile + j] = v_s[j * ld + c];
-      values_t[(c + 1) * tile + j] = v_s[j * ld + c + 1];
     }
     __syncthreads();
     // dv = K' dstate_token, written out; dK'^T = dstate_token v^T, feature-major.
-    for (GridWalk w(d / 4); w.row < tile / 4; w.next()) {
-      const int j0 = 4 * w.row, e0 = 4 * w.col;
-      T acc[4][4] = {};
-      accumulate_block(width, rotated + j0, tile, dstate + e0, d, acc);
-      for (int r = 0; r < 4 && j0 + r < rows; ++r) store4(dv + (row0 + j0 + r) * d + e0, acc[r]);
-    }
-    for (GridWalk w(tile / 4); w.row < width / 4; w.next()) {
-      const int c0 = 4 * w.row, j0 = 4 * w.col;
-      T acc[4][4] = {};
-      accumulate_block(d, dstate_t + c0, width, values_t + j0, tile, acc);
-      for (int r = 0; r < 4; ++r) store4(drotated + (c0 + r) * tile + j0, acc[r]);
-    }
+    block_product(tile, d, width, k_rows(rotated, tile_ld), k_rows(dstate, dstate_ld),
+                  [&](int j, int e, T x0, T x1) {
+                    if (j < rows) store2(dv + (row0 + j) * d + e, x0, x1);
+                  });
+    block_product(width, tile, d, i_rows(dstate, dstate_ld), i_rows(v_s, v_ld),
+                  [&](int c, int j, T x0, T x1) { store2(drotated + c * tile_ld + j, x0, x1); });
     __syncthreads();
     for (GridWalk w(tile); w.row < half_d; w.next()) {
       const int j = w.col, c = 2 * w.row;
       T dphi[2][2] = {};
       for (int half = 0; half < kHalves<fm>; ++half) {
-        const int at = (half * d + c) * tile + j;
+        const int at = (half * d + c) * tile_ld + j;
         T g0, g1;
-        rotary_pair_transposed(drotated[at], drotated[at + tile], sin_s + j * ld + c,
+        rotary_pair_transposed(drotated[at], drotated[at + tile_ld], sin_s + j * ld + c,
                                cos_s + j * ld + c, g0, g1);
         dphi[half][0] = g0 + dkbar[half * d + c];
         dphi[half][1] = g1 + dkbar[half * d + c + 1];
@@ -1336,7 +1525,7 @@ template <typename T>
 void linear_attention_forward(FeatureMap fm, int64_t bh, int64_t n, int64_t d, const T* q,
                               const T* k, const T* v, const T* sin, const T* cos, T* o, T* state,
                               T* kbar, T* z, T* workspace) {
-  check_head_dim("linear_attention_forward", d);
+  check_linear_head_dim("linear_attention_forward", fm, d);
   check_aligned("linear_attention_forward", {q, k, v, sin, cos, o, state, kbar, z, workspace});
   if (bh == 0 || n == 0) return;
   const int dim = static_cast<int>(d);
@@ -1353,7 +1542,7 @@ void linear_attention_backward(FeatureMap fm, int64_t bh, int64_t n, int64_t d, 
                                const T* k, const T* v, const T* sin, const T* cos, const T* state,
                                const T* kbar, const T* z, const T* dout, T* dq, T* dk, T* dv,
                                T* workspace) {
-  check_head_dim("linear_attention_backward", d);
+  check_linear_head_dim("linear_attention_backward", fm, d);
   check_aligned("linear_attention_backward",
                 {q, k, v, sin, cos, state, kbar, z, dout, dq, dk, dv, workspace});
   if (bh == 0 || n == 0) return;
