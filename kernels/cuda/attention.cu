@@ -33,9 +33,12 @@
 #include <cmath>
 #include <cstdint>
 #include <initializer_list>
+#include <map>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
+#include <utility>
 
 #include "kernels/cuda/common.h"
 #include "kernels/kernels.h"
@@ -115,21 +118,36 @@ size_t max_shared_bytes() {
   return bytes;
 }
 
-// The tile (kMaxTile, kMaxTile / 2, ..., 4) for a kernel whose block needs bytes(tile) of shared
-// memory: tiles of 16 tokens or more keep the products on the tensor cores (m16 fragments), so
-// the largest of those that lets four blocks share an SM, failing that two; then the largest of
-// any size for four, two, one.
-template <typename Bytes>
-int choose_tile(const char* kernel, Bytes bytes) {
+// The tile (kMaxTile, kMaxTile / 2, ..., 4) for `kernel`, whose block needs bytes(tile) of
+// shared memory: the largest of at least `preferred` tokens with which four blocks fit on an SM
+// (by shared memory and registers), failing that two; failing both, the largest of any size for
+// four, two, then one. Several blocks per SM keep it busy while one waits at a barrier; the
+// linear-attention kernels prefer 16 tokens, which keep their products on the tensor cores
+// (m16 fragments). Cached per kernel and head dim, as the occupancy queries cost host time.
+template <typename... Params, typename Bytes>
+int choose_tile(const char* name, void (*kernel)(Params...), int d, int preferred, Bytes bytes) {
+  static std::mutex mutex;
+  static std::map<std::pair<const void*, int>, int> chosen;
+  const std::lock_guard<std::mutex> lock(mutex);
+  const auto key = std::make_pair(reinterpret_cast<const void*>(kernel), d);
+  if (const auto it = chosen.find(key); it != chosen.end()) return it->second;
   const size_t limit = max_shared_bytes();
-  for (const size_t budget : {limit / 4, limit / 2})
-    for (int tile = kMaxTile; tile >= 16; tile /= 2)
-      if (bytes(tile) <= budget) return tile;
-  for (const size_t budget : {limit / 4, limit / 2, limit})
-    for (int tile = kMaxTile; tile >= 4; tile /= 2)
-      if (bytes(tile) <= budget) return tile;
-  throw std::invalid_argument(std::string(kernel) +
-                              ": head dim too large for the GPU's shared memory");
+  NALA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       static_cast<int>(limit)));
+  const auto blocks_per_sm = [&](int tile) {
+    int blocks = 0;
+    if (bytes(tile) <= limit)
+      NALA_CUDA_CHECK(
+          cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, kThreads, bytes(tile)));
+    return blocks;
+  };
+  for (const int smallest : {preferred, 4})
+    for (const int blocks : {4, 2, 1})
+      for (int tile = kMaxTile; tile >= smallest; tile /= 2)
+        if (blocks_per_sm(tile) >= blocks && (blocks > 1 || smallest == 4))
+          return chosen[key] = tile;
+  throw std::invalid_argument(std::string(name) + ": head dim " + std::to_string(d) +
+                              " too large for the GPU's shared memory");
 }
 
 // kernel<<<grid, kThreads, bytes, stream()>>>(args...), allowed `bytes` of dynamic shared memory.
@@ -149,6 +167,17 @@ __device__ inline void store2(float* p, float x0, float x1) {
 }
 __device__ inline void store2(double* p, double x0, double x1) {
   *reinterpret_cast<double2*>(p) = make_double2(x0, x1);
+}
+
+__device__ inline void load2(const float* p, float& x0, float& x1) {
+  const float2 v = *reinterpret_cast<const float2*>(p);
+  x0 = v.x;
+  x1 = v.y;
+}
+__device__ inline void load2(const double* p, double& x0, double& x1) {
+  const double2 v = *reinterpret_cast<const double2*>(p);
+  x0 = v.x;
+  x1 = v.y;
 }
 
 // Four consecutive elements at a 16-byte aligned address.
@@ -427,34 +456,6 @@ __device__ void stage_rows(int tile, int rows, int d, const T* x, T* staged, int
   }
 }
 
-// Copies the first `rows` rows of x (rows of d) into staged[c][j] (feature-major, leading dim
-// ld) and zeroes the rows below them, up to `tile`. Each thread loads kBatch pieces of 4
-// elements before storing any, so that they are in flight together. With ld odd (tile + 1) the
-// scattered stores of a warp fall in distinct banks.
-template <typename T>
-__device__ void stage_rows_transposed(int tile, int rows, int d, const T* x, T* staged, int ld) {
-  constexpr int kBatch = 4;
-  GridWalk w(d / 4);
-  while (w.row < tile) {
-    T quad[kBatch][4];
-    int row[kBatch], col[kBatch];
-#pragma unroll
-    for (int b = 0; b < kBatch; ++b) {
-      row[b] = w.row;
-      col[b] = 4 * w.col;
-      if (w.row < rows)
-        load4(x + static_cast<int64_t>(w.row) * d + col[b], quad[b]);
-      else
-        for (int e = 0; e < 4; ++e) quad[b][e] = 0;
-      w.next();
-    }
-#pragma unroll
-    for (int b = 0; b < kBatch; ++b)
-      if (row[b] < tile)
-        for (int e = 0; e < 4; ++e) staged[(col[b] + e) * ld + row[b]] = quad[b][e];
-  }
-}
-
 // Waits for this thread's stage_rows copies.
 __device__ inline void finish_staging() {
   __pipeline_commit();
@@ -521,14 +522,12 @@ struct QueryScale {
   T norm, inv_norm, power;
 };
 
-// The scale of a staged query row whose elements lie `stride` apart (one thread per row).
+// The scale of a query row from its sum of squares.
 template <FeatureMap fm, typename T>
-__device__ QueryScale<T> query_scale(int d, const T* q, int stride) {
+__device__ QueryScale<T> query_scale(T sum_of_squares) {
   QueryScale<T> s{T(0), T(0), T(1)};
   if constexpr (fm == FeatureMap::Nala) {
-    T sum = 0;
-    for (int c = 0; c < d; ++c) sum += q[c * stride] * q[c * stride];
-    s.norm = sqrt(sum);
+    s.norm = sqrt(sum_of_squares);
     s.inv_norm = s.norm > 0 ? 1 / s.norm : T(0);
     s.power = 3 * (T(0.5) + tanh(s.norm));
   }
@@ -572,6 +571,49 @@ __device__ T query_signed_backward(T q, T sigma, T dsigma, const QueryScale<T>& 
     return direct + dnorm * q * s.inv_norm;
   }
   return dsigma;
+}
+
+// ---- a team of lanes per token ----
+// The element-wise passes over a tile run a thread per (token, pair of columns c = 2 pair,
+// c + 1), the lanes of a token side by side in one warp: pair_lanes(d), the power of two at or
+// above d / 2 (d <= 64: at most a warp; lanes past d / 2 idle), so that sums over a token's row
+// are shuffles within the team (team_reduce) and a thread keeps the same pair from one token to
+// the next. Consecutive lanes read consecutive pairs of a row: global rows load coalesced.
+__host__ __device__ inline int pair_lanes(int d) {
+  int lanes = 1;
+  while (lanes < d / 2) lanes *= 2;
+  return lanes;
+}
+
+template <typename T>
+__device__ T team_sum(LanesPerRow team, T x) {
+  return team_reduce<SumOp<T>>(team, x);
+}
+
+// One token's values at a lane's pair of columns: zeros past the chunk's rows or the row's pairs.
+// Tokens per batch of loads in the element-wise passes; the query backward's running dS leaves
+// it room for fewer.
+constexpr int kPairBatch = 4, kQueryBatch = 2;
+
+template <typename T>
+struct PairRow {
+  T q[2] = {}, sin[2] = {}, cos[2] = {}, dout[2] = {};
+};
+
+// Runs load(j, b) then body(j, b) for this thread's tokens j < tile, kBatch tokens at a time (b <
+// kBatch): a batch's loads are all issued before the first body waits on them. A team's lanes
+// share j, so body may shuffle within the team.
+template <int kBatch, typename Load, typename Body>
+__device__ void for_team_tokens(LanesPerRow team, int tile, Load load, Body body) {
+  const int teams = kThreads / team.lanes;
+  for (int j0 = threadIdx.x / team.lanes; j0 < tile; j0 += kBatch * teams) {
+#pragma unroll
+    for (int b = 0; b < kBatch; ++b)
+      if (j0 + b * teams < tile) load(j0 + b * teams, b);
+#pragma unroll
+    for (int b = 0; b < kBatch; ++b)
+      if (j0 + b * teams < tile) body(j0 + b * teams, b);
+  }
 }
 
 // ---- linear attention, forward ----
@@ -687,85 +729,78 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 struct OutputLayout {
-  int state, kbar, q, sin, cos, scales, z, rotated, den_parts, size;
+  int state, kbar, z, rotated, size;
   __host__ __device__ OutputLayout(int tile, int d, int width) {
     SharedLayout s;
-    state = s.take(width * k_rows_ld(d));  // S
-    kbar = s.take(width);
-    q = s.take(d * (tile + 1));    // staged rows, feature-major
-    sin = s.take(d * (tile + 1));  // staged rows, feature-major
-    cos = s.take(d * (tile + 1));  // staged rows, feature-major
-    scales = s.take(tile * 3);     // QueryScale of each token
-    z = s.take(tile);
-    rotated = s.take(width * k_rows_ld(tile));  // Q'^T: feature-major
-    den_parts = s.take(d / 2 * tile);           // [pair][token] terms of phiQ . kbar
+    state = s.take(width * k_rows_ld(d));       // S
+    kbar = s.take(width);                       //
+    z = s.take(tile);                           //
+    rotated = s.take(tile * i_rows_ld(width));  // Q', token-major
     size = s.size;
   }
 };
 
 // Pass 3: o_i = z_i Q'_i S and z_i = 1 / (phiQ_i . kbar + eps) for a chunk of queries of one
-// head. Per tile: stage q, sin, cos feature-major; a thread per token finds the row's scale; a
-// thread per (token, pair) builds phiQ and Q' (consecutive threads take consecutive tokens,
-// writing Q' feature-major) and its pair's terms of phiQ . kbar; a thread per token sums them
-// into z; the block multiplies Q' S (block_product) and writes o.
+// head. Per tile: a team of lanes per token reads q, sin, cos from global memory a pair per
+// lane, sums the row's squares (the NaLa scale) and its terms of phiQ . kbar (z) across the
+// team, and writes Q' token-major; the block multiplies Q' S (block_product) and writes o.
 template <typename T, FeatureMap fm>
 __global__ void __launch_bounds__(kThreads)
     linear_output_kernel(int64_t n, int64_t chunk, int d, int tile, const T* q, const T* sin,
                          const T* cos, const T* state, const T* kbar, T* o, T* z) {
-  const int width = kHalves<fm> * d, half_d = d / 2, ld = tile + 1;
-  const int state_ld = k_rows_ld(d), rotated_ld = k_rows_ld(tile);
+  const int width = kHalves<fm> * d, half_d = d / 2;
+  const int state_ld = k_rows_ld(d), rotated_ld = i_rows_ld(width);
   const OutputLayout layout(tile, d, width);
   T* shared = shared_memory<T>();
   T* state_s = shared + layout.state;
   T* kbar_s = shared + layout.kbar;
-  T* q_s = shared + layout.q;
-  T* sin_s = shared + layout.sin;
-  T* cos_s = shared + layout.cos;
-  auto* scales = reinterpret_cast<QueryScale<T>*>(shared + layout.scales);
   T* z_s = shared + layout.z;
   T* rotated = shared + layout.rotated;
-  T* den_parts = shared + layout.den_parts;
+  const LanesPerRow team{pair_lanes(d)};
+  const int pair = team.rank(), c = 2 * pair;
+  const bool live = pair < half_d;
 
   const int64_t head = blockIdx.y;
   for (GridWalk w(d); w.row < width; w.next())
     state_s[w.row * state_ld + w.col] = state[(head * width + w.row) * d + w.col];
-  for (int c = threadIdx.x; c < width; c += blockDim.x) kbar_s[c] = kbar[head * width + c];
+  for (int i = threadIdx.x; i < width; i += blockDim.x) kbar_s[i] = kbar[head * width + i];
+  __syncthreads();
 
   const int64_t first = blockIdx.x * chunk, last = min(n, first + chunk);
   for (int64_t t0 = first; t0 < last; t0 += tile) {
     const int rows = static_cast<int>(min(static_cast<int64_t>(tile), last - t0));
     const int64_t row0 = head * n + t0;
-    stage_rows_transposed(tile, rows, d, q + row0 * d, q_s, ld);
-    stage_rows_transposed(tile, rows, d, sin + t0 * d, sin_s, ld);
-    stage_rows_transposed(tile, rows, d, cos + t0 * d, cos_s, ld);
-    __syncthreads();
-    for (int j = threadIdx.x; j < tile; j += blockDim.x)
-      scales[j] = query_scale<fm>(d, q_s + j, ld);
-    __syncthreads();
-    for (GridWalk w(tile); w.row < half_d; w.next()) {
-      const int j = w.col, pair = w.row, c = 2 * pair, at = c * ld + j;
-      const T s0 = query_signed<fm>(q_s[at], scales[j]);
-      const T s1 = query_signed<fm>(q_s[at + ld], scales[j]);
-      T den = 0;
-      for (int half = 0; half < kHalves<fm>; ++half) {
-        const T f0 = split_sign(half, s0), f1 = split_sign(half, s1);
-        den += f0 * kbar_s[half * d + c] + f1 * kbar_s[half * d + c + 1];
-        T y0, y1;
-        rotary_pair(f0, f1, sin_s + at, cos_s + at, y0, y1, ld);
-        rotated[(half * d + c) * rotated_ld + j] = y0;
-        rotated[(half * d + c + 1) * rotated_ld + j] = y1;
+    PairRow<T> in[kPairBatch];
+    const auto load = [&](int j, int b) {
+      in[b] = PairRow<T>{};
+      if (live && j < rows) {
+        load2(q + (row0 + j) * d + c, in[b].q[0], in[b].q[1]);
+        load2(sin + (t0 + j) * d + c, in[b].sin[0], in[b].sin[1]);
+        load2(cos + (t0 + j) * d + c, in[b].cos[0], in[b].cos[1]);
       }
-      den_parts[pair * tile + j] = den;
-    }
+    };
+    for_team_tokens<kPairBatch>(team, tile, load, [&](int j, int b) {
+      const PairRow<T>& r = in[b];
+      const QueryScale<T> scale =
+          query_scale<fm>(team_sum(team, r.q[0] * r.q[0] + r.q[1] * r.q[1]));
+      const T s0 = query_signed<fm>(r.q[0], scale), s1 = query_signed<fm>(r.q[1], scale);
+      T den = 0;
+      if (live)
+        for (int half = 0; half < kHalves<fm>; ++half) {
+          const T f0 = split_sign(half, s0), f1 = split_sign(half, s1);
+          den += f0 * kbar_s[half * d + c] + f1 * kbar_s[half * d + c + 1];
+          T y0, y1;
+          rotary_pair(f0, f1, r.sin, r.cos, y0, y1);
+          store2(rotated + j * rotated_ld + half * d + c, y0, y1);
+        }
+      den = team_sum(team, den);
+      if (pair == 0) {
+        z_s[j] = 1 / (den + T(kDenominatorEps));
+        if (j < rows) z[row0 + j] = z_s[j];
+      }
+    });
     __syncthreads();
-    for (int j = threadIdx.x; j < tile; j += blockDim.x) {
-      T den = T(kDenominatorEps);
-      for (int pair = 0; pair < half_d; ++pair) den += den_parts[pair * tile + j];
-      z_s[j] = 1 / den;
-      if (j < rows) z[row0 + j] = z_s[j];
-    }
-    __syncthreads();
-    block_product(tile, d, width, k_rows(rotated, rotated_ld), k_rows(state_s, state_ld),
+    block_product(tile, d, width, i_rows(rotated, rotated_ld), k_rows(state_s, state_ld),
                   [&](int j, int e, T x0, T x1) {
                     if (j < rows) store2(o + (row0 + j) * d + e, z_s[j] * x0, z_s[j] * x1);
                   });
@@ -776,202 +811,176 @@ __global__ void __launch_bounds__(kThreads)
 // ---- linear attention, backward ----
 
 struct QueryBackwardLayout {
-  int state, kbar, q, dout, sin, cos, scales, z, dden, dnorm, zdo, sigma, rotated, drotated, dsigma,
-      den_parts, power_parts, scale_parts, dkbar, size;
+  int state, kbar, z, zdo, sigma, rotated, drotated, dkbar, size;
   __host__ __device__ QueryBackwardLayout(int tile, int d, int width) {
-    const int parts = tile * (d / 2 + 1);  // [token][pair], row stride d / 2 + 1 (odd)
     SharedLayout s;
-    state = s.take(width * i_rows_ld(d));  // S
-    kbar = s.take(width);
-    q = s.take(tile * (d + 1));     // staged rows
-    dout = s.take(tile * (d + 1));  // staged rows
-    sin = s.take(tile * (d + 1));   // staged rows
-    cos = s.take(tile * (d + 1));   // staged rows
-    scales = s.take(tile * 3);
-    z = s.take(tile);
-    dden = s.take(tile);
-    dnorm = s.take(tile);
-    zdo = s.take(tile * i_rows_ld(d));           // z_i do_i, token-major
-    sigma = s.take(tile * d);                    // token-major
-    rotated = s.take(tile * k_rows_ld(width));   // Q', token-major
-    drotated = s.take(tile * k_rows_ld(width));  // dQ', token-major
-    dsigma = s.take(tile * d);                   // token-major
-    den_parts = s.take(parts);
-    power_parts = s.take(parts);
-    scale_parts = s.take(parts);
-    dkbar = s.take(width);  // the chunk's sum of dden_i phiQ_i
+    state = s.take(width * i_rows_ld(d));              // S
+    kbar = s.take(width);                              //
+    z = s.take(tile);                                  //
+    zdo = s.take(tile * i_rows_ld(d));                 // z_i do_i, token-major
+    sigma = s.take(tile * d);                          // token-major
+    rotated = s.take(tile * k_rows_ld(width));         // Q', token-major
+    drotated = s.take(tile * k_rows_ld(width));        // dQ', token-major
+    dkbar = s.take(kThreads / pair_lanes(d) * width);  // each team's sum of dden_i phiQ_i
     size = s.size;
   }
 };
 
 // Backward pass 1 for a chunk of queries of one head: dq, and the chunk's partial sums
-// [dS = sum_i z_i Q'_i^T do_i (D x d), dkbar = sum_i dden_i phiQ_i (D)] into partials. Per tile:
-//   dQ'_i = z_i S do_i,  dden_i = -z_i Q'_i . dQ'_i,  dphiQ_i = rho^T(dQ'_i) + dden_i kbar,
-//   dsigma = split^T(dphiQ), then dq through the power, the norm and the direction.
-// Threads per (token, pair) take consecutive pairs here (token-major arrays, coalesced dq).
-// The running dS is held in registers (ProductSum).
+// [dS = sum_i z_i Q'_i^T do_i (D x d), dkbar = sum_i dden_i phiQ_i (D)] into partials. Per tile,
+// a team of lanes per token (pair_lanes) builds Q' and z_i do_i from q, do, sin, cos read from
+// global memory; the block multiplies dQ' = (z do) S^T and adds Q'^T (z do) to the running dS
+// (held in registers, ProductSum); then the teams again, with the row sums as shuffles:
+//   dden_i = -z_i Q'_i . dQ'_i,  dphiQ_i = rho^T(dQ'_i) + dden_i kbar,  dsigma = split^T(dphiQ),
+//   dq through the power, the norm and the direction (sigma kept from the first sweep, the NaLa
+//   scale recomputed from q), and each thread's share of dkbar, kept in registers.
 template <typename T, FeatureMap fm>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 4)
     linear_query_backward_kernel(int64_t n, int64_t chunk, int d, int tile, const T* q,
                                  const T* sin, const T* cos, const T* state, const T* kbar,
                                  const T* z, const T* dout, T* dq, T* partials) {
-  const int width = kHalves<fm> * d, half_d = d / 2, ld = d + 1, parts_ld = half_d + 1;
+  const int width = kHalves<fm> * d, half_d = d / 2;
   const int state_ld = i_rows_ld(d), zdo_ld = i_rows_ld(d), rotated_ld = k_rows_ld(width);
   const QueryBackwardLayout layout(tile, d, width);
   T* shared = shared_memory<T>();
   T* state_s = shared + layout.state;
   T* kbar_s = shared + layout.kbar;
-  T* q_s = shared + layout.q;
-  T* dout_s = shared + layout.dout;
-  T* sin_s = shared + layout.sin;
-  T* cos_s = shared + layout.cos;
-  auto* scales = reinterpret_cast<QueryScale<T>*>(shared + layout.scales);
   T* z_s = shared + layout.z;
-  T* dden = shared + layout.dden;
-  T* dnorm = shared + layout.dnorm;
   T* zdo = shared + layout.zdo;
   T* sigma = shared + layout.sigma;
   T* rotated = shared + layout.rotated;
   T* drotated = shared + layout.drotated;
-  T* dsigma = shared + layout.dsigma;
-  T* den_parts = shared + layout.den_parts;
-  T* power_parts = shared + layout.power_parts;
-  T* scale_parts = shared + layout.scale_parts;
-  T* dkbar = shared + layout.dkbar;
+  T* dkbar_parts = shared + layout.dkbar;
+  const LanesPerRow team{pair_lanes(d)};
+  const int pair = team.rank(), c = 2 * pair, teams = kThreads / team.lanes;
+  const bool live = pair < half_d;
 
   const int64_t head = blockIdx.y;
   for (GridWalk w(d); w.row < width; w.next())
     state_s[w.row * state_ld + w.col] = state[(head * width + w.row) * d + w.col];
-  for (int c = threadIdx.x; c < width; c += blockDim.x) {
-    kbar_s[c] = kbar[head * width + c];
-    dkbar[c] = 0;
-  }
+  for (int i = threadIdx.x; i < width; i += blockDim.x) kbar_s[i] = kbar[head * width + i];
+  __syncthreads();
   ProductSum<T> dstate;
+  T dkbar[2][2] = {};  // this thread's share of dkbar at columns half d + c + e
+
+  // The NaLa scale of a token's row and sigma at this lane's pair.
+  struct Signed {
+    QueryScale<T> scale;
+    T sigma[2];
+  };
+  const auto signed_features = [&](const PairRow<T>& r) {
+    Signed f;
+    f.scale = query_scale<fm>(team_sum(team, r.q[0] * r.q[0] + r.q[1] * r.q[1]));
+    for (int e = 0; e < 2; ++e) f.sigma[e] = query_signed<fm>(r.q[e], f.scale);
+    return f;
+  };
 
   const int64_t first = blockIdx.x * chunk, last = min(n, first + chunk);
   for (int64_t t0 = first; t0 < last; t0 += tile) {
     const int rows = static_cast<int>(min(static_cast<int64_t>(tile), last - t0));
     const int64_t row0 = head * n + t0;
-    stage_rows(tile, rows, d, q + row0 * d, q_s, ld);
-    stage_rows(tile, rows, d, dout + row0 * d, dout_s, ld);
-    stage_rows(tile, rows, d, sin + t0 * d, sin_s, ld);
-    stage_rows(tile, rows, d, cos + t0 * d, cos_s, ld);
-    for (int j = threadIdx.x; j < tile; j += blockDim.x) z_s[j] = j < rows ? z[row0 + j] : T(0);
-    finish_staging();
-    __syncthreads();
-    for (int j = threadIdx.x; j < tile; j += blockDim.x)
-      scales[j] = query_scale<fm>(d, q_s + j * ld, 1);
-    __syncthreads();
-    // A thread per (token, pair): sigma, Q' and z_i do_i token-major.
-    for (GridWalk w(half_d); w.row < tile; w.next()) {
-      const int j = w.row, c = 2 * w.col;
-      const T s0 = query_signed<fm>(q_s[j * ld + c], scales[j]);
-      const T s1 = query_signed<fm>(q_s[j * ld + c + 1], scales[j]);
-      store2(sigma + j * d + c, s0, s1);
-      store2(zdo + j * zdo_ld + c, z_s[j] * dout_s[j * ld + c], z_s[j] * dout_s[j * ld + c + 1]);
-      for (int half = 0; half < kHalves<fm>; ++half) {
-        T y0, y1;
-        rotary_pair(split_sign(half, s0), split_sign(half, s1), sin_s + j * ld + c,
-                    cos_s + j * ld + c, y0, y1);
-        store2(rotated + j * rotated_ld + half * d + c, y0, y1);
+    // q, sin, cos (and do, z in the first sweep) of this thread's tokens, a batch at a time.
+    PairRow<T> in[kQueryBatch];
+    T z_in[kQueryBatch];
+    const auto load = [&](bool with_dout) {
+      return [&, with_dout](int j, int b) {
+        in[b] = PairRow<T>{};
+        z_in[b] = j < rows && with_dout ? z[row0 + j] : T(0);
+        if (live && j < rows) {
+          load2(q + (row0 + j) * d + c, in[b].q[0], in[b].q[1]);
+          load2(sin + (t0 + j) * d + c, in[b].sin[0], in[b].sin[1]);
+          load2(cos + (t0 + j) * d + c, in[b].cos[0], in[b].cos[1]);
+          if (with_dout) load2(dout + (row0 + j) * d + c, in[b].dout[0], in[b].dout[1]);
+        }
+      };
+    };
+    for_team_tokens<kQueryBatch>(team, tile, load(true), [&](int j, int b) {
+      const PairRow<T>& r = in[b];
+      const Signed f = signed_features(r);
+      if (live) {
+        store2(sigma + j * d + c, f.sigma[0], f.sigma[1]);
+        store2(zdo + j * zdo_ld + c, z_in[b] * r.dout[0], z_in[b] * r.dout[1]);
+        for (int half = 0; half < kHalves<fm>; ++half) {
+          T y0, y1;
+          rotary_pair(split_sign(half, f.sigma[0]), split_sign(half, f.sigma[1]), r.sin, r.cos, y0,
+                      y1);
+          store2(rotated + j * rotated_ld + half * d + c, y0, y1);
+        }
       }
-    }
+      if (pair == 0) z_s[j] = z_in[b];
+    });
     __syncthreads();
     // dQ' = (z do) S^T for the tile; the chunk's dS += Q'^T (z do).
     block_product(tile, width, d, i_rows(zdo, zdo_ld), i_rows(state_s, state_ld),
-                  [&](int j, int c, T x0, T x1) { store2(drotated + j * rotated_ld + c, x0, x1); });
+                  [&](int j, int i, T x0, T x1) { store2(drotated + j * rotated_ld + i, x0, x1); });
     dstate.add(width, d, tile, k_rows(rotated, rotated_ld), k_rows(zdo, zdo_ld));
     __syncthreads();
-    for (GridWalk w(half_d); w.row < tile; w.next()) {
-      const int j = w.row, c = 2 * w.col;
-      T sum = 0;
-      for (int half = 0; half < kHalves<fm>; ++half) {
-        const int at = j * rotated_ld + half * d + c;
-        sum += rotated[at] * drotated[at] + rotated[at + 1] * drotated[at + 1];
-      }
-      den_parts[j * parts_ld + w.col] = sum;
-    }
-    __syncthreads();
-    for (int j = threadIdx.x; j < tile; j += blockDim.x) {
-      T sum = 0;
-      for (int pair = 0; pair < half_d; ++pair) sum += den_parts[j * parts_ld + pair];
-      dden[j] = -z_s[j] * sum;
-    }
-    __syncthreads();
-    // dphiQ = rho^T(dQ') + dden kbar, then dsigma, and the pair's terms of A and B.
-    for (GridWalk w(half_d); w.row < tile; w.next()) {
-      const int j = w.row, pair = w.col, c = 2 * pair;
-      T dphi[2][2] = {};
-      for (int half = 0; half < kHalves<fm>; ++half) {
-        const int at = j * rotated_ld + half * d + c;
-        T g0, g1;
-        rotary_pair_transposed(drotated[at], drotated[at + 1], sin_s + j * ld + c,
-                               cos_s + j * ld + c, g0, g1);
-        dphi[half][0] = g0 + dden[j] * kbar_s[half * d + c];
-        dphi[half][1] = g1 + dden[j] * kbar_s[half * d + c + 1];
-      }
-      const T s0 = sigma[j * d + c], s1 = sigma[j * d + c + 1];
-      const T ds0 = split_signs_backward<fm>(s0, dphi[0][0], dphi[1][0]);
-      const T ds1 = split_signs_backward<fm>(s1, dphi[0][1], dphi[1][1]);
-      store2(dsigma + j * d + c, ds0, ds1);
-      if constexpr (fm == FeatureMap::Nala) {
-        const T q0 = q_s[j * ld + c], q1 = q_s[j * ld + c + 1];
-        power_parts[j * parts_ld + pair] =
-            norm_power_term(q0, s0, ds0, scales[j]) + norm_power_term(q1, s1, ds1, scales[j]);
-        scale_parts[j * parts_ld + pair] = ds0 * s0 + ds1 * s1;
-      }
-    }
-    // The chunk's dkbar += dden_i phiQ_i, phiQ = split(sigma), by columns.
-    for (int c = threadIdx.x; c < d; c += blockDim.x)
-      for (int half = 0; half < kHalves<fm>; ++half) {
-        T sum = 0;
-        for (int j = 0; j < tile; ++j) sum += dden[j] * split_sign(half, sigma[j * d + c]);
-        dkbar[half * d + c] += sum;
-      }
-    __syncthreads();
-    if constexpr (fm == FeatureMap::Nala) {
-      for (int j = threadIdx.x; j < tile; j += blockDim.x) {
-        T power_sum = 0, scale_sum = 0;
-        for (int pair = 0; pair < half_d; ++pair) {
-          power_sum += power_parts[j * parts_ld + pair];
-          scale_sum += scale_parts[j * parts_ld + pair];
+    for_team_tokens<kQueryBatch>(team, tile, load(false), [&](int j, int b) {
+      const PairRow<T>& r = in[b];
+      Signed f{query_scale<fm>(team_sum(team, r.q[0] * r.q[0] + r.q[1] * r.q[1])), {}};
+      if (live) load2(sigma + j * d + c, f.sigma[0], f.sigma[1]);
+      T dot = 0;
+      if (live)
+        for (int half = 0; half < kHalves<fm>; ++half) {
+          const int at = j * rotated_ld + half * d + c;
+          dot += rotated[at] * drotated[at] + rotated[at + 1] * drotated[at + 1];
         }
-        dnorm[j] = query_norm_grad(scales[j], power_sum, scale_sum);
+      const T dden = -z_s[j] * team_sum(team, dot);
+      T dphi[2][2] = {};
+      if (live)
+        for (int half = 0; half < kHalves<fm>; ++half) {
+          const int at = j * rotated_ld + half * d + c;
+          T g0, g1;
+          rotary_pair_transposed(drotated[at], drotated[at + 1], r.sin, r.cos, g0, g1);
+          dphi[half][0] = g0 + dden * kbar_s[half * d + c];
+          dphi[half][1] = g1 + dden * kbar_s[half * d + c + 1];
+        }
+      T dsigma[2];
+      for (int e = 0; e < 2; ++e) {
+        dsigma[e] = split_signs_backward<fm>(f.sigma[e], dphi[0][e], dphi[1][e]);
+        for (int half = 0; half < kHalves<fm>; ++half)
+          dkbar[half][e] += dden * split_sign(half, f.sigma[e]);
       }
-      __syncthreads();
-    }
-    for (GridWalk w(half_d); w.row < rows; w.next()) {
-      const int j = w.row, c = 2 * w.col;
-      T dn = 0;
-      if constexpr (fm == FeatureMap::Nala) dn = dnorm[j];
-      const T* qj = q_s + j * ld + c;
-      const T* sj = sigma + j * d + c;
-      const T* dsj = dsigma + j * d + c;
-      store2(dq + (row0 + j) * d + c,
-             query_signed_backward<fm>(qj[0], sj[0], dsj[0], scales[j], dn),
-             query_signed_backward<fm>(qj[1], sj[1], dsj[1], scales[j], dn));
-    }
+      T dnorm = 0;
+      if constexpr (fm == FeatureMap::Nala) {
+        T power_sum = 0, scale_sum = 0;
+        for (int e = 0; e < 2; ++e) {
+          power_sum += norm_power_term(r.q[e], f.sigma[e], dsigma[e], f.scale);
+          scale_sum += dsigma[e] * f.sigma[e];
+        }
+        dnorm = query_norm_grad(f.scale, team_sum(team, power_sum), team_sum(team, scale_sum));
+      }
+      if (live && j < rows)
+        store2(dq + (row0 + j) * d + c,
+               query_signed_backward<fm>(r.q[0], f.sigma[0], dsigma[0], f.scale, dnorm),
+               query_signed_backward<fm>(r.q[1], f.sigma[1], dsigma[1], f.scale, dnorm));
+    });
     __syncthreads();
   }
   T* out = partials + (head * gridDim.x + blockIdx.x) * (width * d + width);
   dstate.hand_out(width, d, tile,
-                  [&](int c, int e, T x0, T x1) { store2(out + c * d + e, x0, x1); });
-  for (int c = threadIdx.x; c < width; c += blockDim.x) out[width * d + c] = dkbar[c];
+                  [&](int i, int e, T x0, T x1) { store2(out + i * d + e, x0, x1); });
+  if (live)
+    for (int half = 0; half < kHalves<fm>; ++half)
+      for (int e = 0; e < 2; ++e)
+        dkbar_parts[threadIdx.x / team.lanes * width + half * d + c + e] = dkbar[half][e];
+  __syncthreads();
+  for (int i = threadIdx.x; i < width; i += blockDim.x) {
+    T sum = 0;
+    for (int t = 0; t < teams; ++t) sum += dkbar_parts[t * width + i];
+    out[width * d + i] = sum;
+  }
 }
 
 struct KeyBackwardLayout {
-  int dstate, dkbar, k, v, sin, cos, rotated, drotated, dk, size;
+  int dstate, dkbar, values, rotated, drotated, size;
   __host__ __device__ KeyBackwardLayout(int tile, int d, int width) {
     SharedLayout s;
     dstate = s.take(width * i_rows_ld(d));       // dS / N
     dkbar = s.take(width);                       // dkbar / N
-    k = s.take(tile * (d + 1));                  // staged rows
-    v = s.take(tile * i_rows_ld(d));             // staged rows
-    sin = s.take(tile * (d + 1));                // staged rows
-    cos = s.take(tile * (d + 1));                // staged rows
-    rotated = s.take(width * k_rows_ld(tile));   // K'^T: feature-major
-    drotated = s.take(width * k_rows_ld(tile));  // dK'^T: feature-major
-    dk = s.take(tile * (d + 1));                 // staged dk rows, written out coalesced
+    values = s.take(tile * i_rows_ld(d));        // v, token-major
+    rotated = s.take(tile * i_rows_ld(width));   // K', token-major
+    drotated = s.take(tile * i_rows_ld(width));  // dK', token-major
     size = s.size;
   }
 };
@@ -980,82 +989,89 @@ struct KeyBackwardLayout {
 // dkbar_token = dkbar / N (the gradients each key's terms receive):
 //   dv_j = dstate_token^T K'_j,  dK'_j = dstate_token v_j,
 //   dphiK_j = rho^T(dK'_j) + dkbar_token,  dkappa = split^T(dphiK),  dk = 3 k^2 dkappa (NaLa).
-// Threads per (token, pair) take consecutive tokens here (feature-major arrays).
+// Per tile, a team of lanes per token (pair_lanes) builds K' and stages v from k, v, sin, cos
+// read from global memory; the block multiplies dv = K' dstate_token (written out) and
+// dK' = v dstate_token^T; the teams then take dK' back through the rotary, the sign split and
+// the cube, and write dk.
 template <typename T, FeatureMap fm>
 __global__ void __launch_bounds__(kThreads)
     linear_key_backward_kernel(int64_t n, int64_t chunk, int d, int tile, const T* k, const T* v,
                                const T* sin, const T* cos, const T* token_grads, T* dk, T* dv) {
-  const int width = kHalves<fm> * d, half_d = d / 2, ld = d + 1;
-  const int dstate_ld = i_rows_ld(d), v_ld = i_rows_ld(d), tile_ld = k_rows_ld(tile);
+  const int width = kHalves<fm> * d, half_d = d / 2;
+  const int dstate_ld = i_rows_ld(d), values_ld = i_rows_ld(d), rotated_ld = i_rows_ld(width);
   const KeyBackwardLayout layout(tile, d, width);
   T* shared = shared_memory<T>();
   T* dstate = shared + layout.dstate;
   T* dkbar = shared + layout.dkbar;
-  T* k_s = shared + layout.k;
-  T* v_s = shared + layout.v;
-  T* sin_s = shared + layout.sin;
-  T* cos_s = shared + layout.cos;
+  T* values = shared + layout.values;
   T* rotated = shared + layout.rotated;
   T* drotated = shared + layout.drotated;
-  T* dk_s = shared + layout.dk;
+  const LanesPerRow team{pair_lanes(d)};
+  const int pair = team.rank(), c = 2 * pair;
+  const bool live = pair < half_d;
 
   const int64_t head = blockIdx.y;
   const T* grads = token_grads + head * (width * d + width);
   for (GridWalk w(d); w.row < width; w.next())
     dstate[w.row * dstate_ld + w.col] = grads[w.row * d + w.col];
-  for (int c = threadIdx.x; c < width; c += blockDim.x) dkbar[c] = grads[width * d + c];
+  for (int i = threadIdx.x; i < width; i += blockDim.x) dkbar[i] = grads[width * d + i];
+  __syncthreads();
 
   const int64_t first = blockIdx.x * chunk, last = min(n, first + chunk);
   for (int64_t t0 = first; t0 < last; t0 += tile) {
     const int rows = static_cast<int>(min(static_cast<int64_t>(tile), last - t0));
     const int64_t row0 = head * n + t0;
-    stage_rows(tile, rows, d, k + row0 * d, k_s, ld);
-    stage_rows(tile, rows, d, v + row0 * d, v_s, v_ld);
-    stage_rows(tile, rows, d, sin + t0 * d, sin_s, ld);
-    stage_rows(tile, rows, d, cos + t0 * d, cos_s, ld);
-    finish_staging();
-    __syncthreads();
-    for (GridWalk w(tile); w.row < half_d; w.next()) {
-      const int j = w.col, c = 2 * w.row;
-      const T kappa0 = key_signed<fm>(k_s[j * ld + c]),
-              kappa1 = key_signed<fm>(k_s[j * ld + c + 1]);
+    // k (in PairRow::q), sin, cos (and v, in PairRow::dout, in the first sweep) of this
+    // thread's tokens, a batch at a time.
+    PairRow<T> in[kPairBatch];
+    const auto load = [&](bool with_values) {
+      return [&, with_values](int j, int b) {
+        in[b] = PairRow<T>{};
+        if (live && j < rows) {
+          load2(k + (row0 + j) * d + c, in[b].q[0], in[b].q[1]);
+          load2(sin + (t0 + j) * d + c, in[b].sin[0], in[b].sin[1]);
+          load2(cos + (t0 + j) * d + c, in[b].cos[0], in[b].cos[1]);
+          if (with_values) load2(v + (row0 + j) * d + c, in[b].dout[0], in[b].dout[1]);
+        }
+      };
+    };
+    for_team_tokens<kPairBatch>(team, tile, load(true), [&](int j, int b) {
+      const PairRow<T>& r = in[b];
+      if (!live) return;
+      store2(values + j * values_ld + c, r.dout[0], r.dout[1]);
+      const T kappa0 = key_signed<fm>(r.q[0]), kappa1 = key_signed<fm>(r.q[1]);
       for (int half = 0; half < kHalves<fm>; ++half) {
         T y0, y1;
-        rotary_pair(split_sign(half, kappa0), split_sign(half, kappa1), sin_s + j * ld + c,
-                    cos_s + j * ld + c, y0, y1);
-        rotated[(half * d + c) * tile_ld + j] = y0;
-        rotated[(half * d + c + 1) * tile_ld + j] = y1;
+        rotary_pair(split_sign(half, kappa0), split_sign(half, kappa1), r.sin, r.cos, y0, y1);
+        store2(rotated + j * rotated_ld + half * d + c, y0, y1);
       }
-    }
+    });
     __syncthreads();
-    // dv = K' dstate_token, written out; dK'^T = dstate_token v^T, feature-major.
-    block_product(tile, d, width, k_rows(rotated, tile_ld), k_rows(dstate, dstate_ld),
+    block_product(tile, d, width, i_rows(rotated, rotated_ld), k_rows(dstate, dstate_ld),
                   [&](int j, int e, T x0, T x1) {
                     if (j < rows) store2(dv + (row0 + j) * d + e, x0, x1);
                   });
-    block_product(width, tile, d, i_rows(dstate, dstate_ld), i_rows(v_s, v_ld),
-                  [&](int c, int j, T x0, T x1) { store2(drotated + c * tile_ld + j, x0, x1); });
+    block_product(tile, width, d, i_rows(values, values_ld), i_rows(dstate, dstate_ld),
+                  [&](int j, int i, T x0, T x1) { store2(drotated + j * rotated_ld + i, x0, x1); });
     __syncthreads();
-    for (GridWalk w(tile); w.row < half_d; w.next()) {
-      const int j = w.col, c = 2 * w.row;
+    for_team_tokens<kPairBatch>(team, tile, load(false), [&](int j, int b) {
+      const PairRow<T>& r = in[b];
+      if (!live || j >= rows) return;
       T dphi[2][2] = {};
       for (int half = 0; half < kHalves<fm>; ++half) {
-        const int at = (half * d + c) * tile_ld + j;
+        const int at = j * rotated_ld + half * d + c;
         T g0, g1;
-        rotary_pair_transposed(drotated[at], drotated[at + tile_ld], sin_s + j * ld + c,
-                               cos_s + j * ld + c, g0, g1);
+        rotary_pair_transposed(drotated[at], drotated[at + 1], r.sin, r.cos, g0, g1);
         dphi[half][0] = g0 + dkbar[half * d + c];
         dphi[half][1] = g1 + dkbar[half * d + c + 1];
       }
+      T grad[2];
       for (int e = 0; e < 2; ++e) {
-        const T kc = k_s[j * ld + c + e];
-        const T dkappa = split_signs_backward<fm>(key_signed<fm>(kc), dphi[0][e], dphi[1][e]);
-        dk_s[j * ld + c + e] = key_signed_backward<fm>(kc, dkappa);
+        const T dkappa = split_signs_backward<fm>(key_signed<fm>(r.q[e]), dphi[0][e], dphi[1][e]);
+        grad[e] = key_signed_backward<fm>(r.q[e], dkappa);
       }
-    }
-    __syncthreads();
-    for (GridWalk w(d); w.row < rows; w.next())
-      dk[(row0 + w.row) * d + w.col] = dk_s[w.row * ld + w.col];
+      store2(dk + (row0 + j) * d + c, grad[0], grad[1]);
+    });
     __syncthreads();
   }
 }
@@ -1071,7 +1087,7 @@ void linear_forward(int64_t bh, int64_t n, int d, const T* q, const T* k, const 
   const char* name = "linear_attention_forward";
 
   const auto sums_bytes = [&](int tile) { return KeySumsLayout(tile, d, width).size * sizeof(T); };
-  const int sums_tile = choose_tile(name, sums_bytes);
+  const int sums_tile = choose_tile(name, linear_key_sums_kernel<T, fm>, d, 16, sums_bytes);
   launch(linear_key_sums_kernel<T, fm>, grid, sums_bytes(sums_tile), n, chunk, d, sums_tile, k, v,
          sin, cos, workspace);
 
@@ -1080,7 +1096,7 @@ void linear_forward(int64_t bh, int64_t n, int d, const T* q, const T* k, const 
                  SumPartials<T>{workspace, chunks, matrix_size, width, T(1) / T(n), state, kbar});
 
   const auto out_bytes = [&](int tile) { return OutputLayout(tile, d, width).size * sizeof(T); };
-  const int out_tile = choose_tile(name, out_bytes);
+  const int out_tile = choose_tile(name, linear_output_kernel<T, fm>, d, 16, out_bytes);
   launch(linear_output_kernel<T, fm>, grid, out_bytes(out_tile), n, chunk, d, out_tile, q, sin, cos,
          state, kbar, o, z);
 }
@@ -1099,7 +1115,7 @@ void linear_backward(int64_t bh, int64_t n, int d, const T* q, const T* k, const
   const auto query_bytes = [&](int tile) {
     return QueryBackwardLayout(tile, d, width).size * sizeof(T);
   };
-  const int query_tile = choose_tile(name, query_bytes);
+  const int query_tile = choose_tile(name, linear_query_backward_kernel<T, fm>, d, 16, query_bytes);
   launch(linear_query_backward_kernel<T, fm>, grid, query_bytes(query_tile), n, chunk, d,
          query_tile, q, sin, cos, state, kbar, z, dout, dq, workspace);
 
@@ -1110,7 +1126,7 @@ void linear_backward(int64_t bh, int64_t n, int d, const T* q, const T* k, const
   const auto key_bytes = [&](int tile) {
     return KeyBackwardLayout(tile, d, width).size * sizeof(T);
   };
-  const int key_tile = choose_tile(name, key_bytes);
+  const int key_tile = choose_tile(name, linear_key_backward_kernel<T, fm>, d, 16, key_bytes);
   launch(linear_key_backward_kernel<T, fm>, grid, key_bytes(key_tile), n, chunk, d, key_tile, k, v,
          sin, cos, token_grads, dk, dv);
 }
@@ -1563,7 +1579,8 @@ void softmax_attention_forward(int64_t bh, int64_t n, int64_t d, const T* q, con
   if (bh == 0 || n == 0) return;
   const int dim = static_cast<int>(d);
   const auto bytes = [&](int tile) { return SoftmaxForwardLayout(tile, dim).size * sizeof(T); };
-  const int tile = choose_tile("softmax_attention_forward", bytes);
+  const int tile =
+      choose_tile("softmax_attention_forward", softmax_forward_kernel<T>, dim, 4, bytes);
   const dim3 grid(static_cast<unsigned>((n + tile - 1) / tile), static_cast<unsigned>(bh));
   launch(softmax_forward_kernel<T>, grid, bytes(tile), n, dim, tile, q, k, v, sin, cos, o, lse);
 }
@@ -1587,7 +1604,7 @@ void softmax_attention_backward(int64_t bh, int64_t n, int64_t d, const T* q, co
   const auto key_bytes = [&](int tile) {
     return SoftmaxKeyBackwardLayout(tile, dim).size * sizeof(T);
   };
-  const int key_tile = choose_tile(name, key_bytes);
+  const int key_tile = choose_tile(name, softmax_key_backward_kernel<T>, dim, 4, key_bytes);
   const dim3 key_grid(static_cast<unsigned>((n + key_tile - 1) / key_tile),
                       static_cast<unsigned>(bh));
   launch(softmax_key_backward_kernel<T>, key_grid, key_bytes(key_tile), n, dim, key_tile, q, k, v,
@@ -1595,7 +1612,7 @@ void softmax_attention_backward(int64_t bh, int64_t n, int64_t d, const T* q, co
   const auto query_bytes = [&](int tile) {
     return SoftmaxQueryBackwardLayout(tile, dim).size * sizeof(T);
   };
-  const int query_tile = choose_tile(name, query_bytes);
+  const int query_tile = choose_tile(name, softmax_query_backward_kernel<T>, dim, 4, query_bytes);
   const dim3 query_grid(static_cast<unsigned>((n + query_tile - 1) / query_tile),
                         static_cast<unsigned>(bh));
   launch(softmax_query_backward_kernel<T>, query_grid, query_bytes(query_tile), n, dim, query_tile,
