@@ -18,27 +18,27 @@
 // a kernel per key tile (dk, dv) and once in a kernel per query tile (dq), so that every
 // gradient has one writer (no atomics, deterministic).
 //
-// How the kernels use shared memory. A tile of rows of a (n, d) input is first "staged" into
-// shared memory, with all of a tile's loads in flight at once: token-major ([token][column]) by
-// asynchronous copies, or feature-major ([column][token]) through registers. An odd row stride
-// (d + 1, or tile + 1) puts the elements that a warp reads at one time in distinct banks. From
-// a staged tile, a thread per (token, pair of columns) builds the features: when consecutive
-// threads take consecutive tokens they write feature-major arrays without bank conflicts, when
-// they take consecutive pairs, token-major ones. Products are computed by 4 x 4 register blocks
-// of P^T Q (accumulate_block), whose operands have the summed index along their rows.
-// Head dims up to 64 fit in shared memory (float or double); pointers must be 16-byte aligned.
+// How the linear-attention kernels work on a tile of tokens. The element-wise passes run a team
+// of lanes per token, a lane per pair of columns (pair_lanes): the lanes read q, k, v, sin, cos
+// straight from global memory (consecutive lanes, consecutive pairs: coalesced; a batch of tokens'
+// loads in flight at once), sum over a row by shuffles within the team, and write the features
+// (Q', K') token-major into shared memory. The D x d products then read those arrays, in either
+// orientation (Operand), on the tensor cores in 3xTF32 for float32 (ProductTiling) and on the FP
+// units in 4 x 4 register blocks for float64; a running sum over the tiles (S, dS) stays in
+// registers (ProductSum). Leading dims are padded so that the tensor cores' fragment loads are
+// free of bank conflicts (k_rows_ld, i_rows_ld). The key sums pass and the softmax kernels stage
+// their input rows in shared memory first (stage_rows, asynchronous copies); an odd row stride
+// (d + 1) puts the elements that a warp reads at one time in distinct banks.
+// Head dims up to 64 on CUDA; pointers must be 16-byte aligned.
 #include <cuda_pipeline.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <initializer_list>
-#include <map>
-#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
-#include <utility>
 
 #include "kernels/cuda/common.h"
 #include "kernels/kernels.h"
@@ -118,36 +118,22 @@ size_t max_shared_bytes() {
   return bytes;
 }
 
-// The tile (kMaxTile, kMaxTile / 2, ..., 4) for `kernel`, whose block needs bytes(tile) of
-// shared memory: the largest of at least `preferred` tokens with which four blocks fit on an SM
-// (by shared memory and registers), failing that two; failing both, the largest of any size for
-// four, two, then one. Several blocks per SM keep it busy while one waits at a barrier; the
-// linear-attention kernels prefer 16 tokens, which keep their products on the tensor cores
-// (m16 fragments). Cached per kernel and head dim, as the occupancy queries cost host time.
-template <typename... Params, typename Bytes>
-int choose_tile(const char* name, void (*kernel)(Params...), int d, int preferred, Bytes bytes) {
-  static std::mutex mutex;
-  static std::map<std::pair<const void*, int>, int> chosen;
-  const std::lock_guard<std::mutex> lock(mutex);
-  const auto key = std::make_pair(reinterpret_cast<const void*>(kernel), d);
-  if (const auto it = chosen.find(key); it != chosen.end()) return it->second;
+// The tile (kMaxTile, kMaxTile / 2, ..., 4) for a kernel whose block needs bytes(tile) of shared
+// memory: the largest whose shared memory lets four blocks share an SM, failing that two,
+// failing that one. Several blocks per SM keep it busy while one waits at a barrier. Tiles of at
+// least `preferred` tokens are tried first for four and two blocks: the linear-attention kernels
+// prefer 16, which keeps their products on the tensor cores (m16 fragments).
+template <typename Bytes>
+int choose_tile(const char* kernel, int preferred, Bytes bytes) {
   const size_t limit = max_shared_bytes();
-  NALA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       static_cast<int>(limit)));
-  const auto blocks_per_sm = [&](int tile) {
-    int blocks = 0;
-    if (bytes(tile) <= limit)
-      NALA_CUDA_CHECK(
-          cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, kThreads, bytes(tile)));
-    return blocks;
-  };
-  for (const int smallest : {preferred, 4})
-    for (const int blocks : {4, 2, 1})
-      for (int tile = kMaxTile; tile >= smallest; tile /= 2)
-        if (blocks_per_sm(tile) >= blocks && (blocks > 1 || smallest == 4))
-          return chosen[key] = tile;
-  throw std::invalid_argument(std::string(name) + ": head dim " + std::to_string(d) +
-                              " too large for the GPU's shared memory");
+  for (const size_t budget : {limit / 4, limit / 2})
+    for (int tile = kMaxTile; tile >= preferred; tile /= 2)
+      if (bytes(tile) <= budget) return tile;
+  for (const size_t budget : {limit / 4, limit / 2, limit})
+    for (int tile = kMaxTile; tile >= 4; tile /= 2)
+      if (bytes(tile) <= budget) return tile;
+  throw std::invalid_argument(std::string(kernel) +
+                              ": head dim too large for the GPU's shared memory");
 }
 
 // kernel<<<grid, kThreads, bytes, stream()>>>(args...), allowed `bytes` of dynamic shared memory.
@@ -1087,7 +1073,7 @@ void linear_forward(int64_t bh, int64_t n, int d, const T* q, const T* k, const 
   const char* name = "linear_attention_forward";
 
   const auto sums_bytes = [&](int tile) { return KeySumsLayout(tile, d, width).size * sizeof(T); };
-  const int sums_tile = choose_tile(name, linear_key_sums_kernel<T, fm>, d, 16, sums_bytes);
+  const int sums_tile = choose_tile(name, 16, sums_bytes);
   launch(linear_key_sums_kernel<T, fm>, grid, sums_bytes(sums_tile), n, chunk, d, sums_tile, k, v,
          sin, cos, workspace);
 
@@ -1096,7 +1082,7 @@ void linear_forward(int64_t bh, int64_t n, int d, const T* q, const T* k, const 
                  SumPartials<T>{workspace, chunks, matrix_size, width, T(1) / T(n), state, kbar});
 
   const auto out_bytes = [&](int tile) { return OutputLayout(tile, d, width).size * sizeof(T); };
-  const int out_tile = choose_tile(name, linear_output_kernel<T, fm>, d, 16, out_bytes);
+  const int out_tile = choose_tile(name, 16, out_bytes);
   launch(linear_output_kernel<T, fm>, grid, out_bytes(out_tile), n, chunk, d, out_tile, q, sin, cos,
          state, kbar, o, z);
 }
@@ -1115,7 +1101,7 @@ void linear_backward(int64_t bh, int64_t n, int d, const T* q, const T* k, const
   const auto query_bytes = [&](int tile) {
     return QueryBackwardLayout(tile, d, width).size * sizeof(T);
   };
-  const int query_tile = choose_tile(name, linear_query_backward_kernel<T, fm>, d, 16, query_bytes);
+  const int query_tile = choose_tile(name, 16, query_bytes);
   launch(linear_query_backward_kernel<T, fm>, grid, query_bytes(query_tile), n, chunk, d,
          query_tile, q, sin, cos, state, kbar, z, dout, dq, workspace);
 
@@ -1126,7 +1112,7 @@ void linear_backward(int64_t bh, int64_t n, int d, const T* q, const T* k, const
   const auto key_bytes = [&](int tile) {
     return KeyBackwardLayout(tile, d, width).size * sizeof(T);
   };
-  const int key_tile = choose_tile(name, linear_key_backward_kernel<T, fm>, d, 16, key_bytes);
+  const int key_tile = choose_tile(name, 16, key_bytes);
   launch(linear_key_backward_kernel<T, fm>, grid, key_bytes(key_tile), n, chunk, d, key_tile, k, v,
          sin, cos, token_grads, dk, dv);
 }
@@ -1579,8 +1565,7 @@ void softmax_attention_forward(int64_t bh, int64_t n, int64_t d, const T* q, con
   if (bh == 0 || n == 0) return;
   const int dim = static_cast<int>(d);
   const auto bytes = [&](int tile) { return SoftmaxForwardLayout(tile, dim).size * sizeof(T); };
-  const int tile =
-      choose_tile("softmax_attention_forward", softmax_forward_kernel<T>, dim, 4, bytes);
+  const int tile = choose_tile("softmax_attention_forward", 4, bytes);
   const dim3 grid(static_cast<unsigned>((n + tile - 1) / tile), static_cast<unsigned>(bh));
   launch(softmax_forward_kernel<T>, grid, bytes(tile), n, dim, tile, q, k, v, sin, cos, o, lse);
 }
@@ -1604,7 +1589,7 @@ void softmax_attention_backward(int64_t bh, int64_t n, int64_t d, const T* q, co
   const auto key_bytes = [&](int tile) {
     return SoftmaxKeyBackwardLayout(tile, dim).size * sizeof(T);
   };
-  const int key_tile = choose_tile(name, softmax_key_backward_kernel<T>, dim, 4, key_bytes);
+  const int key_tile = choose_tile(name, 4, key_bytes);
   const dim3 key_grid(static_cast<unsigned>((n + key_tile - 1) / key_tile),
                       static_cast<unsigned>(bh));
   launch(softmax_key_backward_kernel<T>, key_grid, key_bytes(key_tile), n, dim, key_tile, q, k, v,
@@ -1612,7 +1597,7 @@ void softmax_attention_backward(int64_t bh, int64_t n, int64_t d, const T* q, co
   const auto query_bytes = [&](int tile) {
     return SoftmaxQueryBackwardLayout(tile, dim).size * sizeof(T);
   };
-  const int query_tile = choose_tile(name, softmax_query_backward_kernel<T>, dim, 4, query_bytes);
+  const int query_tile = choose_tile(name, 4, query_bytes);
   const dim3 query_grid(static_cast<unsigned>((n + query_tile - 1) / query_tile),
                         static_cast<unsigned>(bh));
   launch(softmax_query_backward_kernel<T>, query_grid, query_bytes(query_tile), n, dim, query_tile,
