@@ -76,14 +76,17 @@ void check_head_dim(const char* kernel, int64_t d) {
                                 " is not a positive multiple of 4");
 }
 
-// The products hold a D x d state in registers (ProductSum): at most kMaxProduct elements.
-void check_linear_head_dim(const char* kernel, FeatureMap fm, int64_t d) {
+// The linear-attention kernels take head dims up to kMaxLinearHeadDim: a token's team of lanes
+// (a lane per pair of columns) fits in a warp, and the block's products, D x d at most, fit in
+// the registers of ProductSum.
+constexpr int kMaxLinearHeadDim = 64;
+static_assert(2 * kMaxLinearHeadDim * kMaxLinearHeadDim <= kMaxProduct);
+void check_linear_head_dim(const char* kernel, int64_t d) {
   check_head_dim(kernel, d);
-  if (feature_dim(fm, d) * d > kMaxProduct)
+  if (d > kMaxLinearHeadDim)
     throw std::invalid_argument(std::string(kernel) + ": head dim " + std::to_string(d) +
-                                " too large on CUDA: the " + std::to_string(feature_dim(fm, d)) +
-                                " x " + std::to_string(d) + " state exceeds " +
-                                std::to_string(kMaxProduct) + " elements (d <= 64 for NaLa)");
+                                " is larger than the CUDA kernels' " +
+                                std::to_string(kMaxLinearHeadDim));
 }
 
 // The kernels move rows with 16-byte vector accesses.
@@ -1527,7 +1530,7 @@ template <typename T>
 void linear_attention_forward(FeatureMap fm, int64_t bh, int64_t n, int64_t d, const T* q,
                               const T* k, const T* v, const T* sin, const T* cos, T* o, T* state,
                               T* kbar, T* z, T* workspace) {
-  check_linear_head_dim("linear_attention_forward", fm, d);
+  check_linear_head_dim("linear_attention_forward", d);
   check_aligned("linear_attention_forward", {q, k, v, sin, cos, o, state, kbar, z, workspace});
   if (bh == 0 || n == 0) return;
   const int dim = static_cast<int>(d);
@@ -1544,7 +1547,7 @@ void linear_attention_backward(FeatureMap fm, int64_t bh, int64_t n, int64_t d, 
                                const T* k, const T* v, const T* sin, const T* cos, const T* state,
                                const T* kbar, const T* z, const T* dout, T* dq, T* dk, T* dv,
                                T* workspace) {
-  check_linear_head_dim("linear_attention_backward", fm, d);
+  check_linear_head_dim("linear_attention_backward", d);
   check_aligned("linear_attention_backward",
                 {q, k, v, sin, cos, state, kbar, z, dout, dq, dk, dv, workspace});
   if (bh == 0 || n == 0) return;

@@ -171,6 +171,12 @@ TEST_CASE("CUDA linear attention at model head dims: float32 within float32 roun
         CHECK(scaled_diff(gpu[i], exact[i]) < 1e-5);
       }
     }
+  // Past the kernels' largest head dim (64): a clear error, not a wrong result.
+  Tensor wide = zeros({1, 1, 4, 72}, TensorOptions{DType::Float32, Device::CUDA});
+  for (AttentionKind kind : {AttentionKind::Nala, AttentionKind::Relu})
+    CHECK_THROWS_WITH_AS(attention(kind, wide, wide, wide, 2, 2),
+                         doctest::Contains("head dim 72 is larger than the CUDA kernels' 64"),
+                         std::invalid_argument);
 }
 
 TEST_CASE("TF32 matmul on CUDA: close to float32, and switched off exactly") {
