@@ -21,6 +21,7 @@
 #include <limits>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "kernels/kernels.h"
 
@@ -197,23 +198,41 @@ QueryScale<T> query_features(int64_t d, const T* q, const T* sin, const T* cos, 
 }
 
 // ---- linear attention: the passes ----
+// Each pass works on a chunk of a head's tokens: it builds the chunk's feature rows (K' or Q',
+// rows x D) in this thread's scratch, then does its D x d products over the whole chunk as
+// matrix products with the library's GEMM (kernels/cpu/matmul.cpp: packed panels, register
+// blocks), instead of a rank-1 update per token whose D x d sum would stream through L1 once
+// per token. Called inside a parallel loop, the GEMM runs on the calling thread.
 
-// Forward pass 1 over a chunk of keys: kv_sum = sum_j K'_j^T v_j (D x d), key_sum = sum_j phiK_j.
+// This thread's scratch, reused across calls: room for `count` elements.
+template <typename T>
+T* thread_scratch(int64_t count) {
+  static thread_local std::vector<T> storage;
+  if (static_cast<int64_t>(storage.size()) < count) storage.resize(count);
+  return storage.data();
+}
+
+// C (m x n, leading dim n) = op(A) op(B) for one chunk: the GEMM of kernel_list.inc, once.
+template <typename T>
+void chunk_product(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const T* a,
+                   int64_t lda, const T* b, int64_t ldb, T* c) {
+  gemm(trans_a, trans_b, m, n, k, T(1), a, lda, 0, b, ldb, 0, T(0), c, n, 0, 1);
+}
+
+// Forward pass 1 over a chunk of keys: kv_sum = K'^T V (D x d) = sum_j K'_j^T v_j, and
+// key_sum = sum_j phiK_j.
 template <FeatureMap fm, typename T>
 void sum_key_chunk(int64_t tokens, int64_t d, const T* k, const T* v, const T* sin, const T* cos,
                    T* kv_sum, T* key_sum) {
   const int64_t width = feature_dim(fm, d);
-  T kappa[kMaxHeadDim], phi[kMaxFeatureDim] = {}, rotated[kMaxFeatureDim];
-  std::fill(kv_sum, kv_sum + width * d, T(0));
+  T kappa[kMaxHeadDim], phi[kMaxFeatureDim] = {};
+  T* rotated = thread_scratch<T>(tokens * width);  // K', tokens x D
   std::fill(key_sum, key_sum + width, T(0));
   for (int64_t j = 0; j < tokens; ++j) {
-    key_features<fm>(d, k + j * d, sin + j * d, cos + j * d, kappa, phi, rotated);
-    const T* vj = v + j * d;
-    for (int64_t c = 0; c < width; ++c) {
-      key_sum[c] += phi[c];
-      for (int64_t e = 0; e < d; ++e) kv_sum[c * d + e] += rotated[c] * vj[e];
-    }
+    key_features<fm>(d, k + j * d, sin + j * d, cos + j * d, kappa, phi, rotated + j * width);
+    for (int64_t c = 0; c < width; ++c) key_sum[c] += phi[c];
   }
+  chunk_product(true, false, width, d, tokens, rotated, width, v, d, kv_sum);
 }
 
 // Pass 2: matrix = scale * the sum of the chunks' partials, each a matrix of matrix_size
@@ -232,91 +251,99 @@ void sum_partials(int64_t chunks, int64_t matrix_size, int64_t vector_size, T sc
   }
 }
 
-// Forward pass 3 for one query: o = z Q' S with z = 1 / (phiQ . kbar + eps); returns z.
+// Forward pass 3 over a chunk of queries: z_i = 1 / (phiQ_i . kbar + eps) and o_i = z_i Q'_i S,
+// the chunk's O = diag(z) Q' S.
 template <FeatureMap fm, typename T>
-T attend_query(int64_t d, const T* q, const T* sin, const T* cos, const T* state, const T* kbar,
-               T* o) {
+void attend_query_chunk(int64_t tokens, int64_t d, const T* q, const T* sin, const T* cos,
+                        const T* state, const T* kbar, T* o, T* z) {
   const int64_t width = feature_dim(fm, d);
-  T sigma[kMaxHeadDim], phi[kMaxFeatureDim] = {}, rotated[kMaxFeatureDim];
-  query_features<fm>(d, q, sin, cos, sigma, phi, rotated);
-  const T z = 1 / (dot(width, phi, kbar) + T(kDenominatorEps));
-  T acc[kMaxHeadDim] = {};  // summed here, in L1, and written to o once
-  for (int64_t c = 0; c < width; ++c)
-    for (int64_t e = 0; e < d; ++e) acc[e] += rotated[c] * state[c * d + e];
-  for (int64_t e = 0; e < d; ++e) o[e] = z * acc[e];
-  return z;
+  T sigma[kMaxHeadDim], phi[kMaxFeatureDim] = {};
+  T* rotated = thread_scratch<T>(tokens * width);  // Q', tokens x D
+  for (int64_t i = 0; i < tokens; ++i) {
+    query_features<fm>(d, q + i * d, sin + i * d, cos + i * d, sigma, phi, rotated + i * width);
+    z[i] = 1 / (dot(width, phi, kbar) + T(kDenominatorEps));
+  }
+  chunk_product(false, false, tokens, d, width, rotated, width, state, d, o);
+  for (int64_t i = 0; i < tokens; ++i)
+    for (int64_t e = 0; e < d; ++e) o[i * d + e] *= z[i];
 }
 
 // Backward pass 1 over a chunk of queries: dq of each, and the chunk's partial sums
-//   dstate = sum_i z_i Q'_i^T do_i (D x d),  dkbar = sum_i dden_i phiQ_i (D),
-// where, with dQ'_i = z_i S do_i, the denominator's gradient is dden_i = -z_i Q'_i . dQ'_i.
-// S^T (d x D, from the head's transposed copy) makes dQ'_i = z_i S do_i a sum of its rows
-// scaled by z_i do_ie, vectorised along D, instead of D dot products of length d.
+//   dstate = sum_i z_i Q'_i^T do_i = Q'^T (z do) (D x d),  dkbar = sum_i dden_i phiQ_i (D),
+// where, with dQ' = (z do) S^T, the denominator's gradient is dden_i = -z_i Q'_i . dQ'_i.
 template <FeatureMap fm, typename T>
 void query_chunk_backward(int64_t tokens, int64_t d, const T* q, const T* sin, const T* cos,
-                          const T* state_t, const T* kbar, const T* z, const T* dout, T* dq,
+                          const T* state, const T* kbar, const T* z, const T* dout, T* dq,
                           T* dstate, T* dkbar) {
   const int64_t width = feature_dim(fm, d);
-  T sigma[kMaxHeadDim], phi[kMaxFeatureDim] = {}, rotated[kMaxFeatureDim];
-  T drotated[kMaxFeatureDim] = {}, dphi[kMaxFeatureDim], dsigma[kMaxHeadDim];
-  std::fill(dstate, dstate + width * d, T(0));
+  T phi[kMaxFeatureDim] = {}, dphi[kMaxFeatureDim], dsigma[kMaxHeadDim];
+  T* rotated = thread_scratch<T>(tokens * (2 * width + 2 * d));  // Q', tokens x D
+  T* drotated = rotated + tokens * width;                        // dQ', tokens x D
+  T* zdo = drotated + tokens * width;                            // z_i do_i, tokens x d
+  T* sigma = zdo + tokens * d;                                   // tokens x d
+  QueryScale<T> scales[kChunkTokens];
+  for (int64_t i = 0; i < tokens; ++i) {
+    scales[i] = query_features<fm>(d, q + i * d, sin + i * d, cos + i * d, sigma + i * d, phi,
+                                   rotated + i * width);
+    for (int64_t e = 0; e < d; ++e) zdo[i * d + e] = z[i] * dout[i * d + e];
+  }
+  chunk_product(false, true, tokens, width, d, zdo, d, state, d, drotated);
+  chunk_product(true, false, width, d, tokens, rotated, width, zdo, d, dstate);
   std::fill(dkbar, dkbar + width, T(0));
   for (int64_t i = 0; i < tokens; ++i) {
     const T* row_sin = sin + i * d;
     const T* row_cos = cos + i * d;
-    const T* doi = dout + i * d;
-    const QueryScale<T> s = query_features<fm>(d, q + i * d, row_sin, row_cos, sigma, phi, rotated);
-    std::fill(drotated, drotated + width, T(0));
-    for (int64_t e = 0; e < d; ++e) {
-      const T g = z[i] * doi[e];
-      for (int64_t c = 0; c < width; ++c) drotated[c] += g * state_t[e * width + c];
-    }
-    const T dden = -z[i] * dot(width, rotated, drotated);
-    rotary_halves_transposed<fm>(d, drotated, row_sin, row_cos, dphi);
+    const T* row_sigma = sigma + i * d;
+    const T dden = -z[i] * dot(width, rotated + i * width, drotated + i * width);
+    rotary_halves_transposed<fm>(d, drotated + i * width, row_sin, row_cos, dphi);
     for (int64_t c = 0; c < width; ++c) dphi[c] += dden * kbar[c];
-    split_signs_backward<fm>(d, sigma, dphi, dsigma);
-    query_signed_backward<fm>(d, q + i * d, sigma, dsigma, s, dq + i * d);
-    for (int64_t c = 0; c < width; ++c) {
-      dkbar[c] += dden * phi[c];
-      const T zq = z[i] * rotated[c];
-      for (int64_t e = 0; e < d; ++e) dstate[c * d + e] += zq * doi[e];
-    }
+    split_signs_backward<fm>(d, row_sigma, dphi, dsigma);
+    query_signed_backward<fm>(d, q + i * d, row_sigma, dsigma, scales[i], dq + i * d);
+    split_signs<fm>(d, row_sigma, phi);
+    for (int64_t c = 0; c < width; ++c) dkbar[c] += dden * phi[c];
   }
 }
 
-// Backward pass 3 for one key, from dstate_token = dS / N (and its transpose, d x D) and
+// Backward pass 3 over a chunk of keys, from dstate_token = dS / N (D x d) and
 // dkbar_token = dkbar / N:
-//   dv = dstate_token^T K',  dK' = dstate_token v,  dphiK = rho^T(dK') + dkbar_token.
+//   dv = K' dstate_token,  dK' = V dstate_token^T,  dphiK = rho^T(dK') + dkbar_token,
+// then dk through the sign split and the cube.
 template <FeatureMap fm, typename T>
-void key_backward(int64_t d, const T* k, const T* v, const T* sin, const T* cos,
-                  const T* dstate_token, const T* dstate_token_t, const T* dkbar_token, T* dk,
-                  T* dv) {
+void key_chunk_backward(int64_t tokens, int64_t d, const T* k, const T* v, const T* sin,
+                        const T* cos, const T* dstate_token, const T* dkbar_token, T* dk, T* dv) {
   const int64_t width = feature_dim(fm, d);
-  T kappa[kMaxHeadDim], phi[kMaxFeatureDim] = {}, rotated[kMaxFeatureDim];
-  T drotated[kMaxFeatureDim] = {}, dphi[kMaxFeatureDim], dkappa[kMaxHeadDim];
-  key_features<fm>(d, k, sin, cos, kappa, phi, rotated);
-  std::fill(dv, dv + d, T(0));
-  for (int64_t c = 0; c < width; ++c)
-    for (int64_t e = 0; e < d; ++e) dv[e] += rotated[c] * dstate_token[c * d + e];
-  std::fill(drotated, drotated + width, T(0));
-  for (int64_t e = 0; e < d; ++e)
-    for (int64_t c = 0; c < width; ++c) drotated[c] += v[e] * dstate_token_t[e * width + c];
-  rotary_halves_transposed<fm>(d, drotated, sin, cos, dphi);
-  for (int64_t c = 0; c < width; ++c) dphi[c] += dkbar_token[c];
-  split_signs_backward<fm>(d, kappa, dphi, dkappa);
-  for (int64_t c = 0; c < d; ++c) dk[c] = key_signed_backward<fm>(k[c], dkappa[c]);
+  T kappa[kMaxHeadDim], phi[kMaxFeatureDim] = {}, dphi[kMaxFeatureDim], dkappa[kMaxHeadDim];
+  T* rotated = thread_scratch<T>(2 * tokens * width);  // K', tokens x D
+  T* drotated = rotated + tokens * width;              // dK', tokens x D
+  for (int64_t j = 0; j < tokens; ++j)
+    key_features<fm>(d, k + j * d, sin + j * d, cos + j * d, kappa, phi, rotated + j * width);
+  chunk_product(false, false, tokens, d, width, rotated, width, dstate_token, d, dv);
+  chunk_product(false, true, tokens, width, d, v, d, dstate_token, d, drotated);
+  for (int64_t j = 0; j < tokens; ++j) {
+    const T* kj = k + j * d;
+    for (int64_t c = 0; c < d; ++c) kappa[c] = key_signed<fm>(kj[c]);
+    rotary_halves_transposed<fm>(d, drotated + j * width, sin + j * d, cos + j * d, dphi);
+    for (int64_t c = 0; c < width; ++c) dphi[c] += dkbar_token[c];
+    split_signs_backward<fm>(d, kappa, dphi, dkappa);
+    for (int64_t c = 0; c < d; ++c) dk[j * d + c] = key_signed_backward<fm>(kj[c], dkappa[c]);
+  }
 }
 
 // ---- linear attention: the kernels ----
 // The workspace holds, per head, one partial sum per chunk (a D x d matrix then a D vector),
-// then (backward) the head's dS / N and dkbar / N in the same layout, then per head the
-// transposes (d x D) of S and of dS / N.
+// then (backward) the head's dS / N and dkbar / N in the same layout.
 
-// t (cols x rows) = m^T for m (rows x cols).
-template <typename T>
-void transpose(int64_t rows, int64_t cols, const T* m, T* t) {
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t c = 0; c < cols; ++c) t[c * rows + r] = m[r * cols + c];
+// Runs pass(h, first, rows, at) over every (head, chunk) pair, in parallel: the chunk's tokens
+// [first, first + rows) of head h, whose rows of a (bh, n, d) tensor start at element `at`.
+template <typename Pass>
+void for_each_chunk(int64_t bh, int64_t n, int64_t d, Pass pass) {
+  const int64_t chunks = num_chunks(n);
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int64_t h = 0; h < bh; ++h)
+    for (int64_t chunk = 0; chunk < chunks; ++chunk) {
+      const int64_t first = chunk * kChunkTokens;
+      pass(h, chunk, first, std::min(kChunkTokens, n - first), (h * n + first) * d);
+    }
 }
 
 template <FeatureMap fm, typename T>
@@ -325,26 +352,19 @@ void linear_forward(int64_t bh, int64_t n, int64_t d, const T* q, const T* k, co
   const int64_t width = feature_dim(fm, d);
   const int64_t partial_size = width * d + width;
   const int64_t chunks = num_chunks(n);
-#pragma omp parallel for collapse(2) schedule(static)
-  for (int64_t h = 0; h < bh; ++h)
-    for (int64_t chunk = 0; chunk < chunks; ++chunk) {
-      const int64_t first = chunk * kChunkTokens;
-      const int64_t rows = std::min(kChunkTokens, n - first);
-      const int64_t at = (h * n + first) * d;
-      T* partial = workspace + (h * chunks + chunk) * partial_size;
-      sum_key_chunk<fm>(rows, d, k + at, v + at, sin + first * d, cos + first * d, partial,
-                        partial + width * d);
-    }
+  for_each_chunk(bh, n, d, [&](int64_t h, int64_t chunk, int64_t first, int64_t rows, int64_t at) {
+    T* partial = workspace + (h * chunks + chunk) * partial_size;
+    sum_key_chunk<fm>(rows, d, k + at, v + at, sin + first * d, cos + first * d, partial,
+                      partial + width * d);
+  });
 #pragma omp parallel for schedule(static)
   for (int64_t h = 0; h < bh; ++h)
     sum_partials(chunks, width * d, width, T(1) / T(n), workspace + h * chunks * partial_size,
                  state + h * width * d, kbar + h * width);
-#pragma omp parallel for schedule(static)
-  for (int64_t row = 0; row < bh * n; ++row) {
-    const int64_t h = row / n, i = row % n;
-    z[row] = attend_query<fm>(d, q + row * d, sin + i * d, cos + i * d, state + h * width * d,
-                              kbar + h * width, o + row * d);
-  }
+  for_each_chunk(bh, n, d, [&](int64_t h, int64_t, int64_t first, int64_t rows, int64_t at) {
+    attend_query_chunk<fm>(rows, d, q + at, sin + first * d, cos + first * d, state + h * width * d,
+                           kbar + h * width, o + at, z + h * n + first);
+  });
 }
 
 template <FeatureMap fm, typename T>
@@ -355,36 +375,23 @@ void linear_backward(int64_t bh, int64_t n, int64_t d, const T* q, const T* k, c
   const int64_t partial_size = width * d + width;
   const int64_t chunks = num_chunks(n);
   T* token_grads = workspace + bh * chunks * partial_size;  // dS / N and dkbar / N per head
-  T* state_t = token_grads + bh * partial_size;             // S^T per head
-  T* token_grads_t = state_t + bh * width * d;              // (dS / N)^T per head
-#pragma omp parallel for schedule(static)
-  for (int64_t h = 0; h < bh; ++h)
-    transpose(width, d, state + h * width * d, state_t + h * width * d);
-#pragma omp parallel for collapse(2) schedule(static)
-  for (int64_t h = 0; h < bh; ++h)
-    for (int64_t chunk = 0; chunk < chunks; ++chunk) {
-      const int64_t first = chunk * kChunkTokens;
-      const int64_t rows = std::min(kChunkTokens, n - first);
-      const int64_t at = (h * n + first) * d;
-      T* partial = workspace + (h * chunks + chunk) * partial_size;
-      query_chunk_backward<fm>(rows, d, q + at, sin + first * d, cos + first * d,
-                               state_t + h * width * d, kbar + h * width, z + h * n + first,
-                               dout + at, dq + at, partial, partial + width * d);
-    }
+  for_each_chunk(bh, n, d, [&](int64_t h, int64_t chunk, int64_t first, int64_t rows, int64_t at) {
+    T* partial = workspace + (h * chunks + chunk) * partial_size;
+    query_chunk_backward<fm>(rows, d, q + at, sin + first * d, cos + first * d,
+                             state + h * width * d, kbar + h * width, z + h * n + first, dout + at,
+                             dq + at, partial, partial + width * d);
+  });
 #pragma omp parallel for schedule(static)
   for (int64_t h = 0; h < bh; ++h) {
     T* grads = token_grads + h * partial_size;
     sum_partials(chunks, width * d, width, T(1) / T(n), workspace + h * chunks * partial_size,
                  grads, grads + width * d);
-    transpose(width, d, grads, token_grads_t + h * width * d);
   }
-#pragma omp parallel for schedule(static)
-  for (int64_t row = 0; row < bh * n; ++row) {
-    const int64_t h = row / n, j = row % n;
+  for_each_chunk(bh, n, d, [&](int64_t h, int64_t, int64_t first, int64_t rows, int64_t at) {
     const T* grads = token_grads + h * partial_size;
-    key_backward<fm>(d, k + row * d, v + row * d, sin + j * d, cos + j * d, grads,
-                     token_grads_t + h * width * d, grads + width * d, dk + row * d, dv + row * d);
-  }
+    key_chunk_backward<fm>(rows, d, k + at, v + at, sin + first * d, cos + first * d, grads,
+                           grads + width * d, dk + at, dv + at);
+  });
 }
 
 // ---- softmax attention ----
@@ -513,7 +520,7 @@ int64_t num_blocks(int64_t n) { return (n + kBlockTokens - 1) / kBlockTokens; }
 
 int64_t linear_attention_workspace_size(FeatureMap fm, int64_t bh, int64_t n, int64_t d) {
   const int64_t width = feature_dim(fm, d);
-  return bh * ((num_chunks(n) + 1) * (width * d + width) + 2 * width * d);
+  return bh * (num_chunks(n) + 1) * (width * d + width);
 }
 
 template <typename T>
