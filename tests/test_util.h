@@ -70,6 +70,18 @@ inline double max_rel_diff(const Tensor& a, const Tensor& b) {
   return worst;
 }
 
+// max |a - b| / max |b|: the error relative to the result's largest magnitude.
+inline double scaled_max_diff(const Tensor& a, const Tensor& b) {
+  REQUIRE(a.shape() == b.shape());
+  std::vector<double> x = a.to_vector<double>(), y = b.to_vector<double>();
+  double largest = 0, worst = 0;
+  for (size_t i = 0; i < x.size(); ++i) {
+    largest = std::max(largest, std::abs(y[i]));
+    worst = std::max(worst, std::abs(x[i] - y[i]));
+  }
+  return worst / largest;
+}
+
 // Random float tensor with a fixed seed.
 inline Tensor random_tensor(const Shape& shape, uint64_t seed, DType dtype = DType::Float32,
                             Device device = Device::CPU, double low = -1, double high = 1) {

@@ -18,6 +18,8 @@
 // keys with an online softmax (running max and sum), so no n x n matrix exists.
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <limits>
 #include <stdexcept>
 #include <string>
@@ -116,10 +118,47 @@ QueryScale<T> query_scale(int64_t d, const T* q) {
   return s;
 }
 
+// m^p for m in [0, 1] and p in [1.5, 4.5] (the NaLa query map's m = |q_c| / n and power). In
+// float it is 2^(p log2 m) evaluated in double and free of branches and calls, so that the loop
+// over a row's columns vectorises (std::pow is a call per element). With m = 2^e f and f in
+// [sqrt(1/2), sqrt(2)):
+//   log2 m = e + (2 / ln 2) atanh(t),  t = (f - 1) / (f + 1),  |t| < 0.172,
+//   atanh(t) = t + t^3/3 + ... + t^9/9   (the first term left out is below 3e-9 of the sum),
+//   2^y = 2^i e^(r ln 2),  i = round(y),  |r ln 2| <= 0.35,  e^x by its Taylor series to x^9/9!
+//   (the first term left out is below 2e-11),
+// both well under float's rounding (6e-8), so the float result matches std::pow's to an ulp or so.
+inline float power(float m_float, float p) {
+  const double m = m_float;
+  uint64_t bits;
+  std::memcpy(&bits, &m, sizeof bits);
+  int64_t e = static_cast<int64_t>(bits >> 52) - 1023;  // m > 0 is normal in double
+  bits = (bits & ((uint64_t(1) << 52) - 1)) | (uint64_t(1023) << 52);
+  double f;
+  std::memcpy(&f, &bits, sizeof f);  // f in [1, 2)
+  const bool high = f > 1.4142135623730951;
+  f = high ? f / 2 : f;
+  e += high ? 1 : 0;
+  const double t = (f - 1) / (f + 1), t2 = t * t;
+  const double atanh_t = t * (1 + t2 * (1.0 / 3 + t2 * (1.0 / 5 + t2 * (1.0 / 7 + t2 / 9))));
+  const double y = std::max(p * (static_cast<double>(e) + 2.8853900817779268 * atanh_t), -1000.0);
+  // Round to the nearest integer without a call: adding 1.5 * 2^52 leaves no fraction bits.
+  const double i = (y + 6755399441055744.0) - 6755399441055744.0;
+  const double x = (y - i) * 0.6931471805599453;
+  double expx = 1 / 362880.0;  // e^x = sum_k x^k / k!, k <= 9, by Horner's rule
+  for (const double c :
+       {1 / 40320.0, 1 / 5040.0, 1 / 720.0, 1 / 120.0, 1 / 24.0, 1 / 6.0, 0.5, 1.0, 1.0})
+    expx = expx * x + c;
+  const uint64_t scale_bits = static_cast<uint64_t>(static_cast<int64_t>(i) + 1023) << 52;
+  double scale;
+  std::memcpy(&scale, &scale_bits, sizeof scale);
+  return m > 0 ? static_cast<float>(expx * scale) : m_float;  // 0^p = 0; NaN stays NaN
+}
+inline double power(double m, double p) { return std::pow(m, p); }
+
 template <FeatureMap fm, typename T>
 T query_signed(T q, const QueryScale<T>& s) {
   if constexpr (fm == FeatureMap::Nala)
-    return std::copysign(std::pow(std::abs(q) * s.inv_norm, s.power), q);
+    return std::copysign(power(std::abs(q) * s.inv_norm, s.power), q);
   return q;
 }
 
@@ -191,6 +230,7 @@ template <FeatureMap fm, typename T>
 QueryScale<T> query_features(int64_t d, const T* q, const T* sin, const T* cos, T* sigma, T* phi,
                              T* rotated) {
   const QueryScale<T> s = query_scale<fm>(d, q);
+#pragma omp simd
   for (int64_t c = 0; c < d; ++c) sigma[c] = query_signed<fm>(q[c], s);
   split_signs<fm>(d, sigma, phi);
   rotary_halves<fm>(d, phi, sin, cos, rotated);

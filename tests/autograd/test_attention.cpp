@@ -229,6 +229,66 @@ TEST_CASE(
   }
 }
 
+TEST_CASE("float32 linear attention stays within float32 rounding of float64") {
+  // Output and gradients in float32 against the CPU in float64 on the same inputs, relative to
+  // the largest magnitude of each result. 1e-5 is float32-level for sums over 200 tokens: the
+  // float32 kernels' own shortcuts must stay inside it (the CPU's power m^p as 2^(p log2 m) by
+  // series; CUDA's products on the tensor cores in 3xTF32 where the shapes allow, d = 32 and 64,
+  // and on the FP32 units for d = 12), while one TF32 product alone (rounding 2^-11 = 4.9e-4 per
+  // operand) would miss it by orders of magnitude. 200 tokens leave a partial last tile.
+  test::FullFloat32Guard full_float32;
+  for (Device device : test::devices())
+    for (AttentionKind kind : {AttentionKind::Nala, AttentionKind::Relu})
+      for (int64_t d : {12, 32, 64}) {
+        CAPTURE(std::string(device_name(device)));
+        CAPTURE(int(kind));
+        CAPTURE(d);
+        const Shape shape{2, 2, 200, d};
+        std::vector<Tensor> results[2];  // float64 on the CPU, float32 on `device`
+        for (int single = 0; single < 2; ++single) {
+          const DType dtype = single ? DType::Float32 : DType::Float64;
+          const Device on = single ? device : Device::CPU;
+          std::vector<Tensor> x;
+          for (uint64_t seed : {40, 41, 42})
+            x.push_back(copy_tensor(test::random_tensor(shape, seed + d, DType::Float64,
+                                                        Device::CPU, -2, 2),
+                                    on, dtype)
+                            .requires_grad_());
+          Tensor o = attention(kind, x[0], x[1], x[2], 10, 20);
+          sum(mul(o, copy_tensor(test::random_tensor(shape, 99, DType::Float64), on, dtype)))
+              .backward();
+          for (const Tensor& t : {o, x[0].grad(), x[1].grad(), x[2].grad()})
+            results[single].push_back(t.cpu().to(DType::Float64));
+        }
+        for (size_t i = 0; i < results[0].size(); ++i) {
+          CAPTURE(i);
+          CHECK(test::scaled_max_diff(results[1][i], results[0][i]) < 1e-5);
+        }
+      }
+}
+
+TEST_CASE("a NaN in a query reaches that token's output") {
+  // Not a silent wrong result: the NaLa map turns a NaN query element into NaN features, so the
+  // token's output is NaN, and the other tokens' outputs stay finite.
+  for (Device device : test::devices())
+    for (DType dtype : {DType::Float32, DType::Float64}) {
+      CAPTURE(std::string(device_name(device)));
+      std::vector<double> values = test::random_tensor({1, 2, 6, 8}, 50).to_vector<double>();
+      values[3 * 8 + 5] = std::nan("");  // head 0, token 3, column 5
+      Tensor q = from_vector(values, {1, 2, 6, 8}, TensorOptions{DType::Float64});
+      Tensor o =
+          nala_attention(copy_tensor(q, device, dtype),
+                         copy_tensor(test::random_tensor({1, 2, 6, 8}, 51), device, dtype),
+                         copy_tensor(test::random_tensor({1, 2, 6, 8}, 52), device, dtype), 2, 3)
+              .cpu()
+              .to(DType::Float64);
+      for (int64_t h = 0; h < 2; ++h)
+        for (int64_t i = 0; i < 6; ++i)
+          for (double x : o.select(1, h).select(1, i).to_vector<double>())
+            CHECK(std::isnan(x) == (h == 0 && i == 3));
+    }
+}
+
 TEST_CASE("attention rejects bad shapes with clear errors") {
   Tensor q = zeros({1, 2, 6, 8});
   CHECK_THROWS_WITH_AS(nala_attention(q, q, q, 2, 2),
