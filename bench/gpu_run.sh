@@ -46,7 +46,7 @@ if [ "$MODE" = check ] || [ "$MODE" = tests ]; then
   [ "$MODE" = tests ] && exit $((ctest_rc | gc_rc))
   timeout 90 bash -c 'build-gpu/nala bench copy --device cuda; build-gpu/nala bench matmul --device cuda;
     build-gpu/nala bench attention --device cuda' > "$OUT/bench_nala.log" 2>&1
-  [ -n "${SKIP_TORCH:-}" ] || PYTHONUNBUFFERED=1 timeout 120 python3 tools/bench_attention_torch.py --device cuda > "$OUT/bench_torch.log" 2>&1
+  [ -n "${SKIP_TORCH:-}" ] || PYTHONUNBUFFERED=1 timeout 200 python3 tools/bench_attention_torch.py --device cuda > "$OUT/bench_torch.log" 2>&1
   echo "==== nala"; cat "$OUT/bench_nala.log"
   echo "==== torch"; grep -v Warn "$OUT/bench_torch.log" 2>/dev/null | tail -30
 elif [ "$MODE" = attention ]; then
