@@ -263,7 +263,7 @@ __host__ __device__ inline int i_rows_ld(int count) { return count % 8 == 0 ? co
 // small = x - big is exact; C accumulates small_a big_b + big_a small_b + big_a big_b ("3xTF32").
 // The dropped small_a small_b and the bits the tensor cores cut from small are each at most
 // 2^-20 of the product, against float32's 2^-24 rounding per operation. (The cut is one AND;
-// cvt.rna.tf32.f32 costs five instructions on sm_90 and would triple the instructions per mma.)
+// cvt.rna.tf32.f32, rounding instead, compiles to about five instructions on sm_90.)
 // Fragments of one m16n8k8 (lane = 4 g + t, g < 8, t < 4; PTX ISA, "Matrix fragments for
 // mma.m16n8k8", .tf32): A register r holds A(g + 8 (r % 2), t + 4 (r / 2)), B register r holds
 // B(t + 4 r, g), C register r holds C(g + 8 (r / 2), 2 t + r % 2). A warp holds 16 x 32 blocks
@@ -288,9 +288,9 @@ __device__ inline void mma_tf32(float* c, const uint32_t (&a)[4], const uint32_t
 #endif
 }
 
-// Which blocks of C a thread holds and how it computes one (see above). A block is 16 values:
-// on the tensor cores four m16n8 tiles, acc[4 tile + r] their C registers; on the FP units a
-// 4 x 4 block, acc[4 r + c].
+// Which blocks of C a thread holds and how it computes one (see above). A block has room for 16
+// values: on the tensor cores its m16n8 tiles (four, or one when N % 32 != 0), acc[4 tile + r]
+// their C registers; on the FP units a 4 x 4 block, acc[4 r + c].
 template <typename T>
 struct ProductTiling {
   int M, N, K;
