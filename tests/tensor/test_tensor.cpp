@@ -32,6 +32,31 @@ TEST_CASE("reshape views when it can and copies when it must") {
                        std::invalid_argument);
 }
 
+TEST_CASE("transposing copies, tile by tile, put every element where the index says") {
+  // Dims of 17-40 elements: the CPU copies them in 16 x 16 tiles with ragged edges; planes over
+  // the other dims; a copy into a strided destination; a conversion on the way.
+  Tensor x = arange(2 * 17 * 5 * 19).reshape({2, 17, 5, 19});
+  const std::vector<double> xs = x.to_vector<double>();
+  const std::vector<double> p = x.permute({0, 3, 2, 1}).contiguous().to_vector<double>();
+  bool all_equal = true;
+  for (int64_t b = 0; b < 2; ++b)
+    for (int64_t w = 0; w < 19; ++w)
+      for (int64_t c = 0; c < 5; ++c)
+        for (int64_t h = 0; h < 17; ++h)
+          all_equal &= p[((b * 19 + w) * 5 + c) * 17 + h] == xs[((b * 17 + h) * 5 + c) * 19 + w];
+  CHECK(all_equal);
+  Tensor m = arange(40 * 33).reshape({40, 33});
+  Tensor into = zeros({33, 80}).slice(1, 0, 40);  // rows of 40 that lie 80 apart
+  into.copy_(m.t());
+  CHECK(into.to_vector<double>() == m.t().contiguous().to_vector<double>());
+  Tensor as_float = m.t().to(DType::Float32);
+  const std::vector<double> f = as_float.to_vector<double>(), ms = m.to_vector<double>();
+  all_equal = true;
+  for (int64_t i = 0; i < 33; ++i)
+    for (int64_t j = 0; j < 40; ++j) all_equal &= f[i * 40 + j] == ms[j * 33 + i];
+  CHECK(all_equal);
+}
+
 TEST_CASE("slice, select, expand, squeeze") {
   Tensor x = arange(10);
   CHECK(x.slice(0, 1, 8, 3).to_vector<double>() == std::vector<double>{1, 4, 7});
