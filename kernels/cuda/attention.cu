@@ -478,10 +478,12 @@ __device__ void rotary_pair_transposed(T g0, T g1, const T* sin, const T* cos, T
 template <FeatureMap fm>
 constexpr int kHalves = fm == FeatureMap::Nala ? 2 : 1;
 
-// Half `half` of split(x) for one element: relu(x) or relu(-x).
+// Half `half` of split(x) for one element: relu(x) or relu(-x). A NaN stays NaN in both halves,
+// as on the CPU (fmax would drop it, and a NaN input would give a finite, wrong output).
 template <typename T>
 __device__ T split_sign(int half, T x) {
-  return half == 0 ? fmax(x, T(0)) : fmax(-x, T(0));
+  const T signed_x = half == 0 ? x : -x;
+  return signed_x < 0 ? T(0) : signed_x;
 }
 
 // dx from the gradients of the element's halves: [x > 0] dpos - [x < 0] dneg.
