@@ -18,17 +18,18 @@
 // a kernel per key tile (dk, dv) and once in a kernel per query tile (dq), so that every
 // gradient has one writer (no atomics, deterministic).
 //
-// How the linear-attention kernels work on a tile of tokens. The element-wise passes run a team
-// of lanes per token, a lane per pair of columns (pair_lanes): the lanes read q, k, v, sin, cos
-// straight from global memory (consecutive lanes, consecutive pairs: coalesced; a batch of tokens'
-// loads in flight at once), sum over a row by shuffles within the team, and write the features
-// (Q', K') token-major into shared memory. The D x d products then read those arrays, in either
-// orientation (Operand), on the tensor cores in 3xTF32 for float32 (ProductTiling) and on the FP
-// units in 4 x 4 register blocks for float64; a running sum over the tiles (S, dS) stays in
-// registers (ProductSum). Leading dims are padded so that the tensor cores' fragment loads are
-// free of bank conflicts (k_rows_ld, i_rows_ld). The key sums pass and the softmax kernels stage
-// their input rows in shared memory first (stage_rows, asynchronous copies); an odd row stride
-// (d + 1) puts the elements that a warp reads at one time in distinct banks.
+// How the linear-attention kernels work on a tile of tokens. The output pass and both backward
+// passes run a team of lanes per token, a lane per pair of columns (pair_lanes): the lanes read
+// q, k, v, sin, cos straight from global memory (consecutive lanes, consecutive pairs: coalesced;
+// a batch of tokens' loads in flight at once), sum over a row by shuffles within the team, and
+// write the features (Q', K') token-major into shared memory. The key sums pass stages its rows
+// in shared memory first (stage_rows, asynchronous copies) and gives each (token, pair) a thread.
+// The D x d products then read the feature arrays in either orientation (Operand), on the tensor
+// cores in 3xTF32 for float32 (ProductTiling) and on the FP units in 4 x 4 register blocks for
+// float64; a running sum over the tiles (S, dS) stays in registers (ProductSum). Leading dims are
+// padded so that the tensor cores' fragment loads are free of bank conflicts (k_rows_ld,
+// i_rows_ld). The softmax kernels stage rows with an odd row stride (d + 1), which puts the
+// elements that a warp reads at one time in distinct banks.
 // Head dims up to 64 on CUDA; pointers must be 16-byte aligned.
 #include <cuda_pipeline.h>
 
