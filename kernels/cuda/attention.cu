@@ -454,13 +454,12 @@ __device__ inline void finish_staging() {
 
 // ---- the rotary (NALAFORMER.md sections 1 and 3) ----
 
-// rho on columns (c, c + 1) of one row, c even, with sin and cos pointing at column c and
-// column c + 1 `next` elements further:
+// rho on columns (c, c + 1) of one row, c even, with sin and cos pointing at column c:
 //   y0 = x0 cos_c - x1 sin_c,  y1 = x1 cos_{c+1} + x0 sin_{c+1}.
 template <typename T>
-__device__ void rotary_pair(T x0, T x1, const T* sin, const T* cos, T& y0, T& y1, int next = 1) {
+__device__ void rotary_pair(T x0, T x1, const T* sin, const T* cos, T& y0, T& y1) {
   y0 = x0 * cos[0] - x1 * sin[0];
-  y1 = x1 * cos[next] + x0 * sin[next];
+  y1 = x1 * cos[1] + x0 * sin[1];
 }
 
 // rho^T on the pair: the transpose, which carries a gradient back through rho.
@@ -582,15 +581,30 @@ __device__ T team_sum(LanesPerRow team, T x) {
   return team_reduce<SumOp<T>>(team, x);
 }
 
-// One token's values at a lane's pair of columns: zeros past the chunk's rows or the row's pairs.
 // Tokens per batch of loads in the element-wise passes; the query backward's running dS leaves
 // it room for fewer.
 constexpr int kPairBatch = 4, kQueryBatch = 2;
 
+// One token's values at a lane's pair of columns c, c + 1: a row of x (q or k), optionally the
+// same row of y (do or v), and the token's sin and cos; zeros unless `valid` (past the chunk's
+// rows, or a lane past the row's pairs).
 template <typename T>
 struct PairRow {
-  T q[2] = {}, sin[2] = {}, cos[2] = {}, dout[2] = {};
+  T x[2] = {}, y[2] = {}, sin[2] = {}, cos[2] = {};
 };
+
+template <typename T>
+__device__ PairRow<T> load_pair_row(bool valid, int d, int c, int64_t row, int64_t token,
+                                    const T* x, const T* y, const T* sin, const T* cos) {
+  PairRow<T> r;
+  if (valid) {
+    load2(x + row * d + c, r.x[0], r.x[1]);
+    if (y != nullptr) load2(y + row * d + c, r.y[0], r.y[1]);
+    load2(sin + token * d + c, r.sin[0], r.sin[1]);
+    load2(cos + token * d + c, r.cos[0], r.cos[1]);
+  }
+  return r;
+}
 
 // Runs load(j, b) then body(j, b) for this thread's tokens j < tile, kBatch tokens at a time (b <
 // kBatch): a batch's loads are all issued before the first body waits on them. A team's lanes
@@ -764,18 +778,13 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t row0 = head * n + t0;
     PairRow<T> in[kPairBatch];
     const auto load = [&](int j, int b) {
-      in[b] = PairRow<T>{};
-      if (live && j < rows) {
-        load2(q + (row0 + j) * d + c, in[b].q[0], in[b].q[1]);
-        load2(sin + (t0 + j) * d + c, in[b].sin[0], in[b].sin[1]);
-        load2(cos + (t0 + j) * d + c, in[b].cos[0], in[b].cos[1]);
-      }
+      in[b] = load_pair_row<T>(live && j < rows, d, c, row0 + j, t0 + j, q, nullptr, sin, cos);
     };
     for_team_tokens<kPairBatch>(team, tile, load, [&](int j, int b) {
       const PairRow<T>& r = in[b];
       const QueryScale<T> scale =
-          query_scale<fm>(team_sum(team, r.q[0] * r.q[0] + r.q[1] * r.q[1]));
-      const T s0 = query_signed<fm>(r.q[0], scale), s1 = query_signed<fm>(r.q[1], scale);
+          query_scale<fm>(team_sum(team, r.x[0] * r.x[0] + r.x[1] * r.x[1]));
+      const T s0 = query_signed<fm>(r.x[0], scale), s1 = query_signed<fm>(r.x[1], scale);
       T den = 0;
       if (live)
         for (int half = 0; half < kHalves<fm>; ++half) {
@@ -862,8 +871,8 @@ __global__ void __launch_bounds__(kThreads, 4)
   };
   const auto signed_features = [&](const PairRow<T>& r) {
     Signed f;
-    f.scale = query_scale<fm>(team_sum(team, r.q[0] * r.q[0] + r.q[1] * r.q[1]));
-    for (int e = 0; e < 2; ++e) f.sigma[e] = query_signed<fm>(r.q[e], f.scale);
+    f.scale = query_scale<fm>(team_sum(team, r.x[0] * r.x[0] + r.x[1] * r.x[1]));
+    for (int e = 0; e < 2; ++e) f.sigma[e] = query_signed<fm>(r.x[e], f.scale);
     return f;
   };
 
@@ -876,14 +885,9 @@ __global__ void __launch_bounds__(kThreads, 4)
     T z_in[kQueryBatch];
     const auto load = [&](bool with_dout) {
       return [&, with_dout](int j, int b) {
-        in[b] = PairRow<T>{};
+        in[b] = load_pair_row<T>(live && j < rows, d, c, row0 + j, t0 + j, q,
+                                 with_dout ? dout : nullptr, sin, cos);
         z_in[b] = j < rows && with_dout ? z[row0 + j] : T(0);
-        if (live && j < rows) {
-          load2(q + (row0 + j) * d + c, in[b].q[0], in[b].q[1]);
-          load2(sin + (t0 + j) * d + c, in[b].sin[0], in[b].sin[1]);
-          load2(cos + (t0 + j) * d + c, in[b].cos[0], in[b].cos[1]);
-          if (with_dout) load2(dout + (row0 + j) * d + c, in[b].dout[0], in[b].dout[1]);
-        }
       };
     };
     for_team_tokens<kQueryBatch>(team, tile, load(true), [&](int j, int b) {
@@ -891,7 +895,7 @@ __global__ void __launch_bounds__(kThreads, 4)
       const Signed f = signed_features(r);
       if (live) {
         store2(sigma + j * d + c, f.sigma[0], f.sigma[1]);
-        store2(zdo + j * zdo_ld + c, z_in[b] * r.dout[0], z_in[b] * r.dout[1]);
+        store2(zdo + j * zdo_ld + c, z_in[b] * r.y[0], z_in[b] * r.y[1]);
         for (int half = 0; half < kHalves<fm>; ++half) {
           T y0, y1;
           rotary_pair(split_sign(half, f.sigma[0]), split_sign(half, f.sigma[1]), r.sin, r.cos, y0,
@@ -909,7 +913,7 @@ __global__ void __launch_bounds__(kThreads, 4)
     __syncthreads();
     for_team_tokens<kQueryBatch>(team, tile, load(false), [&](int j, int b) {
       const PairRow<T>& r = in[b];
-      Signed f{query_scale<fm>(team_sum(team, r.q[0] * r.q[0] + r.q[1] * r.q[1])), {}};
+      Signed f{query_scale<fm>(team_sum(team, r.x[0] * r.x[0] + r.x[1] * r.x[1])), {}};
       if (live) load2(sigma + j * d + c, f.sigma[0], f.sigma[1]);
       T dot = 0;
       if (live)
@@ -937,15 +941,15 @@ __global__ void __launch_bounds__(kThreads, 4)
       if constexpr (fm == FeatureMap::Nala) {
         T power_sum = 0, scale_sum = 0;
         for (int e = 0; e < 2; ++e) {
-          power_sum += norm_power_term(r.q[e], f.sigma[e], dsigma[e], f.scale);
+          power_sum += norm_power_term(r.x[e], f.sigma[e], dsigma[e], f.scale);
           scale_sum += dsigma[e] * f.sigma[e];
         }
         dnorm = query_norm_grad(f.scale, team_sum(team, power_sum), team_sum(team, scale_sum));
       }
       if (live && j < rows)
         store2(dq + (row0 + j) * d + c,
-               query_signed_backward<fm>(r.q[0], f.sigma[0], dsigma[0], f.scale, dnorm),
-               query_signed_backward<fm>(r.q[1], f.sigma[1], dsigma[1], f.scale, dnorm));
+               query_signed_backward<fm>(r.x[0], f.sigma[0], dsigma[0], f.scale, dnorm),
+               query_signed_backward<fm>(r.x[1], f.sigma[1], dsigma[1], f.scale, dnorm));
     });
     __syncthreads();
   }
@@ -1013,25 +1017,19 @@ __global__ void __launch_bounds__(kThreads)
   for (int64_t t0 = first; t0 < last; t0 += tile) {
     const int rows = static_cast<int>(min(static_cast<int64_t>(tile), last - t0));
     const int64_t row0 = head * n + t0;
-    // k (in PairRow::q), sin, cos (and v, in PairRow::dout, in the first sweep) of this
-    // thread's tokens, a batch at a time.
+    // k, sin, cos (and v in the first sweep) of this thread's tokens, a batch at a time.
     PairRow<T> in[kPairBatch];
     const auto load = [&](bool with_values) {
       return [&, with_values](int j, int b) {
-        in[b] = PairRow<T>{};
-        if (live && j < rows) {
-          load2(k + (row0 + j) * d + c, in[b].q[0], in[b].q[1]);
-          load2(sin + (t0 + j) * d + c, in[b].sin[0], in[b].sin[1]);
-          load2(cos + (t0 + j) * d + c, in[b].cos[0], in[b].cos[1]);
-          if (with_values) load2(v + (row0 + j) * d + c, in[b].dout[0], in[b].dout[1]);
-        }
+        in[b] = load_pair_row<T>(live && j < rows, d, c, row0 + j, t0 + j, k,
+                                 with_values ? v : nullptr, sin, cos);
       };
     };
     for_team_tokens<kPairBatch>(team, tile, load(true), [&](int j, int b) {
       const PairRow<T>& r = in[b];
       if (!live) return;
-      store2(values + j * values_ld + c, r.dout[0], r.dout[1]);
-      const T kappa0 = key_signed<fm>(r.q[0]), kappa1 = key_signed<fm>(r.q[1]);
+      store2(values + j * values_ld + c, r.y[0], r.y[1]);
+      const T kappa0 = key_signed<fm>(r.x[0]), kappa1 = key_signed<fm>(r.x[1]);
       for (int half = 0; half < kHalves<fm>; ++half) {
         T y0, y1;
         rotary_pair(split_sign(half, kappa0), split_sign(half, kappa1), r.sin, r.cos, y0, y1);
@@ -1059,8 +1057,8 @@ __global__ void __launch_bounds__(kThreads)
       }
       T grad[2];
       for (int e = 0; e < 2; ++e) {
-        const T dkappa = split_signs_backward<fm>(key_signed<fm>(r.q[e]), dphi[0][e], dphi[1][e]);
-        grad[e] = key_signed_backward<fm>(r.q[e], dkappa);
+        const T dkappa = split_signs_backward<fm>(key_signed<fm>(r.x[e]), dphi[0][e], dphi[1][e]);
+        grad[e] = key_signed_backward<fm>(r.x[e], dkappa);
       }
       store2(dk + (row0 + j) * d + c, grad[0], grad[1]);
     });
