@@ -7,6 +7,7 @@
 #include <chrono>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -109,22 +110,25 @@ struct EpochRecord {
 };
 
 // The records of a metrics.csv written by train(), for a resumed run's curves and best accuracy;
-// none when the file does not exist.
+// none when the file does not exist. Fields are read with strtod, which also takes the "nan" and
+// "inf" that a diverged run writes (operator>> does not).
 static std::vector<EpochRecord> read_metrics_csv(const std::string& path) {
   std::vector<EpochRecord> records;
   std::ifstream in(path);
   std::string line;
   std::getline(in, line);  // the header
   while (std::getline(in, line)) {
-    EpochRecord r{};
-    char comma;
-    std::istringstream fields(line);
-    if (fields >> r.epoch >> comma >> r.train_loss >> comma >> r.train_acc >> comma >>
-        r.test_loss >> comma >> r.test_top1 >> comma >> r.test_top5 >> comma >> r.lr >> comma >>
-        r.seconds)
-      records.push_back(r);
-    else
-      throw std::runtime_error("train: cannot read line '" + line + "' of " + path);
+    double fields[8];
+    const char* at = line.c_str();
+    for (int i = 0; i < 8; ++i) {
+      char* end = nullptr;
+      fields[i] = std::strtod(at, &end);
+      if (end == at || *end != (i < 7 ? ',' : '\0'))
+        throw std::runtime_error("train: cannot read line '" + line + "' of " + path);
+      at = end + 1;
+    }
+    records.push_back(EpochRecord{static_cast<int64_t>(fields[0]), fields[1], fields[2], fields[3],
+                                  fields[4], fields[5], fields[6], fields[7]});
   }
   return records;
 }
@@ -362,7 +366,9 @@ EvalResult train(const TrainOptions& o, std::ostream& log) {
       }
     }
     log << "\n";
-    if (stopping()) break;
+    // A stop within the epoch saves it unfinished; one on its last batch still evaluates and
+    // records it, so that the checkpoint never sits at the end of an unrecorded epoch.
+    if (stopping() && step_in_epoch < steps_per_epoch) break;
     progress.epoch = epoch + 1;
     double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     last = evaluate(*model, test_loader, device);

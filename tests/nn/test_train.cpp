@@ -96,6 +96,31 @@ TEST_CASE("nala train: a run stopped mid-epoch and resumed equals one that never
     REQUIRE(b.tensors.count(name));
     CHECK(test::max_rel_diff(b.tensors.at(name).to(DType::Float64), t.to(DType::Float64)) == 0.0);
   }
+  // A stop on an epoch's last batch (step 2 of 2) records that epoch before stopping, and the
+  // resumed run starts the next one.
+  const std::string boundary = "/tmp/nala_test_train_boundary";
+  fs::remove_all(boundary);
+  TrainOptions at_end = tiny_run(boundary, 2);
+  at_end.stop_after_steps = 2;
+  std::ostringstream log4;
+  train(at_end, log4);
+  CHECK(log4.str().find("at epoch 1, step 2") != std::string::npos);
+  CHECK(count_lines(boundary + "/metrics.csv") == 2);  // header + epoch 1
+  // A diverged epoch's record (a nan loss, as operator<< writes it) does not stop a resume.
+  std::string header, record;
+  {
+    std::ifstream csv(boundary + "/metrics.csv");
+    std::getline(csv, header);
+    std::getline(csv, record);
+  }
+  const size_t loss_at = record.find(',') + 1;
+  record.replace(loss_at, record.find(',', loss_at) - loss_at, "-nan");
+  std::ofstream(boundary + "/metrics.csv") << header << "\n" << record << "\n";
+  at_end.stop_after_steps = 0;
+  at_end.resume = boundary + "/last.safetensors";
+  train(at_end, log4);
+  CHECK(log4.str().find("epoch 2: train loss") != std::string::npos);
+  CHECK(count_lines(boundary + "/metrics.csv") == 3);
   // A checkpoint that does not fit the run (other batch size) is a clear error.
   TrainOptions other = tiny_run(split, 2);
   other.resume = split + "/last.safetensors";
