@@ -77,7 +77,8 @@ inline double scaled_max_diff(const Tensor& a, const Tensor& b) {
   double largest = 0, worst = 0;
   for (size_t i = 0; i < x.size(); ++i) {
     largest = std::max(largest, std::abs(y[i]));
-    worst = std::max(worst, std::abs(x[i] - y[i]));
+    const double d = std::abs(x[i] - y[i]);
+    if (!(d <= worst)) worst = std::isnan(d) ? INFINITY : d;  // a NaN is the worst difference
   }
   return worst / largest;
 }

@@ -45,16 +45,21 @@ TEST_CASE("transposing copies, tile by tile, put every element where the index s
         for (int64_t h = 0; h < 17; ++h)
           all_equal &= p[((b * 19 + w) * 5 + c) * 17 + h] == xs[((b * 17 + h) * 5 + c) * 19 + w];
   CHECK(all_equal);
-  Tensor m = arange(40 * 33).reshape({40, 33});
-  Tensor into = zeros({33, 80}).slice(1, 0, 40);  // rows of 40 that lie 80 apart
+  Tensor m = arange(40 * 33, TensorOptions{DType::Float64}).reshape({40, 33});
+  const std::vector<double> ms = m.to_vector<double>();
+  // m^T (33 x 40) at (i, j) is m[j][i] = ms[j * 33 + i].
+  auto is_m_transposed = [&](const std::vector<double>& t) {
+    bool equal = t.size() == 33 * 40;
+    for (int64_t i = 0; equal && i < 33; ++i)
+      for (int64_t j = 0; j < 40; ++j) equal &= t[i * 40 + j] == ms[j * 33 + i];
+    return equal;
+  };
+  Tensor into = zeros({33, 80}, TensorOptions{DType::Float64}).slice(1, 0, 40);  // rows 80 apart
   into.copy_(m.t());
-  CHECK(into.to_vector<double>() == m.t().contiguous().to_vector<double>());
-  Tensor as_float = m.t().to(DType::Float32);
-  const std::vector<double> f = as_float.to_vector<double>(), ms = m.to_vector<double>();
-  all_equal = true;
-  for (int64_t i = 0; i < 33; ++i)
-    for (int64_t j = 0; j < 40; ++j) all_equal &= f[i * 40 + j] == ms[j * 33 + i];
-  CHECK(all_equal);
+  CHECK(is_m_transposed(into.to_vector<double>()));
+  Tensor as_float = m.t().to(DType::Float32);  // float64 -> float32 on the way
+  CHECK(as_float.dtype() == DType::Float32);
+  CHECK(is_m_transposed(as_float.to_vector<double>()));
 }
 
 TEST_CASE("slice, select, expand, squeeze") {
