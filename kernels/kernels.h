@@ -11,7 +11,8 @@
 // - A pointer argument is contiguous (row-major) unless a Layout/Broadcast gives its strides.
 // - T is float or double unless a kernel says otherwise; labels are int64_t.
 // - A kernel never allocates memory. When it needs scratch space its caller passes a workspace
-//   whose size a *_workspace_size function returns.
+//   whose size a *_workspace_size function returns; the one exception is per-thread scratch on
+//   the CPU, kept and reused across calls (kernels/cpu/scratch.h).
 // - On CUDA every pointer is device memory, every kernel is asynchronous on the one stream, and
 //   no kernel synchronises with the host.
 #pragma once

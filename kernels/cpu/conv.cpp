@@ -8,8 +8,8 @@
 // that map for one window tap; rather than testing every pixel, it first computes the run of
 // output indices whose input index is inside the image, so its innermost loop has no branches.
 #include <algorithm>
-#include <vector>
 
+#include "kernels/cpu/scratch.h"
 #include "kernels/kernels.h"
 
 namespace nala::kernels::cpu {
@@ -139,17 +139,21 @@ void depthwise_conv2d_backward_input(const Conv2dShape& s, const T* dy, const T*
 // dw[c, ki, kj] = sum over b, oh, ow of dy[b, c, oh, ow] x[b, c, ih, iw], summed in double.
 // One thread per channel, so no two threads write the same dw. The sum runs in one double per
 // output pixel (by_pixel[o], over the batch), which the compiler vectorises along the row (one
-// running sum would be a chain of dependent adds), and the pixels are added last.
+// running sum would be a chain of dependent adds), and the pixels are added last; by_pixel is the
+// thread's scratch (scratch.h), not an allocation per channel.
+namespace {
+struct PixelSums {};  // the tag of that scratch
+}  // namespace
 template <typename T>
 void depthwise_conv2d_backward_weight(const Conv2dShape& s, const T* x, const T* dy, T* dw) {
   const int64_t window = s.kernel_h * s.kernel_w;
   const int64_t out_plane = s.out_h * s.out_w;
 #pragma omp parallel for if (s.batch * s.channels * window * out_plane >= kParallelWork)
   for (int64_t c = 0; c < s.channels; ++c) {
-    std::vector<double> by_pixel(out_plane);
+    double* by_pixel = thread_scratch<PixelSums, double>(out_plane);
     for (int64_t ki = 0; ki < s.kernel_h; ++ki) {
       for (int64_t kj = 0; kj < s.kernel_w; ++kj) {
-        std::fill(by_pixel.begin(), by_pixel.end(), 0.0);
+        std::fill(by_pixel, by_pixel + out_plane, 0.0);
         for (int64_t b = 0; b < s.batch; ++b) {
           const T* x_plane = x + (b * s.channels + c) * s.height * s.width;
           const T* dy_plane = dy + (b * s.channels + c) * out_plane;
@@ -158,7 +162,7 @@ void depthwise_conv2d_backward_weight(const Conv2dShape& s, const T* x, const T*
           });
         }
         double sum = 0;
-        for (double v : by_pixel) sum += v;
+        for (int64_t o = 0; o < out_plane; ++o) sum += by_pixel[o];
         dw[(c * s.kernel_h + ki) * s.kernel_w + kj] = static_cast<T>(sum);
       }
     }

@@ -27,6 +27,7 @@
 #include <memory>
 #include <vector>
 
+#include "kernels/cpu/scratch.h"
 #include "kernels/kernels.h"
 
 namespace nala::kernels::cpu {
@@ -123,16 +124,7 @@ void write_tile(const T* tile, int64_t rows, int64_t cols, T alpha, T beta, T* c
   }
 }
 
-// This thread's packing buffer, reused across calls: room for `count` elements, 64-byte aligned.
-template <typename T>
-T* pack_buffer(int64_t count) {
-  static thread_local std::vector<T> storage;
-  const size_t padded = count + kVectorBytes / sizeof(T);
-  if (storage.size() < padded) storage.resize(padded);
-  void* start = storage.data();
-  size_t space = storage.size() * sizeof(T);
-  return static_cast<T*>(std::align(kVectorBytes, count * sizeof(T), start, space));
-}
+struct PackedPanels {};  // the tag of the GEMM's per-thread packing buffer (scratch.h)
 
 // C[0:m, 0:n] = alpha op(A)[0:m, :] op(B)[:, 0:n] + beta C for one tile (m <= kTileM,
 // n <= kTileN; the operands already point at the tile's first row / column).
@@ -142,7 +134,7 @@ void gemm_tile(int64_t m, int64_t n, int64_t k, T alpha, Operand<T> a, Operand<T
   using B = Blocking<T>;
   const int64_t a_panel_rows = round_up(m, B::kMr);
   const int64_t b_panel_cols = round_up(n, B::kNr);
-  T* packed_a = pack_buffer<T>((a_panel_rows + b_panel_cols) * B::kKc);
+  T* packed_a = thread_scratch<PackedPanels, T>((a_panel_rows + b_panel_cols) * B::kKc);
   T* packed_b = packed_a + a_panel_rows * B::kKc;
   alignas(kVectorBytes) T tile[B::kMr * B::kNr];
   // One pass over k even when k == 0, so that C = beta C is still written.
@@ -178,7 +170,9 @@ void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha, 
   if (m <= 0 || n <= 0 || batch <= 0) return;
   if (alpha == T(0)) k = 0;  // C = beta C; A and B are not read
   // Tiles: as large as the cache blocking allows, but enough of them to keep every thread busy.
-  const int64_t threads = omp_get_max_threads();
+  // Called from inside a parallel region (a kernel's per-chunk products), the GEMM runs on the
+  // calling thread alone: more tiles would only pack the operands again for each.
+  const int64_t threads = omp_in_parallel() ? 1 : omp_get_max_threads();
   int64_t split_m = 1, split_n = 1;
   while (batch * split_m * split_n < threads && (m > split_m * B::kMr || n > split_n * B::kNr)) {
     (m * B::kNr >= n * B::kMr ? split_m : split_n) *= 2;  // the side with more register blocks
@@ -188,7 +182,7 @@ void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha, 
   const int64_t tiles_m = ceil_div(m, tile_m), tiles_n = ceil_div(n, tile_n);
   const int64_t tasks = batch * tiles_m * tiles_n;
   const bool large = batch * m * n * k >= 64 * 64 * 64;
-#pragma omp parallel for schedule(dynamic) if (large && tasks > 1)
+#pragma omp parallel for schedule(dynamic) if (large && tasks > 1 && threads > 1)
   for (int64_t task = 0; task < tasks; ++task) {
     const int64_t bi = task / (tiles_m * tiles_n);
     const int64_t i0 = (task / tiles_n) % tiles_m * tile_m;
