@@ -5,13 +5,14 @@
 // Linear attention, per head, in passes over the tokens, each parallel over heads and chunks of
 // kChunkTokens tokens (a chunk's partial sums go to the workspace, so the result does not depend
 // on the number of threads):
-//   forward   1. per key chunk: sum_j K'_j^T v_j and sum_j phiK_j;
+//   forward   1. per key chunk: sum_j K'_j^T v_j = K'^T V and sum_j phiK_j;
 //             2. S and kbar = (sum over the chunks) / N;
-//             3. per query: z_i and o_i = z_i Q'_i S.
+//             3. per query chunk: z_i and o_i = z_i Q'_i S;
 //   backward  1. per query chunk: dq_i, and the partial sums of dS = sum_i z_i Q'_i^T do_i and
 //                dkbar = sum_i dden_i phiQ_i;
 //             2. dS / N and dkbar / N: the gradients that each key's terms of S and kbar receive;
-//             3. per key: dk_j and dv_j.
+//             3. per key chunk: dk_j and dv_j.
+// A pass builds its chunk's feature rows and does its D x d products as GEMMs (see the passes).
 // Features are recomputed from q and k where they are needed; only S, kbar and z are saved.
 //
 // Softmax attention is tiled like FlashAttention: blocks of kBlockTokens queries meet blocks of
@@ -23,8 +24,8 @@
 #include <limits>
 #include <stdexcept>
 #include <string>
-#include <vector>
 
+#include "kernels/cpu/scratch.h"
 #include "kernels/kernels.h"
 
 namespace nala::kernels::cpu {
@@ -140,7 +141,11 @@ inline float power(float m_float, float p) {
   e += high ? 1 : 0;
   const double t = (f - 1) / (f + 1), t2 = t * t;
   const double atanh_t = t * (1 + t2 * (1.0 / 3 + t2 * (1.0 / 5 + t2 * (1.0 / 7 + t2 / 9))));
-  const double y = std::max(p * (static_cast<double>(e) + 2.8853900817779268 * atanh_t), -1000.0);
+  // y clamped to [-1000, 1000] so that its integer part converts without overflow, and a NaN
+  // to -1000 (p is NaN only in a row holding a NaN, whose m are then 0 or NaN: the final select
+  // returns those as they are).
+  const double unclamped = p * (static_cast<double>(e) + 2.8853900817779268 * atanh_t);
+  const double y = unclamped > -1000.0 ? std::min(unclamped, 1000.0) : -1000.0;
   // Round to the nearest integer without a call: adding 1.5 * 2^52 leaves no fraction bits.
   const double i = (y + 6755399441055744.0) - 6755399441055744.0;
   const double x = (y - i) * 0.6931471805599453;
@@ -244,13 +249,7 @@ QueryScale<T> query_features(int64_t d, const T* q, const T* sin, const T* cos, 
 // blocks), instead of a rank-1 update per token whose D x d sum would stream through L1 once
 // per token. Called inside a parallel loop, the GEMM runs on the calling thread.
 
-// This thread's scratch, reused across calls: room for `count` elements.
-template <typename T>
-T* thread_scratch(int64_t count) {
-  static thread_local std::vector<T> storage;
-  if (static_cast<int64_t>(storage.size()) < count) storage.resize(count);
-  return storage.data();
-}
+struct ChunkFeatures {};  // the tag of the passes' per-thread scratch (scratch.h)
 
 // C (m x n, leading dim n) = op(A) op(B) for one chunk: the GEMM of kernel_list.inc, once.
 template <typename T>
@@ -266,7 +265,7 @@ void sum_key_chunk(int64_t tokens, int64_t d, const T* k, const T* v, const T* s
                    T* kv_sum, T* key_sum) {
   const int64_t width = feature_dim(fm, d);
   T kappa[kMaxHeadDim], phi[kMaxFeatureDim] = {};
-  T* rotated = thread_scratch<T>(tokens * width);  // K', tokens x D
+  T* rotated = thread_scratch<ChunkFeatures, T>(tokens * width);  // K', tokens x D
   std::fill(key_sum, key_sum + width, T(0));
   for (int64_t j = 0; j < tokens; ++j) {
     key_features<fm>(d, k + j * d, sin + j * d, cos + j * d, kappa, phi, rotated + j * width);
@@ -298,7 +297,7 @@ void attend_query_chunk(int64_t tokens, int64_t d, const T* q, const T* sin, con
                         const T* state, const T* kbar, T* o, T* z) {
   const int64_t width = feature_dim(fm, d);
   T sigma[kMaxHeadDim], phi[kMaxFeatureDim] = {};
-  T* rotated = thread_scratch<T>(tokens * width);  // Q', tokens x D
+  T* rotated = thread_scratch<ChunkFeatures, T>(tokens * width);  // Q', tokens x D
   for (int64_t i = 0; i < tokens; ++i) {
     query_features<fm>(d, q + i * d, sin + i * d, cos + i * d, sigma, phi, rotated + i * width);
     z[i] = 1 / (dot(width, phi, kbar) + T(kDenominatorEps));
@@ -317,10 +316,10 @@ void query_chunk_backward(int64_t tokens, int64_t d, const T* q, const T* sin, c
                           T* dstate, T* dkbar) {
   const int64_t width = feature_dim(fm, d);
   T phi[kMaxFeatureDim] = {}, dphi[kMaxFeatureDim], dsigma[kMaxHeadDim];
-  T* rotated = thread_scratch<T>(tokens * (2 * width + 2 * d));  // Q', tokens x D
-  T* drotated = rotated + tokens * width;                        // dQ', tokens x D
-  T* zdo = drotated + tokens * width;                            // z_i do_i, tokens x d
-  T* sigma = zdo + tokens * d;                                   // tokens x d
+  T* rotated = thread_scratch<ChunkFeatures, T>(tokens * (2 * width + 2 * d));  // Q', tokens x D
+  T* drotated = rotated + tokens * width;                                       // dQ', tokens x D
+  T* zdo = drotated + tokens * width;  // z_i do_i, tokens x d
+  T* sigma = zdo + tokens * d;         // tokens x d
   QueryScale<T> scales[kChunkTokens];
   for (int64_t i = 0; i < tokens; ++i) {
     scales[i] = query_features<fm>(d, q + i * d, sin + i * d, cos + i * d, sigma + i * d, phi,
@@ -353,8 +352,8 @@ void key_chunk_backward(int64_t tokens, int64_t d, const T* k, const T* v, const
                         const T* cos, const T* dstate_token, const T* dkbar_token, T* dk, T* dv) {
   const int64_t width = feature_dim(fm, d);
   T kappa[kMaxHeadDim], phi[kMaxFeatureDim] = {}, dphi[kMaxFeatureDim], dkappa[kMaxHeadDim];
-  T* rotated = thread_scratch<T>(2 * tokens * width);  // K', tokens x D
-  T* drotated = rotated + tokens * width;              // dK', tokens x D
+  T* rotated = thread_scratch<ChunkFeatures, T>(2 * tokens * width);  // K', tokens x D
+  T* drotated = rotated + tokens * width;                             // dK', tokens x D
   for (int64_t j = 0; j < tokens; ++j)
     key_features<fm>(d, k + j * d, sin + j * d, cos + j * d, kappa, phi, rotated + j * width);
   chunk_product(false, false, tokens, d, width, rotated, width, dstate_token, d, dv);
@@ -373,8 +372,8 @@ void key_chunk_backward(int64_t tokens, int64_t d, const T* k, const T* v, const
 // The workspace holds, per head, one partial sum per chunk (a D x d matrix then a D vector),
 // then (backward) the head's dS / N and dkbar / N in the same layout.
 
-// Runs pass(h, first, rows, at) over every (head, chunk) pair, in parallel: the chunk's tokens
-// [first, first + rows) of head h, whose rows of a (bh, n, d) tensor start at element `at`.
+// Runs pass(h, chunk, first, rows, at) over every (head, chunk) pair, in parallel: the chunk's
+// tokens [first, first + rows) of head h, whose rows of a (bh, n, d) tensor start at element `at`.
 template <typename Pass>
 void for_each_chunk(int64_t bh, int64_t n, int64_t d, Pass pass) {
   const int64_t chunks = num_chunks(n);
