@@ -25,6 +25,7 @@ def main():
     extra = [header.index(m) for m in args.means.split(",") if m]
     total, count = collections.defaultdict(float), collections.Counter()
     sums = collections.defaultdict(lambda: [0.0] * len(extra))
+    counted = collections.defaultdict(lambda: [0] * len(extra))  # launches with a value
     for row in rows[2:]:
         if len(row) <= max([time_col] + extra):
             continue
@@ -34,6 +35,7 @@ def main():
         for j, i in enumerate(extra):
             try:
                 sums[name][j] += float(row[i].replace(",", ""))
+                counted[name][j] += 1
             except ValueError:  # a metric ncu could not collect ('n/a', 'No-CC')
                 pass
     everything = sum(total.values())
@@ -41,7 +43,7 @@ def main():
     if extra:
         print("means after the name: " + ", ".join(f"{header[i]} ({units[i]})" for i in extra))
     for name, t in sorted(total.items(), key=lambda kv: -kv[1])[: args.top]:
-        means = " ".join(f"{v / count[name]:.4g}" for v in sums[name])
+        means = " ".join(f"{v / n:.4g}" if n else "n/a" for v, n in zip(sums[name], counted[name]))
         print(f"{t / 1e3:10.1f} us {100 * t / everything:5.1f}% {count[name]:6d}x  {name}  {means}")
 
 
