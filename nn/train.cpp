@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -163,9 +164,12 @@ static void write_curves_png(const std::string& path, const std::vector<EpochRec
       dot(int(x0 + (x1 - x0) * i / steps), int(y0 + (y1 - y0) * i / steps), c);
   };
   const uint8_t black[3] = {0, 0, 0}, blue[3] = {31, 119, 180}, orange[3] = {255, 127, 14};
-  // Each series: panel, colour, value per epoch, value range.
+  // Each series: panel, colour, value per epoch, value range. A diverged epoch's nan or inf loss
+  // is left out of the range and of the plot.
   double max_loss = 1e-9;
-  for (const EpochRecord& e : history) max_loss = std::max({max_loss, e.train_loss, e.test_loss});
+  for (const EpochRecord& e : history)
+    for (double loss : {e.train_loss, e.test_loss})
+      if (std::isfinite(loss)) max_loss = std::max(max_loss, loss);
   struct Series {
     int panel;
     const uint8_t* color;
@@ -191,9 +195,10 @@ static void write_curves_png(const std::string& path, const std::vector<EpochRec
             H - margin - (H - 2.0 * margin) * std::clamp(s.value(history[j]) / s.top, 0.0, 1.0);
         return std::pair{x, y};
       };
+      if (!std::isfinite(s.value(history[i]))) continue;
       auto [x, y] = at(i);
       dot(int(x), int(y), s.color);
-      if (i > 0) {
+      if (i > 0 && std::isfinite(s.value(history[i - 1]))) {
         auto [px0, py0] = at(i - 1);
         line(px0, py0, x, y, s.color);
       }
