@@ -266,7 +266,7 @@ static int bench_ops(const BenchOptions& o, std::ostream& os) {
      << std::fixed << std::setprecision(1) << copy_gbs << " GB/s\n";
   os << std::left << std::setw(30) << "op" << std::right << std::setw(14) << "autograd ms"
      << std::setw(14) << "kernels ms" << std::setw(10) << "GB/s" << std::setw(12) << "% of copy"
-     << std::endl;
+     << std::setw(13) << "copy@size" << std::setw(12) << "% of that" << std::endl;
   for (const Case& c : cases) {
     Tensor x = randn(c.shape, opt).requires_grad_();
     double s = median_seconds([&] { sum(c.f(x)).backward(); }, o.repeats, device);
@@ -279,14 +279,25 @@ static int bench_ops(const BenchOptions& o, std::ostream& os) {
           [&] { c.kernels(x.data<float>(), dy.data<float>(), y.data<float>(), dx.data<float>()); },
           20 * o.repeats);
       double gbs = c.bytes_per * x.numel() / k / 1e9;
+      // The copy's rate at this size: x into y, queued the same way (small tensors stay in L2
+      // and launch gaps weigh more, so it differs from the 256 MiB copy's).
+      const size_t x_bytes = x.numel() * sizeof(float);
+      double same_size_copy_gbs =
+          2.0 * x_bytes /
+          queued_seconds(
+              [&] { kc::copy_device_to_device(y.data<float>(), x.data<float>(), x_bytes); },
+              20 * o.repeats) /
+          1e9;
       os << std::setw(14) << k * 1e3 << std::setw(10) << std::setprecision(1) << gbs
-         << std::setw(11) << 100 * gbs / copy_gbs << "%";
+         << std::setw(11) << 100 * gbs / copy_gbs << "%" << std::setw(13) << same_size_copy_gbs
+         << std::setw(11) << 100 * gbs / same_size_copy_gbs << "%";
     }
 #endif
     os << std::endl;
   }
   os << "(autograd ms: sum(f(x)).backward(), which adds the sum and its backward's fill, waiting\n"
-        " for the GPU after each call; kernels ms: the op's own kernels alone, queued)\n";
+        " for the GPU after each call; kernels ms: the op's own kernels alone, queued;\n"
+        " copy@size: GB/s of a device copy of x, queued the same way)\n";
   return 0;
 }
 

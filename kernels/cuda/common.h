@@ -80,6 +80,26 @@ struct GridWalk {
   }
 };
 
+// ---- division by a launch constant ----
+// n / d for 0 <= n < 2^31 and a divisor d >= 1 known at launch, by a multiply-high, an add and a
+// shift instead of the ~25 instructions of an integer division (Granlund and Montgomery, 1994):
+//   shift = ceil(log2 d),  multiplier = floor(2^32 (2^shift - d) / d) + 1,
+//   n / d = (umulhi(n, multiplier) + n) >> shift,
+// where the sum stays below 2^32 because umulhi(n, multiplier) < n < 2^31. (Checked against /
+// for every d < 3000 over n < 2^20 and near 2^31, and for large d, when it was written.)
+struct FastDivisor {
+  int divisor = 1;
+  uint32_t multiplier = 1, shift = 0;
+  FastDivisor() = default;
+  explicit FastDivisor(int d) : divisor(d) {
+    while ((uint64_t(1) << shift) < static_cast<uint64_t>(d)) ++shift;
+    multiplier = static_cast<uint32_t>((uint64_t(1) << 32) * ((uint64_t(1) << shift) - d) / d + 1);
+  }
+  __device__ int divide(int n) const {
+    return static_cast<int>((__umulhi(static_cast<uint32_t>(n), multiplier) + n) >> shift);
+  }
+};
+
 // ---- reductions ----
 
 // A reduction is an identity and an associative combine.
@@ -133,14 +153,17 @@ __device__ T block_reduce(T v) {
 // most lanes idle and waiting on one row's loads and shuffles at a time.
 struct LanesPerRow {
   static constexpr int kBlockThreads = 256;
-  int lanes;
+  int lanes, lanes_log2;  // thread / lanes as a shift: a 64-bit division costs ~100 instructions
+  __host__ __device__ explicit LanesPerRow(int team_lanes) : lanes(team_lanes), lanes_log2(0) {
+    while ((1 << lanes_log2) < lanes) ++lanes_log2;
+  }
   __device__ int rank() const { return threadIdx.x & (lanes - 1); }
   __device__ int size() const { return lanes; }
   __device__ int64_t first_row() const {
-    return (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / lanes;
+    return (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) >> lanes_log2;
   }
   __device__ int64_t row_stride() const {
-    return static_cast<int64_t>(gridDim.x) * blockDim.x / lanes;
+    return (static_cast<int64_t>(gridDim.x) * blockDim.x) >> lanes_log2;
   }
   // The group's lanes within the warp, for shuffles that stay inside it.
   __device__ unsigned mask() const {
@@ -190,7 +213,7 @@ void launch_per_row(int64_t rows, int64_t cols, Launch launch) {
   if (cols <= kWarpRowMaxCols) {
     const int lanes = lanes_per_row(cols);
     constexpr int kThreads = LanesPerRow::kBlockThreads;
-    launch(LanesPerRow{lanes}, num_blocks(rows, kThreads / lanes), kThreads);
+    launch(LanesPerRow(lanes), num_blocks(rows, kThreads / lanes), kThreads);
   } else {
     launch(BlockPerRow{}, num_blocks(rows, 1), BlockPerRow::kBlockThreads);
   }

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <climits>
 #include <stdexcept>
+#include <type_traits>
 
 #include "kernels/cuda/common.h"
 #include "kernels/kernels.h"
@@ -182,27 +183,124 @@ struct DepthwiseBackwardInput {
 // so the taps unroll). A block computes a tile_h x tile_w tile of outputs in each of
 // planes_per_block planes (several small planes per block, so 2 x 2 planes still fill it):
 //   1. it stages the tile's inputs with their halo, (tile_h + K - 1) x (tile_w + K - 1) per
-//      plane, zero outside the image: a warp per staged row, lanes along it, kStageRows rows per
-//      warp loaded before any is stored (so that their loads are in flight together);
+//      plane, zero outside the image (stage_window: the staged elements dealt to the threads in
+//      turn, kStageBatch loads in flight before their stores);
 //   2. a thread takes `rows` (up to kRowsPerThread) vertically adjacent outputs of one column,
 //      its filter in registers, and sweeps the rows + K - 1 input rows they read once each:
 //      each staged row feeds every output whose window covers it.
-// Global memory is read once per tile (plus the halo); bounds are checked once per staged row
-// and element, not per tap. (The per-output functors above, kept for other strides and
-// filters, are instruction-bound: under ncu ~80% of the SM's issue slots, <10% of DRAM's.)
+// Global memory is read once per tile (plus the halo); bounds are checked once per staged
+// element, not per tap. (The per-output functors above, kept for other strides and filters,
+// are instruction-bound: under ncu ~80% of the SM's issue slots, <10% of DRAM's.)
+// The weight gradient at stride 1 reuses the staging and the sweep (depthwise_weight_kernel).
 constexpr int kTiledThreads = 256;
 constexpr int kRowsPerThread = 4;
-constexpr int kStageRows = 4;
+constexpr int kStageBatch = 4;
 constexpr size_t kMaxTiledSharedBytes = 48 * 1024;
 
+// The staged inputs of a block, a stack of h x w planes, and a walk over its cells by the
+// block's kTiledThreads threads: thread t takes flat cell t, then every kTiledThreads-th. The
+// divisions happen once, on the host (the steps) and by FastDivisor (the first cell).
+struct StagedStack {
+  int h = 0, w = 0;
+  FastDivisor by_h, by_w;
+  int p_step = 0, y_step = 0, x_step = 0;  // kTiledThreads cells as (planes, rows, columns)
+  StagedStack() = default;
+  StagedStack(int height, int width)
+      : h(height),
+        w(width),
+        by_h(height),
+        by_w(width),
+        p_step(kTiledThreads / (height * width)),
+        y_step(kTiledThreads / width % height),
+        x_step(kTiledThreads % width) {}
+};
+
+// Thread threadIdx.x's walk over a StagedStack's cells (p, y, x): carries instead of divisions
+// per step (y gets at most one carry from x and wraps at most once, since its step is < h).
+struct StagedWalk {
+  int p, y, x;
+  const int h, w, p_step, y_step, x_step;
+  __device__ explicit StagedWalk(const StagedStack& s)
+      : h(s.h), w(s.w), p_step(s.p_step), y_step(s.y_step), x_step(s.x_step) {
+    const int row = s.by_w.divide(static_cast<int>(threadIdx.x));
+    x = static_cast<int>(threadIdx.x) - row * w;
+    p = s.by_h.divide(row);
+    y = row - p * h;
+  }
+  __device__ void next() {
+    x += x_step;
+    if (x >= w) {
+      x -= w;
+      ++y;
+    }
+    y += y_step;
+    if (y >= h) {
+      y -= h;
+      ++p;
+    }
+    p += p_step;
+  }
+};
+
 struct Correlation {
-  int planes, channels;  // planes = batch * channels
-  int in_h, in_w, out_h, out_w, kernel, pad_h, pad_w;
+  // in (in_h x in_w planes) correlated into out (out_h x out_w) with padding (pad_h, pad_w);
+  // plan_correlation sets the rest.
+  Correlation(int in_height, int in_width, int out_height, int out_width, int pad_top, int pad_left,
+              bool turn_filter)
+      : in_h(in_height),
+        in_w(in_width),
+        out_h(out_height),
+        out_w(out_width),
+        pad_h(pad_top),
+        pad_w(pad_left),
+        flip(turn_filter) {}
+  int planes = 0, channels = 0;  // planes = batch * channels
+  int in_h, in_w, out_h, out_w, kernel = 0, pad_h, pad_w;
   bool flip;  // turn the filter by 180 degrees
-  // The launch's tiling: tile_h a multiple of rows (outputs per thread).
+  // The launch's tiling: tile_h a multiple of rows (outputs per thread), a block's threads
+  // sweeping tile_h / rows x tile_w output columns (sweep_cells) in each of its planes.
   int tile_h = 0, tile_w = 0, tiles_w = 0, rows = 0, planes_per_block = 0;
+  StagedStack staged;  // planes_per_block x (tile_h + kernel - 1) x (tile_w + kernel - 1)
+  FastDivisor by_channels, by_tiles_w, by_tile_w, by_sweep_cells;
   size_t shared_elements() const {
     return static_cast<size_t>(planes_per_block) * (tile_h + kernel - 1) * (tile_w + kernel - 1);
+  }
+};
+
+// Stages the inputs of the output tile at (y0, x0) of `count` planes, plane p of them at
+// in + (first_plane + p * plane_step) * in_h * in_w, as staged[p][sy][sx] =
+// in[p, y0 - pad_h + sy, x0 - pad_w + sx] (0 outside the image). Consecutive threads take
+// consecutive staged elements, so a warp's loads cover whole rows of the input.
+template <int K, typename T>
+__device__ void stage_window(const Correlation& c, const T* in, int64_t first_plane,
+                             int64_t plane_step, int count, int y0, int x0, T* staged) {
+  const int stage_h = c.tile_h + K - 1, stage_w = c.tile_w + K - 1;
+  for (StagedWalk walk(c.staged); walk.p < count;) {
+    T v[kStageBatch];
+    int at[kStageBatch];
+#pragma unroll
+    for (int b = 0; b < kStageBatch; ++b, walk.next()) {
+      const int y = y0 - c.pad_h + walk.y, x = x0 - c.pad_w + walk.x;
+      const bool inside = walk.p < count && y >= 0 && y < c.in_h && x >= 0 && x < c.in_w;
+      v[b] = inside ? in[((first_plane + walk.p * plane_step) * c.in_h + y) * c.in_w + x] : T(0);
+      at[b] = walk.p < count ? (walk.p * stage_h + walk.y) * stage_w + walk.x : -1;
+    }
+#pragma unroll
+    for (int b = 0; b < kStageBatch; ++b)
+      if (at[b] >= 0) staged[at[b]] = v[b];
+  }
+}
+
+// The outputs a thread of a correlation block sweeps: (y0 + ty0 + k, x0 + tx) for k < rows of
+// the block's plane p, and the top-left staged input its window starts at.
+struct SweepCell {
+  int p, ty0, tx;
+  __device__ explicit SweepCell(const Correlation& c) {
+    p = c.by_sweep_cells.divide(static_cast<int>(threadIdx.x));
+    const int cell = static_cast<int>(threadIdx.x) - p * c.by_sweep_cells.divisor;
+    const int row_group = c.by_tile_w.divide(cell);
+    ty0 = row_group * c.rows;
+    tx = cell - row_group * c.tile_w;
   }
 };
 
@@ -212,42 +310,20 @@ __global__ void __launch_bounds__(kTiledThreads)
   T* staged = shared_memory<T>();
   const int stage_h = c.tile_h + K - 1, stage_w = c.tile_w + K - 1;
   const int first_plane = static_cast<int>(blockIdx.x) * c.planes_per_block;
-  const int y0 = static_cast<int>(blockIdx.y) / c.tiles_w * c.tile_h;
-  const int x0 = static_cast<int>(blockIdx.y) % c.tiles_w * c.tile_w;
-  // 1. Stage. A staged row is at most 32 + 6 wide: two passes of the warp's lanes.
-  const int lane = threadIdx.x % kWarpSize, warps = blockDim.x / kWarpSize;
-  const int staged_rows = c.planes_per_block * stage_h;
-  for (int row0 = threadIdx.x / kWarpSize; row0 < staged_rows; row0 += warps * kStageRows) {
-    T v[kStageRows][2];
-#pragma unroll
-    for (int b = 0; b < kStageRows; ++b) {
-      const int row = row0 + b * warps, p = row / stage_h, y = y0 - c.pad_h + row - p * stage_h;
-      const bool row_inside =
-          row < staged_rows && first_plane + p < c.planes && y >= 0 && y < c.in_h;
-      const T* in_row = in + (static_cast<int64_t>(first_plane + p) * c.in_h + y) * c.in_w;
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int sx = lane + h * kWarpSize, x = x0 - c.pad_w + sx;
-        v[b][h] = row_inside && sx < stage_w && x >= 0 && x < c.in_w ? in_row[x] : T(0);
-      }
-    }
-#pragma unroll
-    for (int b = 0; b < kStageRows; ++b)
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int row = row0 + b * warps, sx = lane + h * kWarpSize;
-        if (row < staged_rows && sx < stage_w) staged[row * stage_w + sx] = v[b][h];
-      }
-  }
+  const int tile_row = c.by_tiles_w.divide(static_cast<int>(blockIdx.y));
+  const int y0 = tile_row * c.tile_h,
+            x0 = (static_cast<int>(blockIdx.y) - tile_row * c.tiles_w) * c.tile_w;
+  // 1. Stage.
+  stage_window<K>(c, in, first_plane, 1, min(c.planes_per_block, c.planes - first_plane), y0, x0,
+                  staged);
   __syncthreads();
   // 2. Outputs (y0 + ty0 + k, x0 + tx), k < rows, of plane first_plane + p.
-  const int per_plane = c.tile_h / c.rows * c.tile_w;
-  const int p = threadIdx.x / per_plane, cell = threadIdx.x % per_plane;
-  const int ty0 = cell / c.tile_w * c.rows, tx = cell % c.tile_w;
-  const int plane = first_plane + p;
-  if (p >= c.planes_per_block || plane >= c.planes || x0 + tx >= c.out_w || y0 + ty0 >= c.out_h)
+  const SweepCell cell(c);
+  const int plane = first_plane + cell.p;
+  if (cell.p >= c.planes_per_block || plane >= c.planes || x0 + cell.tx >= c.out_w ||
+      y0 + cell.ty0 >= c.out_h)
     return;
-  const int channel = plane % c.channels;
+  const int channel = plane - c.by_channels.divide(plane) * c.channels;
   T f[K][K];
 #pragma unroll
   for (int i = 0; i < K; ++i)
@@ -257,7 +333,7 @@ __global__ void __launch_bounds__(kTiledThreads)
   T acc[kRowsPerThread];
 #pragma unroll
   for (int k = 0; k < kRowsPerThread; ++k) acc[k] = bias != nullptr ? bias[channel] : T(0);
-  const T* window = staged + (p * stage_h + ty0) * stage_w + tx;
+  const T* window = staged + (cell.p * stage_h + cell.ty0) * stage_w + cell.tx;
 #pragma unroll
   for (int r = 0; r < kRowsPerThread + K - 1; ++r) {
     if (r >= c.rows + K - 1) break;
@@ -274,9 +350,9 @@ __global__ void __launch_bounds__(kTiledThreads)
   }
 #pragma unroll
   for (int k = 0; k < kRowsPerThread; ++k) {
-    const int y = y0 + ty0 + k;
+    const int y = y0 + cell.ty0 + k;
     if (k < c.rows && y < c.out_h)
-      out[(static_cast<int64_t>(plane) * c.out_h + y) * c.out_w + x0 + tx] = acc[k];
+      out[(static_cast<int64_t>(plane) * c.out_h + y) * c.out_w + x0 + cell.tx] = acc[k];
   }
 }
 
@@ -302,8 +378,24 @@ bool plan_correlation(Correlation& c, const Conv2dShape& s) {
   while (c.planes_per_block > 1 && c.shared_elements() * sizeof(T) > kMaxTiledSharedBytes)
     c.planes_per_block /= 2;
   c.tiles_w = (c.out_w + c.tile_w - 1) / c.tile_w;
+  c.staged = StagedStack(c.tile_h + c.kernel - 1, c.tile_w + c.kernel - 1);
+  c.by_channels = FastDivisor(c.channels);
+  c.by_tiles_w = FastDivisor(c.tiles_w);
+  c.by_tile_w = FastDivisor(c.tile_w);
+  c.by_sweep_cells = FastDivisor(c.tile_h / c.rows * c.tile_w);
   const int64_t tiles = int64_t((c.out_h + c.tile_h - 1) / c.tile_h) * c.tiles_w;
   return tiles <= 65535 && c.shared_elements() * sizeof(T) <= kMaxTiledSharedBytes;
+}
+
+// Calls f(std::integral_constant<int, K>{}) for the tiled kernels' filter size K = k (3, 5, 7).
+template <typename F>
+void with_filter_size(int k, F f) {
+  if (k == 3)
+    f(std::integral_constant<int, 3>{});
+  else if (k == 5)
+    f(std::integral_constant<int, 5>{});
+  else
+    f(std::integral_constant<int, 7>{});
 }
 
 template <typename T>
@@ -312,25 +404,89 @@ void correlate(const Correlation& c, const T* in, const T* w, const T* bias, T* 
   const dim3 grid(static_cast<unsigned>((c.planes + c.planes_per_block - 1) / c.planes_per_block),
                   static_cast<unsigned>(tiles));
   const size_t bytes = c.shared_elements() * sizeof(T);
-  if (c.kernel == 3)
-    depthwise_correlation_kernel<3><<<grid, kTiledThreads, bytes, stream()>>>(c, in, w, bias, out);
-  else if (c.kernel == 5)
-    depthwise_correlation_kernel<5><<<grid, kTiledThreads, bytes, stream()>>>(c, in, w, bias, out);
-  else
-    depthwise_correlation_kernel<7><<<grid, kTiledThreads, bytes, stream()>>>(c, in, w, bias, out);
+  with_filter_size(c.kernel, [&](auto k) {
+    depthwise_correlation_kernel<k.value>
+        <<<grid, kTiledThreads, bytes, stream()>>>(c, in, w, bias, out);
+  });
   NALA_CUDA_CHECK_LAUNCH();
 }
 
 // ---- depthwise weight gradient ----
 //   dw[c, i, j] = sum over n, oh, ow of dy[n, c, oh, ow] x[n, c, oh * stride_h - pad_h + i, ...]
-// Block (c, tile, split) handles channel c, a kWindow x kWindow window of the filter's taps
-// (kWindow = 3 for filters up to 3 x 3, else 5: one window covers filters up to 5 x 5, and the
-// unrolled loops check no taps a 3 x 3 filter lacks) and split `split` of the flattened (n, oh, ow)
-// positions. Each thread walks its positions reading dy once and the window's inputs (neighbours
-// of its neighbours' reads, so mostly from L1), keeping one running sum per tap in registers;
-// the block then reduces each tap's sums. With several splits the per-split sums go to
-// split_scratch and a second pass adds them up in a fixed order.
+// At stride 1 with a 3 x 3, 5 x 5 or 7 x 7 filter (depthwise_weight_kernel), block
+// (c, tile, split) takes channel c, one output tile of the correlation's tiling (in = x) and the
+// images of split `split`, planes_per_block images at a time: it stages their x windows
+// (stage_window), and each thread sweeps them as the forward does, with its outputs' dy in
+// registers: input row r meets output row k at filter row i = r - k, so
+//   sum[i][j] += dy[k] in_row[j].
+// Each thread keeps the K x K sums over all its images; the block then reduces each tap's sums.
+template <int K, typename T>
+__global__ void __launch_bounds__(kTiledThreads)
+    depthwise_weight_kernel(Correlation c, int64_t images_per_split, const T* x, const T* dy,
+                            T* partials) {
+  T* staged = shared_memory<T>();
+  const int stage_h = c.tile_h + K - 1, stage_w = c.tile_w + K - 1;
+  const int channel = static_cast<int>(blockIdx.x);
+  const int tile_row = c.by_tiles_w.divide(static_cast<int>(blockIdx.y));
+  const int y0 = tile_row * c.tile_h,
+            x0 = (static_cast<int>(blockIdx.y) - tile_row * c.tiles_w) * c.tile_w;
+  const int64_t images = c.by_channels.divide(c.planes);
+  const int64_t first_image = blockIdx.z * images_per_split;
+  const int64_t end_image = min(images, first_image + images_per_split);
+  const SweepCell cell(c);
+  // Outputs k < valid_rows of this thread's column are inside the image.
+  const int valid_rows = x0 + cell.tx < c.out_w ? min(c.rows, c.out_h - y0 - cell.ty0) : 0;
+  T sum[K][K] = {};
+  for (int64_t n0 = first_image; n0 < end_image; n0 += c.planes_per_block) {
+    const int count = static_cast<int>(min(int64_t(c.planes_per_block), end_image - n0));
+    __syncthreads();  // the previous images' sweeps are done with staged
+    stage_window<K>(c, x, n0 * c.channels + channel, c.channels, count, y0, x0, staged);
+    __syncthreads();
+    if (cell.p >= count) continue;
+    const T* dy_column =
+        dy + ((n0 + cell.p) * c.channels + channel) * c.out_h * c.out_w + x0 + cell.tx;
+    T grad[kRowsPerThread];
+#pragma unroll
+    for (int k = 0; k < kRowsPerThread; ++k)
+      grad[k] = k < valid_rows ? dy_column[(y0 + cell.ty0 + k) * c.out_w] : T(0);
+    const T* window = staged + (cell.p * stage_h + cell.ty0) * stage_w + cell.tx;
+#pragma unroll
+    for (int r = 0; r < kRowsPerThread + K - 1; ++r) {
+      if (r >= c.rows + K - 1) break;
+      T in_row[K];
+#pragma unroll
+      for (int j = 0; j < K; ++j) in_row[j] = window[r * stage_w + j];
+#pragma unroll
+      for (int k = 0; k < kRowsPerThread; ++k) {
+        const int i = r - k;  // the filter row that input row r meets for output row k
+        if (i < 0 || i >= K || k >= valid_rows) continue;
+#pragma unroll
+        for (int j = 0; j < K; ++j) sum[i][j] += grad[k] * in_row[j];
+      }
+    }
+  }
+  // partials[c][tile][split][tap], or dw itself when there is one tile and one split.
+  T* out =
+      partials +
+      ((static_cast<int64_t>(channel) * gridDim.y + blockIdx.y) * gridDim.z + blockIdx.z) * K * K;
+#pragma unroll
+  for (int i = 0; i < K; ++i)
+#pragma unroll
+    for (int j = 0; j < K; ++j) {
+      const T total = block_reduce<SumOp<T>>(sum[i][j]);
+      if (threadIdx.x == 0) out[i * K + j] = total;
+    }
+}
 
+// Other strides and filters (depthwise_backward_weight_kernel): block (c, tile, split) handles
+// channel c, a kWindow x kWindow window of the filter's taps (kWindow = 3 for filters up to
+// 3 x 3, else 5: one window covers filters up to 5 x 5, and the unrolled loops check no taps a
+// 3 x 3 filter lacks) and split `split` of the flattened (n, oh, ow) positions. Each thread walks
+// its positions reading dy once and the window's inputs (neighbours of its neighbours' reads, so
+// mostly from L1), keeping one running sum per tap in registers; the block then reduces each
+// tap's sums.
+// Both kernels write per-split sums to split_scratch when there are several splits, and a second
+// pass adds them up in a fixed order (no atomics: deterministic).
 constexpr int kWeightGradThreads = 256;
 constexpr int64_t kWeightGradTargetBlocks = 1024;
 constexpr int64_t kWeightGradMinPositions = 2048;
@@ -398,7 +554,7 @@ void col2im(const Conv2dShape& s, const T* col, T* dx) {
 template <typename T>
 void depthwise_conv2d_forward(const Conv2dShape& s, const T* x, const T* w, const T* bias, T* y) {
   const Geometry g = geometry_of(s);
-  Correlation c{0, 0, g.height, g.width, g.out_h, g.out_w, 0, g.pad_h, g.pad_w, false};
+  Correlation c(g.height, g.width, g.out_h, g.out_w, g.pad_h, g.pad_w, false);
   if (plan_correlation<T>(c, s)) return correlate(c, x, w, bias, y);
   for_each_index(s.batch * s.channels * s.out_h * s.out_w, DepthwiseForward<T>{g, x, w, bias, y});
 }
@@ -406,19 +562,45 @@ void depthwise_conv2d_forward(const Conv2dShape& s, const T* x, const T* w, cons
 template <typename T>
 void depthwise_conv2d_backward_input(const Conv2dShape& s, const T* dy, const T* w, T* dx) {
   const Geometry g = geometry_of(s);
-  Correlation c{0,
-                0,
-                g.out_h,
-                g.out_w,
-                g.height,
-                g.width,
-                0,
-                g.kernel_h - 1 - g.pad_h,
-                g.kernel_w - 1 - g.pad_w,
-                true};
+  // Correlation with the filter turned, padded by K - 1 - pad (see depthwise_correlation_kernel).
+  Correlation c(g.out_h, g.out_w, g.height, g.width, g.kernel_h - 1 - g.pad_h,
+                g.kernel_w - 1 - g.pad_w, true);
   if (plan_correlation<T>(c, s)) return correlate(c, dy, w, static_cast<const T*>(nullptr), dx);
   for_each_index(s.batch * s.channels * s.height * s.width,
                  DepthwiseBackwardInput<T>{g, dy, w, dx});
+}
+
+// The tiled weight gradient (stride 1, 3 x 3, 5 x 5, 7 x 7); false when it does not apply.
+// Enough blocks to fill the GPU: tiles x splits per channel, the partials within split_scratch.
+template <typename T>
+bool depthwise_weight_tiled(const Conv2dShape& s, const Geometry& g, const T* x, const T* dy,
+                            T* dw) {
+  Correlation c(g.height, g.width, g.out_h, g.out_w, g.pad_h, g.pad_w, false);
+  if (!plan_correlation<T>(c, s)) return false;
+  const int64_t taps = s.kernel_h * s.kernel_w;
+  const int64_t tiles = int64_t((c.out_h + c.tile_h - 1) / c.tile_h) * c.tiles_w;
+  const int64_t groups = (s.batch + c.planes_per_block - 1) / c.planes_per_block;
+  int64_t splits = std::clamp<int64_t>(
+      (kWeightGradTargetBlocks + s.channels * tiles - 1) / (s.channels * tiles), 1, groups);
+  if (tiles * splits > 1) {
+    splits = std::min(splits, kSplitScratchElements / (s.channels * tiles * taps));
+    if (splits < 1 || s.channels > INT_MAX) return false;
+  }
+  const int64_t images_per_split = (groups + splits - 1) / splits * c.planes_per_block;
+  splits = (s.batch + images_per_split - 1) / images_per_split;  // none empty
+  T* out = tiles * splits == 1 ? dw : reinterpret_cast<T*>(split_scratch_address());
+  const dim3 grid(static_cast<unsigned>(s.channels), static_cast<unsigned>(tiles),
+                  static_cast<unsigned>(splits));
+  const size_t bytes = c.shared_elements() * sizeof(T);
+  with_filter_size(c.kernel, [&](auto k) {
+    depthwise_weight_kernel<k.value>
+        <<<grid, kTiledThreads, bytes, stream()>>>(c, images_per_split, x, dy, out);
+  });
+  NALA_CUDA_CHECK_LAUNCH();
+  if (tiles * splits > 1)
+    reduce_middle_axis_pass<SumOp<T>>(s.channels, tiles * splits, taps, tiles * splits, 1,
+                                      MiddleAxisElement<T>{out, tiles * splits, taps}, dw);
+  return true;
 }
 
 template <typename T>
@@ -426,6 +608,7 @@ void depthwise_conv2d_backward_weight(const Conv2dShape& s, const T* x, const T*
   const int64_t taps = s.kernel_h * s.kernel_w, positions = s.batch * s.out_h * s.out_w;
   if (s.channels * taps <= 0) return;
   const Geometry g = geometry_of(s);
+  if (depthwise_weight_tiled(s, g, x, dy, dw)) return;
   const int window = s.kernel_h <= 3 && s.kernel_w <= 3 ? 3 : 5;
   WeightGradSplits sp;
   sp.tiles_w = static_cast<int>((s.kernel_w + window - 1) / window);

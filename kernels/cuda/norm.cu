@@ -6,6 +6,7 @@
 #include <cmath>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "kernels/cuda/common.h"
 #include "kernels/kernels.h"
@@ -29,26 +30,59 @@ __device__ T shift_at(const T* beta, int64_t c) {
 
 // Per row: mean = sum(x) / cols, var = sum((x - mean)^2) / cols (two passes, no cancellation),
 // rstd = 1 / sqrt(var + eps), y = (x - mean) rstd gamma + beta.
-template <typename T, typename Team>
+// Rows of at most kHeldColumnsPerLane * lanes columns are read once: a team of lanes per row,
+// lane r holding columns r, r + lanes, ... in registers (kHeld = kHeldColumnsPerLane); longer
+// rows (kHeld = 0) read x again for each pass.
+constexpr int kHeldColumnsPerLane = 8;
+
+template <int kHeld, typename T, typename Team>
 __global__ void layer_norm_forward_kernel(Team team, int64_t rows, int64_t cols, const T* x,
                                           const T* gamma, const T* beta, T eps, T* y, T* mean,
                                           T* rstd) {
+  const int rank = team.rank(), lanes = team.size();
   for (int64_t row = team.first_row(); row < rows; row += team.row_stride()) {
     const T* x_row = x + row * cols;
     T* y_row = y + row * cols;
+    T held[kHeld > 0 ? kHeld : 1];
     T sum = T(0);
-    for (int64_t c = team.rank(); c < cols; c += team.size()) sum += x_row[c];
+    if constexpr (kHeld > 0) {
+#pragma unroll
+      for (int k = 0; k < kHeld; ++k) {
+        const int c = rank + k * lanes;
+        held[k] = c < cols ? x_row[c] : T(0);
+        sum += held[k];
+      }
+    } else {
+      for (int64_t c = rank; c < cols; c += lanes) sum += x_row[c];
+    }
     const T row_mean = team_reduce<SumOp<T>>(team, sum) / T(cols);
     T squares = T(0);
-    for (int64_t c = team.rank(); c < cols; c += team.size()) {
-      const T centered = x_row[c] - row_mean;
-      squares += centered * centered;
+    if constexpr (kHeld > 0) {
+#pragma unroll
+      for (int k = 0; k < kHeld; ++k) {
+        const T centered = rank + k * lanes < cols ? held[k] - row_mean : T(0);
+        squares += centered * centered;
+      }
+    } else {
+      for (int64_t c = rank; c < cols; c += lanes) {
+        const T centered = x_row[c] - row_mean;
+        squares += centered * centered;
+      }
     }
     const T var = team_reduce<SumOp<T>>(team, squares) / T(cols);
     const T row_rstd = T(1) / sqrt(var + eps);
-    for (int64_t c = team.rank(); c < cols; c += team.size())
-      y_row[c] = (x_row[c] - row_mean) * row_rstd * scale_at(gamma, c) + shift_at(beta, c);
-    if (team.rank() == 0) {
+    if constexpr (kHeld > 0) {
+#pragma unroll
+      for (int k = 0; k < kHeld; ++k) {
+        const int c = rank + k * lanes;
+        if (c < cols)
+          y_row[c] = (held[k] - row_mean) * row_rstd * scale_at(gamma, c) + shift_at(beta, c);
+      }
+    } else {
+      for (int64_t c = rank; c < cols; c += lanes)
+        y_row[c] = (x_row[c] - row_mean) * row_rstd * scale_at(gamma, c) + shift_at(beta, c);
+    }
+    if (rank == 0) {
       mean[row] = row_mean;
       rstd[row] = row_rstd;
     }
@@ -84,14 +118,13 @@ __global__ void layer_norm_backward_dx_kernel(Team team, int64_t rows, int64_t c
 }
 
 // The same dx with dgamma = sum_rows dy xhat and dbeta = sum_rows dy fused in, for rows of at
-// most kFusedColumnsPerLane * lanes columns (a LanesPerRow team per row, its lane r holding
+// most kHeldColumnsPerLane * lanes columns (a LanesPerRow team per row, its lane r holding
 // columns r, r + lanes, ...). Each lane keeps its columns' running sums in registers over the
 // rows its team visits; the block adds its teams' sums in team order and writes one partial row
 // per block, partials[(0 * blocks + block) * cols + c] (dgamma) and
 // partials[(1 * blocks + block) * cols + c] (dbeta), which a second pass sums over the blocks (in
 // a fixed order: deterministic). Without it, dgamma and dbeta were two more column reductions
 // reading x and dy again, in 4 launches: two thirds of the backward's GPU time at (65536, 32).
-constexpr int kFusedColumnsPerLane = 8;
 constexpr int kFusedThreads = LanesPerRow::kBlockThreads;
 constexpr int64_t kFusedMaxBlocks = 1024;
 
@@ -101,15 +134,15 @@ __global__ void __launch_bounds__(kFusedThreads)
                                      const T* dy, const T* gamma, const T* mean, const T* rstd,
                                      T* dx, T* partials) {
   // [which][team in block][column]: kFusedThreads / lanes teams of at most 8 * lanes columns.
-  __shared__ T team_sums[2][kFusedThreads * kFusedColumnsPerLane];
+  __shared__ T team_sums[2][kFusedThreads * kHeldColumnsPerLane];
   const int rank = team.rank(), lanes = team.size();
-  T dgamma[kFusedColumnsPerLane] = {}, dbeta[kFusedColumnsPerLane] = {};
+  T dgamma[kHeldColumnsPerLane] = {}, dbeta[kHeldColumnsPerLane] = {};
   for (int64_t row = team.first_row(); row < rows; row += team.row_stride()) {
     const T row_mean = mean[row], row_rstd = rstd[row];
-    T xhat[kFusedColumnsPerLane], g[kFusedColumnsPerLane];
+    T xhat[kHeldColumnsPerLane], g[kHeldColumnsPerLane];
     T sum_g = T(0), sum_g_xhat = T(0);
 #pragma unroll
-    for (int k = 0; k < kFusedColumnsPerLane; ++k) {
+    for (int k = 0; k < kHeldColumnsPerLane; ++k) {
       const int c = rank + k * lanes;
       if (c >= cols) break;
       const T grad = dy[row * cols + c];
@@ -123,7 +156,7 @@ __global__ void __launch_bounds__(kFusedThreads)
     const T mean_g = team_reduce<SumOp<T>>(team, sum_g) / T(cols);
     const T mean_g_xhat = team_reduce<SumOp<T>>(team, sum_g_xhat) / T(cols);
 #pragma unroll
-    for (int k = 0; k < kFusedColumnsPerLane; ++k) {
+    for (int k = 0; k < kHeldColumnsPerLane; ++k) {
       const int c = rank + k * lanes;
       if (c >= cols) break;
       dx[row * cols + c] = row_rstd * (g[k] - mean_g - xhat[k] * mean_g_xhat);
@@ -131,7 +164,7 @@ __global__ void __launch_bounds__(kFusedThreads)
   }
   const int team_index = threadIdx.x / lanes, teams = blockDim.x / lanes;
 #pragma unroll
-  for (int k = 0; k < kFusedColumnsPerLane; ++k) {
+  for (int k = 0; k < kHeldColumnsPerLane; ++k) {
     const int c = rank + k * lanes;
     if (c >= cols) break;
     team_sums[0][team_index * cols + c] = dgamma[k];
@@ -144,6 +177,23 @@ __global__ void __launch_bounds__(kFusedThreads)
     for (int t = 0; t < teams; ++t) sum += team_sums[which][t * cols + c];
     partials[(static_cast<int64_t>(which) * gridDim.x + blockIdx.x) * cols + c] = sum;
   }
+}
+
+// dgamma[c] and dbeta[c] from the fused kernel's partial rows: block (which, c) adds column c of
+// its `blocks` partial rows in a fixed order (a thread per stride of rows, then block_reduce).
+// One launch for both, each block a short reduction: the generic column reduction gave these
+// 2 x 32 columns 4 blocks in two launches, about 10 us each (ncu).
+template <typename T>
+__global__ void layer_norm_param_grads_kernel(int64_t blocks, int cols, const T* partials,
+                                              T* dgamma, T* dbeta) {
+  const int which = static_cast<int>(blockIdx.x) / cols, c = static_cast<int>(blockIdx.x) % cols;
+  T* out = which == 0 ? dgamma : dbeta;
+  if (out == nullptr) return;  // uniform across the block
+  T sum = T(0);
+  for (int64_t b = threadIdx.x; b < blocks; b += blockDim.x)
+    sum += partials[(which * blocks + b) * cols + c];
+  sum = block_reduce<SumOp<T>>(sum);
+  if (threadIdx.x == 0) out[c] = sum;
 }
 
 // dy[row, col] xhat[row, col], the terms of dgamma[col], as a (1, rows, cols) value for
@@ -368,8 +418,15 @@ template <typename T>
 void layer_norm_forward(int64_t rows, int64_t cols, const T* x, const T* gamma, const T* beta,
                         T eps, T* y, T* mean, T* rstd) {
   launch_per_row(rows, cols, [&](auto team, unsigned blocks, int threads) {
-    layer_norm_forward_kernel<<<blocks, threads, 0, stream()>>>(team, rows, cols, x, gamma, beta,
-                                                                eps, y, mean, rstd);
+    if constexpr (std::is_same_v<decltype(team), LanesPerRow>) {
+      if (cols <= kHeldColumnsPerLane * team.lanes) {
+        layer_norm_forward_kernel<kHeldColumnsPerLane><<<blocks, threads, 0, stream()>>>(
+            team, rows, cols, x, gamma, beta, eps, y, mean, rstd);
+        return;
+      }
+    }
+    layer_norm_forward_kernel<0>
+        <<<blocks, threads, 0, stream()>>>(team, rows, cols, x, gamma, beta, eps, y, mean, rstd);
   });
 }
 
@@ -383,20 +440,16 @@ void layer_norm_backward(int64_t rows, int64_t cols, const T* x, const T* dy, co
   const int64_t fused_blocks =
       std::min({kFusedMaxBlocks, (rows + rows_per_block - 1) / rows_per_block,
                 kSplitScratchElements / std::max<int64_t>(2 * cols, 1)});
-  if ((dgamma != nullptr || dbeta != nullptr) && cols <= kFusedColumnsPerLane * lanes &&
+  if ((dgamma != nullptr || dbeta != nullptr) && cols <= kHeldColumnsPerLane * lanes &&
       fused_blocks > 0) {
     T* partials = reinterpret_cast<T*>(split_scratch_address());
     layer_norm_backward_fused_kernel<<<static_cast<unsigned>(fused_blocks), kFusedThreads, 0,
-                                       stream()>>>(LanesPerRow{lanes}, rows, static_cast<int>(cols),
+                                       stream()>>>(LanesPerRow(lanes), rows, static_cast<int>(cols),
                                                    x, dy, gamma, mean, rstd, dx, partials);
     NALA_CUDA_CHECK_LAUNCH();
-    T* outs[2] = {dgamma, dbeta};
-    for (int which = 0; which < 2; ++which)
-      if (outs[which] != nullptr)
-        reduce_middle_axis_pass<SumOp<T>>(
-            1, fused_blocks, cols, fused_blocks, 1,
-            MiddleAxisElement<T>{partials + which * fused_blocks * cols, fused_blocks, cols},
-            outs[which]);
+    layer_norm_param_grads_kernel<<<static_cast<unsigned>(2 * cols), kFusedThreads, 0, stream()>>>(
+        fused_blocks, static_cast<int>(cols), partials, dgamma, dbeta);
+    NALA_CUDA_CHECK_LAUNCH();
     return;
   }
   launch_per_row(rows, cols, [&](auto team, unsigned blocks, int threads) {
