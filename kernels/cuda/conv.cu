@@ -173,74 +173,30 @@ struct DepthwiseBackwardInput {
   }
 };
 
-// ---- depthwise forward and input gradient at stride 1: tiles staged in shared memory ----
+// ---- depthwise forward and input gradient at stride 1: a sweep over rows per thread ----
 // At stride 1 both are one operation, a per-channel correlation with zero padding:
 //   out[p, y, x] = bias[c] + sum_{i, j} f_c[i, j] in[p, y - pad_h + i, x - pad_w + j].
 // Forward: in = x, f = w, pad = (pad_h, pad_w). Input gradient: in = dy, f = w turned by 180
 // degrees (f[i, j] = w[K-1-i, K-1-j]), pad = (K-1-pad_h, K-1-pad_w), no bias; then
 //   dx[h, w] = sum_{oh, ow} w[h + pad_h - oh, w + pad_w - ow] dy[oh, ow]
 // with oh = h - (K-1-pad_h) + i. For square K x K filters, K = 3, 5 or 7 (a template parameter,
-// so the taps unroll). A block computes a tile_h x tile_w tile of outputs in each of
-// planes_per_block planes (several small planes per block, so 2 x 2 planes still fill it):
-//   1. it stages the tile's inputs with their halo, (tile_h + K - 1) x (tile_w + K - 1) per
-//      plane, zero outside the image (stage_window: the staged elements dealt to the threads in
-//      turn, kStageBatch loads in flight before their stores);
-//   2. a thread takes `rows` (up to kRowsPerThread) vertically adjacent outputs of one column,
-//      its filter in registers, and sweeps the rows + K - 1 input rows they read once each:
-//      each staged row feeds every output whose window covers it.
-// Global memory is read once per tile (plus the halo); bounds are checked once per staged
-// element, not per tap. (The per-output functors above, kept for other strides and filters,
-// are instruction-bound: under ncu ~80% of the SM's issue slots, <10% of DRAM's.)
-// The weight gradient at stride 1 reuses the staging and the sweep (depthwise_weight_kernel).
+// so the taps unroll). A block covers a tile_h x tile_w tile of outputs in each of
+// planes_per_block planes (several small planes per block, so 2 x 2 planes still fill it). A
+// thread takes `rows` (up to kRowsPerThread) vertically adjacent outputs of one column, its
+// filter in registers, and sweeps the rows + K - 1 input rows they read once each (each input
+// row feeds every output whose window covers it): (rows + K - 1) K loads for rows K^2 taps, all
+// independent, so they are in flight together. The loads go through L1, where a warp's
+// neighbouring columns and rows meet: DRAM is read about once. Bounds are checked once per
+// column and once per row, not per tap, and index arithmetic uses no per-element divisions.
+// (Staging the tile in shared memory first cost more instructions than the taps themselves,
+// ~40 per staged element against ~30 per output: under ncu the staged 3 x 3 kernel issued
+// 39.4 M warp instructions for (256, 112, 16, 16), this one 19.4 M. The per-output functors
+// above, kept for other strides and filters, are instruction-bound too: one output per thread
+// and 64-bit divisions.)
+// The weight gradient at stride 1 uses the same tiling and sweep (depthwise_weight_kernel).
 constexpr int kTiledThreads = 256;
+constexpr int kTiledBlocksPerSM = 4;  // at most 64 registers a thread, for latency hiding
 constexpr int kRowsPerThread = 4;
-constexpr int kStageBatch = 4;
-constexpr size_t kMaxTiledSharedBytes = 48 * 1024;
-
-// The staged inputs of a block, a stack of h x w planes, and a walk over its cells by the
-// block's kTiledThreads threads: thread t takes flat cell t, then every kTiledThreads-th. The
-// divisions happen once, on the host (the steps) and by FastDivisor (the first cell).
-struct StagedStack {
-  int h = 0, w = 0;
-  FastDivisor by_h, by_w;
-  int p_step = 0, y_step = 0, x_step = 0;  // kTiledThreads cells as (planes, rows, columns)
-  StagedStack() = default;
-  StagedStack(int height, int width)
-      : h(height),
-        w(width),
-        by_h(height),
-        by_w(width),
-        p_step(kTiledThreads / (height * width)),
-        y_step(kTiledThreads / width % height),
-        x_step(kTiledThreads % width) {}
-};
-
-// Thread threadIdx.x's walk over a StagedStack's cells (p, y, x): carries instead of divisions
-// per step (y gets at most one carry from x and wraps at most once, since its step is < h).
-struct StagedWalk {
-  int p, y, x;
-  const int h, w, p_step, y_step, x_step;
-  __device__ explicit StagedWalk(const StagedStack& s)
-      : h(s.h), w(s.w), p_step(s.p_step), y_step(s.y_step), x_step(s.x_step) {
-    const int row = s.by_w.divide(static_cast<int>(threadIdx.x));
-    x = static_cast<int>(threadIdx.x) - row * w;
-    p = s.by_h.divide(row);
-    y = row - p * h;
-  }
-  __device__ void next() {
-    x += x_step;
-    if (x >= w) {
-      x -= w;
-      ++y;
-    }
-    y += y_step;
-    if (y >= h) {
-      y -= h;
-      ++p;
-    }
-    p += p_step;
-  }
-};
 
 struct Correlation {
   // in (in_h x in_w planes) correlated into out (out_h x out_w) with padding (pad_h, pad_w);
@@ -260,68 +216,52 @@ struct Correlation {
   // The launch's tiling: tile_h a multiple of rows (outputs per thread), a block's threads
   // sweeping tile_h / rows x tile_w output columns (sweep_cells) in each of its planes.
   int tile_h = 0, tile_w = 0, tiles_w = 0, rows = 0, planes_per_block = 0;
-  StagedStack staged;  // planes_per_block x (tile_h + kernel - 1) x (tile_w + kernel - 1)
   FastDivisor by_channels, by_tiles_w, by_tile_w, by_sweep_cells;
-  size_t shared_elements() const {
-    return static_cast<size_t>(planes_per_block) * (tile_h + kernel - 1) * (tile_w + kernel - 1);
-  }
 };
 
-// Stages the inputs of the output tile at (y0, x0) of `count` planes, plane p of them at
-// in + (first_plane + p * plane_step) * in_h * in_w, as staged[p][sy][sx] =
-// in[p, y0 - pad_h + sy, x0 - pad_w + sx] (0 outside the image). Consecutive threads take
-// consecutive staged elements, so a warp's loads cover whole rows of the input.
-template <int K, typename T>
-__device__ void stage_window(const Correlation& c, const T* in, int64_t first_plane,
-                             int64_t plane_step, int count, int y0, int x0, T* staged) {
-  const int stage_h = c.tile_h + K - 1, stage_w = c.tile_w + K - 1;
-  for (StagedWalk walk(c.staged); walk.p < count;) {
-    T v[kStageBatch];
-    int at[kStageBatch];
-#pragma unroll
-    for (int b = 0; b < kStageBatch; ++b, walk.next()) {
-      const int y = y0 - c.pad_h + walk.y, x = x0 - c.pad_w + walk.x;
-      const bool inside = walk.p < count && y >= 0 && y < c.in_h && x >= 0 && x < c.in_w;
-      v[b] = inside ? in[((first_plane + walk.p * plane_step) * c.in_h + y) * c.in_w + x] : T(0);
-      at[b] = walk.p < count ? (walk.p * stage_h + walk.y) * stage_w + walk.x : -1;
-    }
-#pragma unroll
-    for (int b = 0; b < kStageBatch; ++b)
-      if (at[b] >= 0) staged[at[b]] = v[b];
-  }
-}
-
-// The outputs a thread of a correlation block sweeps: (y0 + ty0 + k, x0 + tx) for k < rows of
-// the block's plane p, and the top-left staged input its window starts at.
+// The outputs a thread sweeps: (y0 + ty0 + k, x0 + tx) for k < rows of the block's plane p,
+// where (y0, x0) is the block's tile.
 struct SweepCell {
-  int p, ty0, tx;
+  int p, y0, x0, ty0, tx;
   __device__ explicit SweepCell(const Correlation& c) {
+    const int tile_row = c.by_tiles_w.divide(static_cast<int>(blockIdx.y));
+    y0 = tile_row * c.tile_h;
+    x0 = (static_cast<int>(blockIdx.y) - tile_row * c.tiles_w) * c.tile_w;
     p = c.by_sweep_cells.divide(static_cast<int>(threadIdx.x));
     const int cell = static_cast<int>(threadIdx.x) - p * c.by_sweep_cells.divisor;
     const int row_group = c.by_tile_w.divide(cell);
     ty0 = row_group * c.rows;
     tx = cell - row_group * c.tile_w;
   }
+  __device__ int x() const { return x0 + tx; }
+  __device__ int first_y() const { return y0 + ty0; }
 };
 
+// Row r of the thread's input window: in_row[j] = in[y, x + j] for j < K, zero outside the
+// image, with y = first_y - pad_h + r and x = the column - pad_w; column_inside[j] says whether
+// x + j is inside (the same for every row).
 template <int K, typename T>
-__global__ void __launch_bounds__(kTiledThreads)
+__device__ void load_window_row(const Correlation& c, const T* in_plane, int y, int x,
+                                const bool (&column_inside)[K], T (&in_row)[K]) {
+  const bool row_inside = y >= 0 && y < c.in_h;
+#pragma unroll
+  for (int j = 0; j < K; ++j)
+    in_row[j] = row_inside && column_inside[j] ? in_plane[y * c.in_w + x + j] : T(0);
+}
+
+template <int K>
+__device__ void window_columns(const Correlation& c, int x, bool (&column_inside)[K]) {
+#pragma unroll
+  for (int j = 0; j < K; ++j) column_inside[j] = x + j >= 0 && x + j < c.in_w;
+}
+
+template <int K, typename T>
+__global__ void __launch_bounds__(kTiledThreads, kTiledBlocksPerSM)
     depthwise_correlation_kernel(Correlation c, const T* in, const T* w, const T* bias, T* out) {
-  T* staged = shared_memory<T>();
-  const int stage_h = c.tile_h + K - 1, stage_w = c.tile_w + K - 1;
-  const int first_plane = static_cast<int>(blockIdx.x) * c.planes_per_block;
-  const int tile_row = c.by_tiles_w.divide(static_cast<int>(blockIdx.y));
-  const int y0 = tile_row * c.tile_h,
-            x0 = (static_cast<int>(blockIdx.y) - tile_row * c.tiles_w) * c.tile_w;
-  // 1. Stage.
-  stage_window<K>(c, in, first_plane, 1, min(c.planes_per_block, c.planes - first_plane), y0, x0,
-                  staged);
-  __syncthreads();
-  // 2. Outputs (y0 + ty0 + k, x0 + tx), k < rows, of plane first_plane + p.
   const SweepCell cell(c);
-  const int plane = first_plane + cell.p;
-  if (cell.p >= c.planes_per_block || plane >= c.planes || x0 + cell.tx >= c.out_w ||
-      y0 + cell.ty0 >= c.out_h)
+  const int plane = static_cast<int>(blockIdx.x) * c.planes_per_block + cell.p;
+  if (cell.p >= c.planes_per_block || plane >= c.planes || cell.x() >= c.out_w ||
+      cell.first_y() >= c.out_h)
     return;
   const int channel = plane - c.by_channels.divide(plane) * c.channels;
   T f[K][K];
@@ -333,13 +273,15 @@ __global__ void __launch_bounds__(kTiledThreads)
   T acc[kRowsPerThread];
 #pragma unroll
   for (int k = 0; k < kRowsPerThread; ++k) acc[k] = bias != nullptr ? bias[channel] : T(0);
-  const T* window = staged + (cell.p * stage_h + cell.ty0) * stage_w + cell.tx;
+  const T* in_plane = in + static_cast<int64_t>(plane) * c.in_h * c.in_w;
+  const int x = cell.x() - c.pad_w;
+  bool column_inside[K];
+  window_columns<K>(c, x, column_inside);
 #pragma unroll
   for (int r = 0; r < kRowsPerThread + K - 1; ++r) {
     if (r >= c.rows + K - 1) break;
     T in_row[K];
-#pragma unroll
-    for (int j = 0; j < K; ++j) in_row[j] = window[r * stage_w + j];
+    load_window_row<K>(c, in_plane, cell.first_y() - c.pad_h + r, x, column_inside, in_row);
 #pragma unroll
     for (int k = 0; k < kRowsPerThread; ++k) {
       const int i = r - k;  // the filter row that input row r meets for output row k
@@ -350,18 +292,16 @@ __global__ void __launch_bounds__(kTiledThreads)
   }
 #pragma unroll
   for (int k = 0; k < kRowsPerThread; ++k) {
-    const int y = y0 + cell.ty0 + k;
+    const int y = cell.first_y() + k;
     if (k < c.rows && y < c.out_h)
-      out[(static_cast<int64_t>(plane) * c.out_h + y) * c.out_w + x0 + cell.tx] = acc[k];
+      out[(static_cast<int64_t>(plane) * c.out_h + y) * c.out_w + cell.x()] = acc[k];
   }
 }
 
 // The correlation's tiling: tiles up to 32 wide, up to kRowsPerThread outputs per thread, as
-// many small planes per block as fill its threads, fewer where their staged inputs would pass
-// the shared memory a block may use without opting in. False when the tiled kernel does not
-// apply: filters other than 3 x 3, 5 x 5, 7 x 7, more tiles per plane than a grid dimension
-// holds, planes past 32-bit indexing.
-template <typename T>
+// many small planes per block as fill its threads. False when the tiled kernels do not apply:
+// filters other than 3 x 3, 5 x 5, 7 x 7, more tiles per plane than a grid dimension holds,
+// planes past 32-bit indexing.
 bool plan_correlation(Correlation& c, const Conv2dShape& s) {
   if (s.stride_h != 1 || s.stride_w != 1 || s.kernel_h != s.kernel_w ||
       (s.kernel_h != 3 && s.kernel_h != 5 && s.kernel_h != 7) || c.pad_h < 0 || c.pad_w < 0 ||
@@ -375,16 +315,12 @@ bool plan_correlation(Correlation& c, const Conv2dShape& s) {
   c.tile_h = static_cast<int>(pow2_at_least(c.out_h, kTiledThreads * kRowsPerThread / c.tile_w));
   c.rows = std::min(kRowsPerThread, c.tile_h);
   c.planes_per_block = kTiledThreads / (c.tile_h / c.rows * c.tile_w);
-  while (c.planes_per_block > 1 && c.shared_elements() * sizeof(T) > kMaxTiledSharedBytes)
-    c.planes_per_block /= 2;
   c.tiles_w = (c.out_w + c.tile_w - 1) / c.tile_w;
-  c.staged = StagedStack(c.tile_h + c.kernel - 1, c.tile_w + c.kernel - 1);
   c.by_channels = FastDivisor(c.channels);
   c.by_tiles_w = FastDivisor(c.tiles_w);
   c.by_tile_w = FastDivisor(c.tile_w);
   c.by_sweep_cells = FastDivisor(c.tile_h / c.rows * c.tile_w);
-  const int64_t tiles = int64_t((c.out_h + c.tile_h - 1) / c.tile_h) * c.tiles_w;
-  return tiles <= 65535 && c.shared_elements() * sizeof(T) <= kMaxTiledSharedBytes;
+  return int64_t((c.out_h + c.tile_h - 1) / c.tile_h) * c.tiles_w <= 65535;
 }
 
 // Calls f(std::integral_constant<int, K>{}) for the tiled kernels' filter size K = k (3, 5, 7).
@@ -403,10 +339,9 @@ void correlate(const Correlation& c, const T* in, const T* w, const T* bias, T* 
   const int tiles = (c.out_h + c.tile_h - 1) / c.tile_h * c.tiles_w;
   const dim3 grid(static_cast<unsigned>((c.planes + c.planes_per_block - 1) / c.planes_per_block),
                   static_cast<unsigned>(tiles));
-  const size_t bytes = c.shared_elements() * sizeof(T);
   with_filter_size(c.kernel, [&](auto k) {
     depthwise_correlation_kernel<k.value>
-        <<<grid, kTiledThreads, bytes, stream()>>>(c, in, w, bias, out);
+        <<<grid, kTiledThreads, 0, stream()>>>(c, in, w, bias, out);
   });
   NALA_CUDA_CHECK_LAUNCH();
 }
@@ -415,47 +350,40 @@ void correlate(const Correlation& c, const T* in, const T* w, const T* bias, T* 
 //   dw[c, i, j] = sum over n, oh, ow of dy[n, c, oh, ow] x[n, c, oh * stride_h - pad_h + i, ...]
 // At stride 1 with a 3 x 3, 5 x 5 or 7 x 7 filter (depthwise_weight_kernel), block
 // (c, tile, split) takes channel c, one output tile of the correlation's tiling (in = x) and the
-// images of split `split`, planes_per_block images at a time: it stages their x windows
-// (stage_window), and each thread sweeps them as the forward does, with its outputs' dy in
-// registers: input row r meets output row k at filter row i = r - k, so
+// images of split `split`, planes_per_block images at a time, and each thread sweeps its
+// window as the forward does, with its outputs' dy in registers: input row r meets output row k
+// at filter row i = r - k, so
 //   sum[i][j] += dy[k] in_row[j].
-// Each thread keeps the K x K sums over all its images; the block then reduces each tap's sums.
+// Each thread keeps the K x K sums over all its images; the block then adds each tap's sums.
 template <int K, typename T>
-__global__ void __launch_bounds__(kTiledThreads)
+__global__ void __launch_bounds__(kTiledThreads, kTiledBlocksPerSM)
     depthwise_weight_kernel(Correlation c, int64_t images_per_split, const T* x, const T* dy,
                             T* partials) {
-  T* staged = shared_memory<T>();
-  const int stage_h = c.tile_h + K - 1, stage_w = c.tile_w + K - 1;
   const int channel = static_cast<int>(blockIdx.x);
-  const int tile_row = c.by_tiles_w.divide(static_cast<int>(blockIdx.y));
-  const int y0 = tile_row * c.tile_h,
-            x0 = (static_cast<int>(blockIdx.y) - tile_row * c.tiles_w) * c.tile_w;
   const int64_t images = c.by_channels.divide(c.planes);
-  const int64_t first_image = blockIdx.z * images_per_split;
-  const int64_t end_image = min(images, first_image + images_per_split);
+  const int64_t end_image = min(images, (blockIdx.z + 1) * images_per_split);
   const SweepCell cell(c);
   // Outputs k < valid_rows of this thread's column are inside the image.
-  const int valid_rows = x0 + cell.tx < c.out_w ? min(c.rows, c.out_h - y0 - cell.ty0) : 0;
+  const int valid_rows =
+      cell.p < c.planes_per_block && cell.x() < c.out_w ? min(c.rows, c.out_h - cell.first_y()) : 0;
+  const int in_x = cell.x() - c.pad_w;
+  bool column_inside[K];
+  window_columns<K>(c, in_x, column_inside);
   T sum[K][K] = {};
-  for (int64_t n0 = first_image; n0 < end_image; n0 += c.planes_per_block) {
-    const int count = static_cast<int>(min(int64_t(c.planes_per_block), end_image - n0));
-    __syncthreads();  // the previous images' sweeps are done with staged
-    stage_window<K>(c, x, n0 * c.channels + channel, c.channels, count, y0, x0, staged);
-    __syncthreads();
-    if (cell.p >= count) continue;
-    const T* dy_column =
-        dy + ((n0 + cell.p) * c.channels + channel) * c.out_h * c.out_w + x0 + cell.tx;
+  for (int64_t n = blockIdx.z * images_per_split + cell.p; valid_rows > 0 && n < end_image;
+       n += c.planes_per_block) {
+    const int64_t plane = n * c.channels + channel;
+    const T* dy_column = dy + plane * c.out_h * c.out_w + cell.x();
     T grad[kRowsPerThread];
 #pragma unroll
     for (int k = 0; k < kRowsPerThread; ++k)
-      grad[k] = k < valid_rows ? dy_column[(y0 + cell.ty0 + k) * c.out_w] : T(0);
-    const T* window = staged + (cell.p * stage_h + cell.ty0) * stage_w + cell.tx;
+      grad[k] = k < valid_rows ? dy_column[(cell.first_y() + k) * c.out_w] : T(0);
+    const T* x_plane = x + plane * c.in_h * c.in_w;
 #pragma unroll
     for (int r = 0; r < kRowsPerThread + K - 1; ++r) {
       if (r >= c.rows + K - 1) break;
       T in_row[K];
-#pragma unroll
-      for (int j = 0; j < K; ++j) in_row[j] = window[r * stage_w + j];
+      load_window_row<K>(c, x_plane, cell.first_y() - c.pad_h + r, in_x, column_inside, in_row);
 #pragma unroll
       for (int k = 0; k < kRowsPerThread; ++k) {
         const int i = r - k;  // the filter row that input row r meets for output row k
@@ -465,17 +393,27 @@ __global__ void __launch_bounds__(kTiledThreads)
       }
     }
   }
-  // partials[c][tile][split][tap], or dw itself when there is one tile and one split.
-  T* out =
-      partials +
-      ((static_cast<int64_t>(channel) * gridDim.y + blockIdx.y) * gridDim.z + blockIdx.z) * K * K;
+  // Each tap's sum over the block: over a warp's lanes by shuffles, then over the warps in warp
+  // order (one barrier for all taps, not one block_reduce each).
+  __shared__ T warp_sums[kTiledThreads / kWarpSize][K * K];
+  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
 #pragma unroll
   for (int i = 0; i < K; ++i)
 #pragma unroll
     for (int j = 0; j < K; ++j) {
-      const T total = block_reduce<SumOp<T>>(sum[i][j]);
-      if (threadIdx.x == 0) out[i * K + j] = total;
+      const T warp_sum = warp_reduce<SumOp<T>>(sum[i][j]);
+      if (lane == 0) warp_sums[warp][i * K + j] = warp_sum;
     }
+  __syncthreads();
+  // partials[c][tile][split][tap], or dw itself when there is one tile and one split.
+  T* out =
+      partials +
+      ((static_cast<int64_t>(channel) * gridDim.y + blockIdx.y) * gridDim.z + blockIdx.z) * K * K;
+  for (int tap = threadIdx.x; tap < K * K; tap += blockDim.x) {
+    T total = T(0);
+    for (int v = 0; v < kTiledThreads / kWarpSize; ++v) total += warp_sums[v][tap];
+    out[tap] = total;
+  }
 }
 
 // Other strides and filters (depthwise_backward_weight_kernel): block (c, tile, split) handles
@@ -555,7 +493,7 @@ template <typename T>
 void depthwise_conv2d_forward(const Conv2dShape& s, const T* x, const T* w, const T* bias, T* y) {
   const Geometry g = geometry_of(s);
   Correlation c(g.height, g.width, g.out_h, g.out_w, g.pad_h, g.pad_w, false);
-  if (plan_correlation<T>(c, s)) return correlate(c, x, w, bias, y);
+  if (plan_correlation(c, s)) return correlate(c, x, w, bias, y);
   for_each_index(s.batch * s.channels * s.out_h * s.out_w, DepthwiseForward<T>{g, x, w, bias, y});
 }
 
@@ -565,7 +503,7 @@ void depthwise_conv2d_backward_input(const Conv2dShape& s, const T* dy, const T*
   // Correlation with the filter turned, padded by K - 1 - pad (see depthwise_correlation_kernel).
   Correlation c(g.out_h, g.out_w, g.height, g.width, g.kernel_h - 1 - g.pad_h,
                 g.kernel_w - 1 - g.pad_w, true);
-  if (plan_correlation<T>(c, s)) return correlate(c, dy, w, static_cast<const T*>(nullptr), dx);
+  if (plan_correlation(c, s)) return correlate(c, dy, w, static_cast<const T*>(nullptr), dx);
   for_each_index(s.batch * s.channels * s.height * s.width,
                  DepthwiseBackwardInput<T>{g, dy, w, dx});
 }
@@ -576,7 +514,7 @@ template <typename T>
 bool depthwise_weight_tiled(const Conv2dShape& s, const Geometry& g, const T* x, const T* dy,
                             T* dw) {
   Correlation c(g.height, g.width, g.out_h, g.out_w, g.pad_h, g.pad_w, false);
-  if (!plan_correlation<T>(c, s)) return false;
+  if (!plan_correlation(c, s)) return false;
   const int64_t taps = s.kernel_h * s.kernel_w;
   const int64_t tiles = int64_t((c.out_h + c.tile_h - 1) / c.tile_h) * c.tiles_w;
   const int64_t groups = (s.batch + c.planes_per_block - 1) / c.planes_per_block;
@@ -591,10 +529,9 @@ bool depthwise_weight_tiled(const Conv2dShape& s, const Geometry& g, const T* x,
   T* out = tiles * splits == 1 ? dw : reinterpret_cast<T*>(split_scratch_address());
   const dim3 grid(static_cast<unsigned>(s.channels), static_cast<unsigned>(tiles),
                   static_cast<unsigned>(splits));
-  const size_t bytes = c.shared_elements() * sizeof(T);
   with_filter_size(c.kernel, [&](auto k) {
     depthwise_weight_kernel<k.value>
-        <<<grid, kTiledThreads, bytes, stream()>>>(c, images_per_split, x, dy, out);
+        <<<grid, kTiledThreads, 0, stream()>>>(c, images_per_split, x, dy, out);
   });
   NALA_CUDA_CHECK_LAUNCH();
   if (tiles * splits > 1)

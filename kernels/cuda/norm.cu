@@ -35,10 +35,12 @@ __device__ T shift_at(const T* beta, int64_t c) {
 // rows (kHeld = 0) read x again for each pass.
 constexpr int kHeldColumnsPerLane = 8;
 
+// (At most 64 registers a thread, so that 1024 threads share an SM: these short rows are
+// latency-bound, and more rows in flight hide it.)
 template <int kHeld, typename T, typename Team>
-__global__ void layer_norm_forward_kernel(Team team, int64_t rows, int64_t cols, const T* x,
-                                          const T* gamma, const T* beta, T eps, T* y, T* mean,
-                                          T* rstd) {
+__global__ void __launch_bounds__(Team::kBlockThreads, 1024 / Team::kBlockThreads)
+    layer_norm_forward_kernel(Team team, int64_t rows, int64_t cols, const T* x, const T* gamma,
+                              const T* beta, T eps, T* y, T* mean, T* rstd) {
   const int rank = team.rank(), lanes = team.size();
   for (int64_t row = team.first_row(); row < rows; row += team.row_stride()) {
     const T* x_row = x + row * cols;
@@ -129,7 +131,7 @@ constexpr int kFusedThreads = LanesPerRow::kBlockThreads;
 constexpr int64_t kFusedMaxBlocks = 1024;
 
 template <typename T>
-__global__ void __launch_bounds__(kFusedThreads)
+__global__ void __launch_bounds__(kFusedThreads, 1024 / kFusedThreads)
     layer_norm_backward_fused_kernel(LanesPerRow team, int64_t rows, int cols, const T* x,
                                      const T* dy, const T* gamma, const T* mean, const T* rstd,
                                      T* dx, T* partials) {
