@@ -10,11 +10,7 @@
 #include <cmath>
 #include <cstdint>
 
-#ifdef __CUDACC__
-#define NALA_HOST_DEVICE __host__ __device__
-#else
-#define NALA_HOST_DEVICE
-#endif
+#include "kernels/host_device.h"
 
 namespace nala::kernels {
 

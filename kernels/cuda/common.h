@@ -11,6 +11,7 @@
 #include <cstdint>
 
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/fast_divisor.h"
 
 namespace nala::kernels::cuda {
 
@@ -77,26 +78,6 @@ struct GridWalk {
       col -= cols;
       ++row;
     }
-  }
-};
-
-// ---- division by a launch constant ----
-// n / d for 0 <= n < 2^31 and a divisor d >= 1 known at launch, by a multiply-high, an add and a
-// shift instead of the ~25 instructions of an integer division (Granlund and Montgomery, 1994):
-//   shift = ceil(log2 d),  multiplier = floor(2^32 (2^shift - d) / d) + 1,
-//   n / d = (umulhi(n, multiplier) + n) >> shift,
-// where the sum stays below 2^32 because umulhi(n, multiplier) < n < 2^31. (Checked against /
-// for every d < 3000 over n < 2^20 and near 2^31, and for large d, when it was written.)
-struct FastDivisor {
-  int divisor = 1;
-  uint32_t multiplier = 1, shift = 0;
-  FastDivisor() = default;
-  explicit FastDivisor(int d) : divisor(d) {
-    while ((uint64_t(1) << shift) < static_cast<uint64_t>(d)) ++shift;
-    multiplier = static_cast<uint32_t>((uint64_t(1) << 32) * ((uint64_t(1) << shift) - d) / d + 1);
-  }
-  __device__ int divide(int n) const {
-    return static_cast<int>((__umulhi(static_cast<uint32_t>(n), multiplier) + n) >> shift);
   }
 };
 

@@ -237,22 +237,29 @@ struct SweepCell {
   __device__ int first_y() const { return y0 + ty0; }
 };
 
-// Row r of the thread's input window: in_row[j] = in[y, x + j] for j < K, zero outside the
-// image, with y = first_y - pad_h + r and x = the column - pad_w; column_inside[j] says whether
-// x + j is inside (the same for every row).
-template <int K, typename T>
-__device__ void load_window_row(const Correlation& c, const T* in_plane, int y, int x,
-                                const bool (&column_inside)[K], T (&in_row)[K]) {
-  const bool row_inside = y >= 0 && y < c.in_h;
-#pragma unroll
-  for (int j = 0; j < K; ++j)
-    in_row[j] = row_inside && column_inside[j] ? in_plane[y * c.in_w + x + j] : T(0);
-}
-
-template <int K>
-__device__ void window_columns(const Correlation& c, int x, bool (&column_inside)[K]) {
+// Sweeps the thread's input window, its rows + K - 1 input rows read once each: row r holds
+// in_row[j] = in[first_y - pad_h + r, x + j] for j < K (zero outside the image; x = the column
+// - pad_w), and meets output row k at filter row i = r - k, for which it calls
+// meet(k, i, in_row). The loops unroll, so i and k are constants in meet's body.
+template <int K, typename T, typename Meet>
+__device__ void sweep_window(const Correlation& c, const T* in_plane, int first_y, int x,
+                             Meet meet) {
+  bool column_inside[K];  // the same for every row
 #pragma unroll
   for (int j = 0; j < K; ++j) column_inside[j] = x + j >= 0 && x + j < c.in_w;
+#pragma unroll
+  for (int r = 0; r < kRowsPerThread + K - 1; ++r) {
+    if (r >= c.rows + K - 1) break;
+    const int y = first_y - c.pad_h + r;
+    const bool row_inside = y >= 0 && y < c.in_h;
+    T in_row[K];
+#pragma unroll
+    for (int j = 0; j < K; ++j)
+      in_row[j] = row_inside && column_inside[j] ? in_plane[y * c.in_w + x + j] : T(0);
+#pragma unroll
+    for (int k = 0; k < kRowsPerThread; ++k)
+      if (r - k >= 0 && r - k < K) meet(k, r - k, in_row);
+  }
 }
 
 template <int K, typename T>
@@ -274,22 +281,11 @@ __global__ void __launch_bounds__(kTiledThreads, kTiledBlocksPerSM)
 #pragma unroll
   for (int k = 0; k < kRowsPerThread; ++k) acc[k] = bias != nullptr ? bias[channel] : T(0);
   const T* in_plane = in + static_cast<int64_t>(plane) * c.in_h * c.in_w;
-  const int x = cell.x() - c.pad_w;
-  bool column_inside[K];
-  window_columns<K>(c, x, column_inside);
+  sweep_window<K>(c, in_plane, cell.first_y(), cell.x() - c.pad_w,
+                  [&](int k, int i, const T(&in_row)[K]) {
 #pragma unroll
-  for (int r = 0; r < kRowsPerThread + K - 1; ++r) {
-    if (r >= c.rows + K - 1) break;
-    T in_row[K];
-    load_window_row<K>(c, in_plane, cell.first_y() - c.pad_h + r, x, column_inside, in_row);
-#pragma unroll
-    for (int k = 0; k < kRowsPerThread; ++k) {
-      const int i = r - k;  // the filter row that input row r meets for output row k
-      if (i < 0 || i >= K) continue;
-#pragma unroll
-      for (int j = 0; j < K; ++j) acc[k] += f[i][j] * in_row[j];
-    }
-  }
+                    for (int j = 0; j < K; ++j) acc[k] += f[i][j] * in_row[j];
+                  });
 #pragma unroll
   for (int k = 0; k < kRowsPerThread; ++k) {
     const int y = cell.first_y() + k;
@@ -367,8 +363,6 @@ __global__ void __launch_bounds__(kTiledThreads, kTiledBlocksPerSM)
   const int valid_rows =
       cell.p < c.planes_per_block && cell.x() < c.out_w ? min(c.rows, c.out_h - cell.first_y()) : 0;
   const int in_x = cell.x() - c.pad_w;
-  bool column_inside[K];
-  window_columns<K>(c, in_x, column_inside);
   T sum[K][K] = {};
   for (int64_t n = blockIdx.z * images_per_split + cell.p; valid_rows > 0 && n < end_image;
        n += c.planes_per_block) {
@@ -378,20 +372,12 @@ __global__ void __launch_bounds__(kTiledThreads, kTiledBlocksPerSM)
 #pragma unroll
     for (int k = 0; k < kRowsPerThread; ++k)
       grad[k] = k < valid_rows ? dy_column[(cell.first_y() + k) * c.out_w] : T(0);
-    const T* x_plane = x + plane * c.in_h * c.in_w;
+    sweep_window<K>(c, x + plane * c.in_h * c.in_w, cell.first_y(), in_x,
+                    [&](int k, int i, const T(&in_row)[K]) {
+                      if (k >= valid_rows) return;
 #pragma unroll
-    for (int r = 0; r < kRowsPerThread + K - 1; ++r) {
-      if (r >= c.rows + K - 1) break;
-      T in_row[K];
-      load_window_row<K>(c, x_plane, cell.first_y() - c.pad_h + r, in_x, column_inside, in_row);
-#pragma unroll
-      for (int k = 0; k < kRowsPerThread; ++k) {
-        const int i = r - k;  // the filter row that input row r meets for output row k
-        if (i < 0 || i >= K || k >= valid_rows) continue;
-#pragma unroll
-        for (int j = 0; j < K; ++j) sum[i][j] += grad[k] * in_row[j];
-      }
-    }
+                      for (int j = 0; j < K; ++j) sum[i][j] += grad[k] * in_row[j];
+                    });
   }
   // Each tap's sum over the block: over a warp's lanes by shuffles, then over the warps in warp
   // order (one barrier for all taps, not one block_reduce each).

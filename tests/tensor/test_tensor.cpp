@@ -1,7 +1,9 @@
 // Tensor: views share storage, copies, dtypes, printing, random numbers, .npy files.
+#include <cstdint>
 #include <cstdio>
 #include <fstream>
 
+#include "kernels/fast_divisor.h"
 #include "kernels/kernels.h"
 #include "test_util.h"
 
@@ -227,4 +229,28 @@ TEST_CASE("caching allocators: reuse, statistics, empty_cache, clear errors") {
                           kernels::cuda::allocator_stats, kernels::cuda::reset_peak_stats,
                           kernels::cuda::empty_cache, "CUDA");
 #endif
+}
+
+TEST_CASE("FastDivisor divides like / for every divisor and dividend it is used with") {
+  // Divisors 1..1024 and some large ones; dividends dense near 0, just below 2^31, and spread
+  // between (the multiply-high must neither round down a quotient nor overflow its sum).
+  std::vector<int> divisors;
+  for (int d = 1; d <= 1024; ++d) divisors.push_back(d);
+  for (int d : {4093, 65535, 65536, 65537, 1 << 20, 123456789, (1 << 30) + 7, INT32_MAX})
+    divisors.push_back(d);
+  std::vector<int> dividends;
+  for (int n = 0; n < 4096; ++n) dividends.push_back(n);
+  for (int n = INT32_MAX - 1024; n < INT32_MAX; ++n) dividends.push_back(n);
+  dividends.push_back(INT32_MAX);
+  uint64_t state = 7;
+  for (int k = 0; k < 1024; ++k) {
+    state = state * 6364136223846793005ull + 1442695040888963407ull;
+    dividends.push_back(static_cast<int>(state >> 33));  // < 2^31
+  }
+  int wrong = 0;
+  for (int d : divisors) {
+    const kernels::FastDivisor by(d);
+    for (int n : dividends) wrong += by.divide(n) != n / d;
+  }
+  CHECK(wrong == 0);
 }
