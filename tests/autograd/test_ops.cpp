@@ -1,5 +1,6 @@
 // Forward values of the ops against direct loops written here from the definitions, and the
 // error messages for bad input.
+#include "autograd/gradcheck.h"
 #include "test_util.h"
 
 using namespace nala;
@@ -79,6 +80,43 @@ TEST_CASE("conv2d matches the direct definition: general, grouped, depthwise") {
     CHECK(max_rel_diff(conv2d(x, w, Tensor(), c.stride, c.pad, c.groups),
                        conv_reference(x, w, c.stride, c.pad, c.groups)) < 1e-12);
   }
+}
+
+TEST_CASE("depthwise conv2d at stride 1 (padded planes on the CPU): values and gradients") {
+  // The CPU's stride-1 path: valid padding, 5 x 5 and 7 x 7, a non-square filter, and padding
+  // past the filter (whose input gradient takes the general path).
+  struct Case {
+    Shape x, w;
+    int64_t pad;
+  };
+  for (const Case& c : {Case{{2, 3, 6, 5}, {3, 1, 3, 3}, 0}, Case{{1, 2, 7, 9}, {2, 1, 5, 5}, 2},
+                        Case{{2, 2, 5, 6}, {2, 1, 7, 7}, 3}, Case{{1, 3, 4, 5}, {3, 1, 3, 3}, 3},
+                        Case{{1, 2, 5, 4}, {2, 1, 2, 3}, 1}}) {
+    CAPTURE(c.pad);
+    const int64_t channels = c.x[1];
+    Tensor x = random_tensor(c.x, 31, DType::Float64).requires_grad_();
+    Tensor w = random_tensor(c.w, 32, DType::Float64).requires_grad_();
+    Tensor b = random_tensor({channels}, 33, DType::Float64).requires_grad_();
+    Tensor reference = add(conv_reference(x.detach(), w.detach(), 1, c.pad, channels),
+                           b.detach().reshape({1, channels, 1, 1}));
+    CHECK(max_rel_diff(conv2d(x, w, b, 1, c.pad, channels), reference) < 1e-12);
+    const GradcheckResult r = gradcheck(
+        [&](const std::vector<Tensor>& t) { return conv2d(t[0], t[1], t[2], 1, c.pad, channels); },
+        {x, w, b});
+    INFO(r.worst);
+    CHECK(r.passed);
+  }
+  // float32: each vector lane of the weight gradient's dot products sums a share of a plane in
+  // float, the images' sums are added in double: within float32 rounding of the float64 result
+  // (1e-5 of the largest value: ~20 products per lane here, each rounding by 6e-8).
+  Tensor x = random_tensor({64, 4, 16, 16}, 34, DType::Float64).requires_grad_();
+  Tensor w = random_tensor({4, 1, 5, 5}, 35, DType::Float64).requires_grad_();
+  Tensor x32 = x.detach().to(DType::Float32).requires_grad_();
+  Tensor w32 = w.detach().to(DType::Float32).requires_grad_();
+  sum(mul(conv2d(x, w, Tensor(), 1, 2, 4), conv2d(x, w, Tensor(), 1, 2, 4))).backward();
+  sum(mul(conv2d(x32, w32, Tensor(), 1, 2, 4), conv2d(x32, w32, Tensor(), 1, 2, 4))).backward();
+  CHECK(test::scaled_max_diff(w32.grad(), w.grad()) < 1e-5);
+  CHECK(test::scaled_max_diff(x32.grad(), x.grad()) < 1e-5);
 }
 
 TEST_CASE("layer_norm normalises each row, then scales and shifts") {
