@@ -26,6 +26,7 @@
 #include <string>
 
 #include "kernels/cpu/scratch.h"
+#include "kernels/cpu/vector_math.h"
 #include "kernels/kernels.h"
 
 namespace nala::kernels::cpu {
@@ -125,9 +126,8 @@ QueryScale<T> query_scale(int64_t d, const T* q) {
 // [sqrt(1/2), sqrt(2)):
 //   log2 m = e + (2 / ln 2) atanh(t),  t = (f - 1) / (f + 1),  |t| < 0.172,
 //   atanh(t) = t + t^3/3 + ... + t^9/9   (the first term left out is below 3e-9 of the sum),
-//   2^y = 2^i e^(r ln 2),  i = round(y),  |r ln 2| <= 0.35,  e^x by its Taylor series to x^9/9!
-//   (the first term left out is below 2e-11),
-// both well under float's rounding (6e-8), so the float result matches std::pow's to an ulp or so.
+// and 2^y by exp2_branchless (vector_math.h, to 2e-11): both well under float's rounding (6e-8),
+// so the float result matches std::pow's to an ulp or so.
 inline float power(float m_float, float p) {
   const double m = m_float;
   uint64_t bits;
@@ -141,22 +141,11 @@ inline float power(float m_float, float p) {
   e += high ? 1 : 0;
   const double t = (f - 1) / (f + 1), t2 = t * t;
   const double atanh_t = t * (1 + t2 * (1.0 / 3 + t2 * (1.0 / 5 + t2 * (1.0 / 7 + t2 / 9))));
-  // y clamped to [-1000, 1000] so that its integer part converts without overflow, and a NaN
-  // to -1000 (p is NaN only in a row holding a NaN, whose m are then 0 or NaN: the final select
-  // returns those as they are).
-  const double unclamped = p * (static_cast<double>(e) + 2.8853900817779268 * atanh_t);
-  const double y = unclamped > -1000.0 ? std::min(unclamped, 1000.0) : -1000.0;
-  // Round to the nearest integer without a call: adding 1.5 * 2^52 leaves no fraction bits.
-  const double i = (y + 6755399441055744.0) - 6755399441055744.0;
-  const double x = (y - i) * 0.6931471805599453;
-  double expx = 1 / 362880.0;  // e^x = sum_k x^k / k!, k <= 9, by Horner's rule
-  for (const double c :
-       {1 / 40320.0, 1 / 5040.0, 1 / 720.0, 1 / 120.0, 1 / 24.0, 1 / 6.0, 0.5, 1.0, 1.0})
-    expx = expx * x + c;
-  const uint64_t scale_bits = static_cast<uint64_t>(static_cast<int64_t>(i) + 1023) << 52;
-  double scale;
-  std::memcpy(&scale, &scale_bits, sizeof scale);
-  return m > 0 ? static_cast<float>(expx * scale) : m_float;  // 0^p = 0; NaN stays NaN
+  // 2^y with y clamped to [-1000, 1000], a NaN to -1000 (p is NaN only in a row holding a NaN,
+  // whose m are then 0 or NaN: the final select returns those as they are).
+  const double power_of_two =
+      exp2_branchless(p * (static_cast<double>(e) + 2.8853900817779268 * atanh_t));
+  return m > 0 ? static_cast<float>(power_of_two) : m_float;  // 0^p = 0; NaN stays NaN
 }
 inline double power(double m, double p) { return std::pow(m, p); }
 
