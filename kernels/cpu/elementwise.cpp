@@ -1,4 +1,6 @@
 // CPU elementwise kernels: strided copies, fills, random numbers, unary and binary functions.
+#include <omp.h>
+
 #include <algorithm>
 #include <cmath>
 #include <stdexcept>
@@ -22,6 +24,54 @@ static inline int64_t strided_offset(int64_t i, int ndim, const int64_t* sizes,
     i /= sizes[d];
   }
   return off;
+}
+
+// The rows of a strided loop, split among the threads of a parallel region: thread t takes rows
+// [rows t / threads, rows (t + 1) / threads) and walks them with an odometer over the outer
+// dims, so that only its first row costs divisions. (strided_offset for every row divided once
+// per dim and operand, which cost more than copying a short row: copies of attention's heads
+// walk rows of 16-32 elements.)
+struct RowOffsets {
+  static constexpr int kOperands = 2;
+  int ndim;
+  const int64_t* sizes;
+  const int64_t* strides[kOperands];
+  int64_t index[kMaxDims] = {};
+  int64_t offset[kOperands] = {};
+  RowOffsets(int64_t row, int outer_dims, const int64_t* dim_sizes, const int64_t* strides_a,
+             const int64_t* strides_b)
+      : ndim(outer_dims), sizes(dim_sizes), strides{strides_a, strides_b} {
+    for (int d = ndim - 1; d >= 0; --d) {
+      index[d] = row % sizes[d];
+      row /= sizes[d];
+      for (int k = 0; k < kOperands; ++k) offset[k] += index[d] * strides[k][d];
+    }
+  }
+  void next() {
+    for (int d = ndim - 1; d >= 0; --d) {
+      ++index[d];
+      for (int k = 0; k < kOperands; ++k) offset[k] += strides[k][d];
+      if (index[d] < sizes[d]) return;
+      index[d] = 0;
+      for (int k = 0; k < kOperands; ++k) offset[k] -= strides[k][d] * sizes[d];
+    }
+  }
+};
+
+// body(offsets, row) for every row < rows: the outer dims' offsets of both operands, the rows
+// dealt to the threads in contiguous ranges (on one thread unless `parallel`).
+template <typename Body>
+static void for_each_row(int64_t rows, bool parallel, int outer_dims, const int64_t* sizes,
+                         const int64_t* strides_a, const int64_t* strides_b, Body body) {
+#pragma omp parallel if (parallel)
+  {
+    const int64_t threads = omp_get_num_threads(), t = omp_get_thread_num();
+    const int64_t begin = rows * t / threads, end = rows * (t + 1) / threads;
+    if (begin < end) {  // (with no rows, a size may be 0: no division by it)
+      RowOffsets offsets(begin, outer_dims, sizes, strides_a, strides_b);
+      for (int64_t r = begin; r < end; ++r, offsets.next()) body(offsets, r);
+    }
+  }
 }
 
 static int64_t layout_numel(const Layout& l) {
@@ -67,8 +117,8 @@ static void copy_transposed(const Layout& src, const Src* x, const Layout& dst, 
   }
 }
 
-// Walks the last dim in an inner loop (the offsets of the other dims computed once per row), or
-// goes tile by tile when the copy is a transpose.
+// Walks the last dim in an inner loop (the offsets of the other dims by for_each_row), or goes
+// tile by tile when the copy is a transpose.
 template <typename Src, typename Dst>
 void copy_strided(const Layout& src, const Src* x, const Layout& dst, Dst* y) {
   int64_t n = layout_numel(dst);
@@ -80,16 +130,16 @@ void copy_strided(const Layout& src, const Src* x, const Layout& dst, Dst* y) {
     for (int a = 0; a < last; ++a)
       if (src.strides[a] == 1 && dst.sizes[a] >= kTransposeTile)
         return copy_transposed(src, x, dst, y, a);
-  int outer_dims = last > 0 ? last : 0;
-#pragma omp parallel for if (n > kParallelGrain)
-  for (int64_t r = 0; r < rows; ++r) {
-    const Src* xr = x + strided_offset(r, outer_dims, src.sizes, src.strides);
-    Dst* yr = y + strided_offset(r, outer_dims, dst.sizes, dst.strides);
-    if (sx == 1 && sy == 1)
-      for (int64_t i = 0; i < inner; ++i) yr[i] = static_cast<Dst>(xr[i]);
-    else
-      for (int64_t i = 0; i < inner; ++i) yr[i * sy] = static_cast<Dst>(xr[i * sx]);
-  }
+  const int outer_dims = last > 0 ? last : 0;
+  for_each_row(rows, n > kParallelGrain, outer_dims, dst.sizes, src.strides, dst.strides,
+               [&](const RowOffsets& row, int64_t) {
+                 const Src* xr = x + row.offset[0];
+                 Dst* yr = y + row.offset[1];
+                 if (sx == 1 && sy == 1)
+                   for (int64_t i = 0; i < inner; ++i) yr[i] = static_cast<Dst>(xr[i]);
+                 else
+                   for (int64_t i = 0; i < inner; ++i) yr[i * sy] = static_cast<Dst>(xr[i * sx]);
+               });
 }
 
 template <typename T>
@@ -274,7 +324,7 @@ static bool row_major(int ndim, const int64_t* sizes, const int64_t* strides) {
 }
 
 // y = f(a, b) over the broadcast space. Both inputs contiguous: one flat loop. Otherwise a loop
-// over the last dimension per row, the rows' offsets computed once each; the inner loop has
+// over the last dimension per row, the rows' offsets by for_each_row; the inner loop has
 // unit or zero strides in the common cases (a bias broadcast along rows), so the compiler
 // vectorises it.
 template <typename T, typename F>
@@ -289,21 +339,21 @@ static void binary_apply(const Broadcast& bc, const T* a, const T* b, T* y, F f)
   const int last = bc.ndim - 1;  // >= 0: a 0-d space is row-major
   const int64_t inner = bc.sizes[last], rows = inner ? n / inner : 0;
   const int64_t sa = bc.a_strides[last], sb = bc.b_strides[last];
-#pragma omp parallel for if (n > kParallelGrain)
-  for (int64_t r = 0; r < rows; ++r) {
-    const T* ar = a + strided_offset(r, last, bc.sizes, bc.a_strides);
-    const T* br = b + strided_offset(r, last, bc.sizes, bc.b_strides);
-    T* yr = y + r * inner;
-    if (sa == 1 && sb == 1) {
-      for (int64_t i = 0; i < inner; ++i) yr[i] = f(ar[i], br[i]);
-    } else if (sa == 1 && sb == 0) {
-      for (int64_t i = 0; i < inner; ++i) yr[i] = f(ar[i], br[0]);
-    } else if (sa == 0 && sb == 1) {
-      for (int64_t i = 0; i < inner; ++i) yr[i] = f(ar[0], br[i]);
-    } else {
-      for (int64_t i = 0; i < inner; ++i) yr[i] = f(ar[i * sa], br[i * sb]);
-    }
-  }
+  for_each_row(rows, n > kParallelGrain, last, bc.sizes, bc.a_strides, bc.b_strides,
+               [&](const RowOffsets& row, int64_t r) {
+                 const T* ar = a + row.offset[0];
+                 const T* br = b + row.offset[1];
+                 T* yr = y + r * inner;
+                 if (sa == 1 && sb == 1) {
+                   for (int64_t i = 0; i < inner; ++i) yr[i] = f(ar[i], br[i]);
+                 } else if (sa == 1 && sb == 0) {
+                   for (int64_t i = 0; i < inner; ++i) yr[i] = f(ar[i], br[0]);
+                 } else if (sa == 0 && sb == 1) {
+                   for (int64_t i = 0; i < inner; ++i) yr[i] = f(ar[0], br[i]);
+                 } else {
+                   for (int64_t i = 0; i < inner; ++i) yr[i] = f(ar[i * sa], br[i * sb]);
+                 }
+               });
 }
 
 template <typename T>
