@@ -217,6 +217,7 @@ void depthwise_conv2d_backward_input(const Conv2dShape& s, const T* dy, const T*
 namespace {
 struct PixelSums {};  // thread_scratch's tags
 struct TapSums {};
+struct InsideColumns {};
 }  // namespace
 template <typename T>
 void depthwise_conv2d_backward_weight(const Conv2dShape& s, const T* x, const T* dy, T* dw) {
@@ -224,7 +225,9 @@ void depthwise_conv2d_backward_weight(const Conv2dShape& s, const T* x, const T*
   const int64_t out_plane = s.out_h * s.out_w;
   if (s.stride_h == 1 && s.stride_w == 1) {
     // dw[c, i, j] = sum over b of the dot product of dy (its rows spread to the padded plane's
-    // width, zeros between) with the padded x shifted by (i, j).
+    // width) with the padded x shifted by (i, j). The run's extra columns (x >= out_w) take 0 in
+    // place of x, not just dy = 0 there: an infinite x that only they reach must not turn the
+    // sum into 0 * inf = NaN.
     const Padding p{
         s.height, s.width, s.pad_h, s.pad_w, s.out_h + s.kernel_h - 1, s.out_w + s.kernel_w - 1};
     const Padding spread{s.out_h, s.out_w, 0, 0, s.out_h, p.cols};
@@ -233,6 +236,8 @@ void depthwise_conv2d_backward_weight(const Conv2dShape& s, const T* x, const T*
     for (int64_t c = 0; c < s.channels; ++c) {
       T* __restrict padded = thread_scratch<PaddedPlaneScratch, T>(p.elements(s.kernel_w));
       T* __restrict dy_spread = thread_scratch<PaddedOutputScratch, T>(spread.elements(1));
+      T* __restrict inside = thread_scratch<InsideColumns, T>(run);  // 1 for x < out_w, else 0
+      for (int64_t t = 0; t < run; ++t) inside[t] = t % p.cols < s.out_w ? T(1) : T(0);
       double* sums = thread_scratch<TapSums, double>(window);
       std::fill(sums, sums + window, 0.0);
       for (int64_t b = 0; b < s.batch; ++b) {
@@ -243,7 +248,10 @@ void depthwise_conv2d_backward_weight(const Conv2dShape& s, const T* x, const T*
             const T* __restrict shifted = padded + i * p.cols + j;
             T dot = T(0);
 #pragma omp simd reduction(+ : dot)
-            for (int64_t t = 0; t < run; ++t) dot += dy_spread[t] * shifted[t];
+            for (int64_t t = 0; t < run; ++t) {
+              const T x_value = shifted[t];
+              dot += dy_spread[t] * (inside[t] != T(0) ? x_value : T(0));
+            }
             sums[i * s.kernel_w + j] += dot;
           }
       }

@@ -120,6 +120,23 @@ TEST_CASE("depthwise conv2d at stride 1 (padded planes on the CPU): values and g
   sum(mul(conv2d(x32, w32, Tensor(), 1, 2, 4), conv2d(x32, w32, Tensor(), 1, 2, 4))).backward();
   CHECK(test::scaled_max_diff(w32.grad(), w.grad()) < 1e-5);
   CHECK(test::scaled_max_diff(x32.grad(), x.grad()) < 1e-5);
+  // An infinite input reached by one tap only, (0, 2) at the top-right corner of a 4 x 4 plane
+  // under a 3 x 3 filter without padding: that tap's gradient is infinite, every other is finite.
+  std::vector<double> corner(2 * 16, 0.5);
+  corner[3] = INFINITY;  // channel 0, row 0, column 3
+  Tensor xi = from_vector(corner, {1, 2, 4, 4}, TensorOptions{DType::Float64});
+  Tensor wi = random_tensor({2, 1, 3, 3}, 36, DType::Float64).requires_grad_();
+  Tensor upstream = random_tensor({1, 2, 2, 2}, 37, DType::Float64, Device::CPU, 0.5, 1.5);
+  sum(mul(conv2d(xi, wi, Tensor(), 1, 0, 2), upstream)).backward();
+  const std::vector<double> dw = wi.grad().to_vector<double>();
+  for (int tap = 0; tap < 9; ++tap) {
+    CAPTURE(tap);
+    CHECK(std::isfinite(dw[9 + tap]));  // channel 1
+    if (tap == 2)
+      CHECK(std::isinf(dw[tap]));
+    else
+      CHECK(std::isfinite(dw[tap]));
+  }
 }
 
 TEST_CASE("layer_norm normalises each row, then scales and shifts") {
