@@ -70,10 +70,11 @@ struct Padding {
   int64_t elements(int64_t kw) const { return rows * cols + kw - 1; }
 };
 
-// padded = the in_h x in_w plane `in` at offset (pad_h, pad_w) in a plane of zeros.
+// Writes the in_h x in_w plane `in` at offset (pad_h, pad_w) of `padded`. A thread zeroes its
+// padded scratch once per call; the planes it then copies in all have the same layout, so each
+// writes only its interior and the border stays zero.
 template <typename T>
-void pad_plane(const Padding& p, int64_t kw, const T* in, T* padded) {
-  std::fill(padded, padded + p.elements(kw), T(0));
+void copy_interior(const Padding& p, const T* in, T* padded) {
   for (int64_t y = 0; y < p.in_h; ++y)
     std::copy(in + y * p.in_w, in + (y + 1) * p.in_w, padded + (y + p.pad_h) * p.cols + p.pad_w);
 }
@@ -85,22 +86,26 @@ void depthwise_correlate(const Conv2dShape& s, const Padding& p, const T* in, co
                          const T* bias, bool turn, int64_t out_h, int64_t out_w, T* out) {
   const int64_t planes = s.batch * s.channels, kh = s.kernel_h, kw = s.kernel_w, taps = kh * kw;
   const int64_t run = out_h * p.cols;
-#pragma omp parallel for if (planes * taps * out_h * out_w >= kParallelWork)
-  for (int64_t plane = 0; plane < planes; ++plane) {
-    const int64_t c = plane % s.channels;
+#pragma omp parallel if (planes * taps * out_h * out_w >= kParallelWork)
+  {
     T* __restrict padded = thread_scratch<PaddedPlaneScratch, T>(p.elements(kw));
     T* __restrict acc = thread_scratch<PaddedOutputScratch, T>(run);
-    pad_plane(p, kw, in + plane * p.in_h * p.in_w, padded);
-    std::fill(acc, acc + run, bias ? bias[c] : T(0));
-    for (int64_t i = 0; i < kh; ++i)
-      for (int64_t j = 0; j < kw; ++j) {
-        const T tap = w[c * taps + (turn ? (kh - 1 - i) * kw + kw - 1 - j : i * kw + j)];
-        const T* __restrict shifted = padded + i * p.cols + j;
-        for (int64_t t = 0; t < run; ++t) acc[t] += tap * shifted[t];
-      }
-    T* out_plane = out + plane * out_h * out_w;
-    for (int64_t y = 0; y < out_h; ++y)
-      std::copy(acc + y * p.cols, acc + y * p.cols + out_w, out_plane + y * out_w);
+    std::fill(padded, padded + p.elements(kw), T(0));
+#pragma omp for
+    for (int64_t plane = 0; plane < planes; ++plane) {
+      const int64_t c = plane % s.channels;
+      copy_interior(p, in + plane * p.in_h * p.in_w, padded);
+      std::fill(acc, acc + run, bias ? bias[c] : T(0));
+      for (int64_t i = 0; i < kh; ++i)
+        for (int64_t j = 0; j < kw; ++j) {
+          const T tap = w[c * taps + (turn ? (kh - 1 - i) * kw + kw - 1 - j : i * kw + j)];
+          const T* __restrict shifted = padded + i * p.cols + j;
+          for (int64_t t = 0; t < run; ++t) acc[t] += tap * shifted[t];
+        }
+      T* out_plane = out + plane * out_h * out_w;
+      for (int64_t y = 0; y < out_h; ++y)
+        std::copy(acc + y * p.cols, acc + y * p.cols + out_w, out_plane + y * out_w);
+    }
   }
 }
 
@@ -207,7 +212,7 @@ void depthwise_conv2d_backward_input(const Conv2dShape& s, const T* dy, const T*
   }
 }
 
-// dw[c, ki, kj] = sum over b, oh, ow of dy[b, c, oh, ow] x[b, c, ih, iw], summed in double.
+// dw[c, ki, kj] = sum over b, oh, ow of dy[b, c, oh, ow] x[b, c, ih, iw], with double sums.
 // One thread per channel, so no two threads write the same dw. At stride 1 the taps read the
 // padded plane (above): per tap and image one dot product in T (vectorised, so each vector lane
 // sums only a share of the plane), the images' dots summed in double. Otherwise the sum runs in one
@@ -232,30 +237,35 @@ void depthwise_conv2d_backward_weight(const Conv2dShape& s, const T* x, const T*
         s.height, s.width, s.pad_h, s.pad_w, s.out_h + s.kernel_h - 1, s.out_w + s.kernel_w - 1};
     const Padding spread{s.out_h, s.out_w, 0, 0, s.out_h, p.cols};
     const int64_t run = s.out_h * p.cols;
-#pragma omp parallel for if (s.batch * s.channels * window * out_plane >= kParallelWork)
-    for (int64_t c = 0; c < s.channels; ++c) {
+#pragma omp parallel if (s.batch * s.channels * window * out_plane >= kParallelWork)
+    {
       T* __restrict padded = thread_scratch<PaddedPlaneScratch, T>(p.elements(s.kernel_w));
       T* __restrict dy_spread = thread_scratch<PaddedOutputScratch, T>(spread.elements(1));
       T* __restrict inside = thread_scratch<InsideColumns, T>(run);  // 1 for x < out_w, else 0
+      std::fill(padded, padded + p.elements(s.kernel_w), T(0));
+      std::fill(dy_spread, dy_spread + spread.elements(1), T(0));
       for (int64_t t = 0; t < run; ++t) inside[t] = t % p.cols < s.out_w ? T(1) : T(0);
-      double* sums = thread_scratch<TapSums, double>(window);
-      std::fill(sums, sums + window, 0.0);
-      for (int64_t b = 0; b < s.batch; ++b) {
-        pad_plane(p, s.kernel_w, x + (b * s.channels + c) * s.height * s.width, padded);
-        pad_plane(spread, 1, dy + (b * s.channels + c) * out_plane, dy_spread);
-        for (int64_t i = 0; i < s.kernel_h; ++i)
-          for (int64_t j = 0; j < s.kernel_w; ++j) {
-            const T* __restrict shifted = padded + i * p.cols + j;
-            T dot = T(0);
+#pragma omp for
+      for (int64_t c = 0; c < s.channels; ++c) {
+        double* sums = thread_scratch<TapSums, double>(window);
+        std::fill(sums, sums + window, 0.0);
+        for (int64_t b = 0; b < s.batch; ++b) {
+          copy_interior(p, x + (b * s.channels + c) * s.height * s.width, padded);
+          copy_interior(spread, dy + (b * s.channels + c) * out_plane, dy_spread);
+          for (int64_t i = 0; i < s.kernel_h; ++i)
+            for (int64_t j = 0; j < s.kernel_w; ++j) {
+              const T* __restrict shifted = padded + i * p.cols + j;
+              T dot = T(0);
 #pragma omp simd reduction(+ : dot)
-            for (int64_t t = 0; t < run; ++t) {
-              const T x_value = shifted[t];
-              dot += dy_spread[t] * (inside[t] != T(0) ? x_value : T(0));
+              for (int64_t t = 0; t < run; ++t) {
+                const T x_value = shifted[t];
+                dot += dy_spread[t] * (inside[t] != T(0) ? x_value : T(0));
+              }
+              sums[i * s.kernel_w + j] += dot;
             }
-            sums[i * s.kernel_w + j] += dot;
-          }
+        }
+        for (int64_t t = 0; t < window; ++t) dw[c * window + t] = static_cast<T>(sums[t]);
       }
-      for (int64_t t = 0; t < window; ++t) dw[c * window + t] = static_cast<T>(sums[t]);
     }
     return;
   }

@@ -15,22 +15,10 @@ namespace nala::kernels::cpu {
 // Work below this many elements runs on one thread (OpenMP start-up costs more).
 constexpr int64_t kParallelGrain = 1 << 15;
 
-// Offset of flat (row-major) element i over `sizes` for an operand with `strides`.
-static inline int64_t strided_offset(int64_t i, int ndim, const int64_t* sizes,
-                                     const int64_t* strides) {
-  int64_t off = 0;
-  for (int d = ndim - 1; d >= 0; --d) {
-    off += (i % sizes[d]) * strides[d];
-    i /= sizes[d];
-  }
-  return off;
-}
-
-// The rows of a strided loop, split among the threads of a parallel region: thread t takes rows
-// [rows t / threads, rows (t + 1) / threads) and walks them with an odometer over the outer
-// dims, so that only its first row costs divisions. (strided_offset for every row divided once
-// per dim and operand, which cost more than copying a short row: copies of attention's heads
-// walk rows of 16-32 elements.)
+// The offsets in two operands of row `row` of a loop over `outer_dims` dims (its index split
+// by divisions), then of each next row by carries (next()): a thread that walks a range of rows
+// divides only for its first. (Dividing for every row, once per dim and operand, cost more than
+// copying a short row: copies of attention's heads walk rows of 16-32 elements.)
 struct RowOffsets {
   static constexpr int kOperands = 2;
   int ndim;
@@ -91,25 +79,27 @@ constexpr int64_t kTransposeTile = 16;
 template <typename Src, typename Dst>
 static void copy_transposed(const Layout& src, const Src* x, const Layout& dst, Dst* y, int a) {
   const int last = dst.ndim - 1;
-  Layout src_rest, dst_rest;  // the dims other than a and last
+  Layout rest;  // the dims other than a and last, with dst's strides
+  int64_t src_rest_strides[kMaxDims] = {};
   for (int d = 0; d < last; ++d) {
     if (d == a) continue;
-    src_rest.sizes[src_rest.ndim] = dst_rest.sizes[dst_rest.ndim] = dst.sizes[d];
-    src_rest.strides[src_rest.ndim++] = src.strides[d];
-    dst_rest.strides[dst_rest.ndim++] = dst.strides[d];
+    rest.sizes[rest.ndim] = dst.sizes[d];
+    src_rest_strides[rest.ndim] = src.strides[d];
+    rest.strides[rest.ndim++] = dst.strides[d];
   }
   const int64_t rows = dst.sizes[a], cols = dst.sizes[last];
   const int64_t src_col = src.strides[last], dst_row = dst.strides[a];
   const int64_t tile_rows = (rows + kTransposeTile - 1) / kTransposeTile;
   const int64_t tile_cols = (cols + kTransposeTile - 1) / kTransposeTile;
-  const int64_t planes = layout_numel(dst_rest), tiles = planes * tile_rows * tile_cols;
+  const int64_t planes = layout_numel(rest), tiles = planes * tile_rows * tile_cols;
 #pragma omp parallel for if (planes * rows * cols > kParallelGrain)
   for (int64_t t = 0; t < tiles; ++t) {
     const int64_t plane = t / (tile_rows * tile_cols);
     const int64_t r0 = t / tile_cols % tile_rows * kTransposeTile;
     const int64_t c0 = t % tile_cols * kTransposeTile;
-    const Src* xp = x + strided_offset(plane, src_rest.ndim, src_rest.sizes, src_rest.strides);
-    Dst* yp = y + strided_offset(plane, dst_rest.ndim, dst_rest.sizes, dst_rest.strides);
+    const RowOffsets offsets(plane, rest.ndim, rest.sizes, src_rest_strides, rest.strides);
+    const Src* xp = x + offsets.offset[0];
+    Dst* yp = y + offsets.offset[1];
     const int64_t r1 = std::min(rows, r0 + kTransposeTile),
                   c1 = std::min(cols, c0 + kTransposeTile);
     for (int64_t r = r0; r < r1; ++r)

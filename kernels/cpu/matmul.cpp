@@ -24,8 +24,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <memory>
-#include <vector>
 
 #include "kernels/cpu/scratch.h"
 #include "kernels/kernels.h"
