@@ -30,7 +30,8 @@
 // padded so that the tensor cores' fragment loads are free of bank conflicts (k_rows_ld,
 // i_rows_ld). The softmax kernels stage rows with an odd row stride (d + 1), which puts the
 // elements that a warp reads at one time in distinct banks.
-// Head dims up to 64 on CUDA; pointers must be 16-byte aligned.
+// Linear attention takes head dims up to 64 on CUDA (check_linear_head_dim); pointers must be
+// 16-byte aligned.
 #include <cuda_pipeline.h>
 
 #include <algorithm>
@@ -348,11 +349,12 @@ struct ProductTiling {
       for (int r = 0; r < 4; ++r)
         split_tf32(a(m0 + g + 8 * (r % 2), k0 + t + 4 * (r / 2)), a_big[r], a_small[r]);
 #pragma unroll
-      for (int tile = 0; tile < kTiles; ++tile)
+      for (int tile = 0; tile < kTiles; ++tile) {
 #pragma unroll
         for (int r = 0; r < 2; ++r)
           split_tf32(b(n0 + 8 * tile + g, k0 + t + 4 * r), b_big[tile][r], b_small[tile][r]);
-          // Three sweeps over the tiles, so that consecutive mma's add to different accumulators.
+      }
+      // Three sweeps over the tiles, so that consecutive mma's add to different accumulators.
 #pragma unroll
       for (int tile = 0; tile < kTiles; ++tile) mma_tf32(acc + 4 * tile, a_small, b_big[tile]);
 #pragma unroll
@@ -739,8 +741,8 @@ struct OutputLayout {
   __host__ __device__ OutputLayout(int tile, int d, int width) {
     SharedLayout s;
     state = s.take(width * k_rows_ld(d));       // S
-    kbar = s.take(width);                       //
-    z = s.take(tile);                           //
+    kbar = s.take(width);                       // mean of phiK
+    z = s.take(tile);                           // the tile's z_i
     rotated = s.take(tile * i_rows_ld(width));  // Q', token-major
     size = s.size;
   }
@@ -816,8 +818,8 @@ struct QueryBackwardLayout {
   __host__ __device__ QueryBackwardLayout(int tile, int d, int width) {
     SharedLayout s;
     state = s.take(width * i_rows_ld(d));              // S
-    kbar = s.take(width);                              //
-    z = s.take(tile);                                  //
+    kbar = s.take(width);                              // mean of phiK
+    z = s.take(tile);                                  // the tile's z_i
     zdo = s.take(tile * i_rows_ld(d));                 // z_i do_i, token-major
     sigma = s.take(tile * d);                          // token-major
     rotated = s.take(tile * k_rows_ld(width));         // Q', token-major

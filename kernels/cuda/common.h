@@ -2,8 +2,10 @@
 // - for_each_index: run a functor once per index of a flat range (the elementwise kernels);
 // - warp_reduce / block_reduce: tree reductions with warp shuffles;
 // - launch_per_row: a group of a warp's lanes (short rows) or a block (long rows) per row;
-// - reduce_middle_axis: a reduction over the middle axis of an (outer, r, inner) array.
-// Device code only uses functors (structs with a __device__ operator()), never lambdas.
+// - reduce_middle_axis: a reduction over the middle axis of an (outer, r, inner) array;
+// - GridWalk: a thread's cells of a 2-d grid, without a division per step.
+// What a kernel is handed from the host is a functor (a struct with a __device__ operator()),
+// never a lambda; lambdas appear only inside device code (a kernel's loop bodies).
 #pragma once
 
 #include <algorithm>
@@ -11,7 +13,6 @@
 #include <cstdint>
 
 #include "kernels/cuda/cuda_check.h"
-#include "kernels/fast_divisor.h"
 
 namespace nala::kernels::cuda {
 

@@ -13,6 +13,7 @@
 #include <type_traits>
 
 #include "kernels/cuda/common.h"
+#include "kernels/fast_divisor.h"
 #include "kernels/kernels.h"
 
 namespace nala::kernels::cuda {
@@ -409,8 +410,9 @@ __global__ void __launch_bounds__(kTiledThreads, kTiledBlocksPerSM)
 // its positions reading dy once and the window's inputs (neighbours of its neighbours' reads, so
 // mostly from L1), keeping one running sum per tap in registers; the block then reduces each
 // tap's sums.
-// Both kernels write per-split sums to split_scratch when there are several splits, and a second
-// pass adds them up in a fixed order (no atomics: deterministic).
+// Both kernels write their blocks' partial sums (per tile and split, or per split) to
+// split_scratch when there is more than one block per tap, and a second pass adds them up in a
+// fixed order (no atomics: deterministic).
 constexpr int kWeightGradThreads = 256;
 constexpr int64_t kWeightGradTargetBlocks = 1024;
 constexpr int64_t kWeightGradMinPositions = 2048;
