@@ -318,6 +318,7 @@ EvalResult train(const TrainOptions& o, std::ostream& log) {
     save_checkpoint(o.out + "/" + name, *model, &optimizer, ema.get(), progress, meta);
   };
 
+  bool checkpoint_current = false;  // last.safetensors holds the state as it is now
   for (int64_t epoch = progress.epoch; epoch < o.epochs && !stopping(); ++epoch) {
     auto t0 = std::chrono::steady_clock::now();
     const int64_t first_batch = epoch == progress.epoch ? resume_batch : 0;
@@ -357,6 +358,7 @@ EvalResult train(const TrainOptions& o, std::ostream& log) {
       ++progress.step;
       ++step_in_epoch;
       ++steps_run;
+      checkpoint_current = false;
       double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       if (elapsed - last_print > 1.0 || step_in_epoch == steps_per_epoch) {
         last_print = elapsed;
@@ -394,6 +396,7 @@ EvalResult train(const TrainOptions& o, std::ostream& log) {
     write_jsonl_row(jsonl, rec);
     write_csv_row(csv, rec);
     save("last.safetensors");
+    checkpoint_current = true;
     if (rec.test_top1 > best_top1) {
       best_top1 = rec.test_top1;
       save("best.safetensors");
@@ -401,8 +404,10 @@ EvalResult train(const TrainOptions& o, std::ostream& log) {
     write_curves_png(o.out + "/curves.png", history);
   }
   std::signal(SIGINT, previous_handler);
-  if (stopping()) {
-    save("last.safetensors");
+  // A stop before the last epoch's end saves where it is, unless the epoch it stopped at the end
+  // of was just saved; one on the last epoch's last batch has finished the run.
+  if (stopping() && progress.epoch < o.epochs) {
+    if (!checkpoint_current) save("last.safetensors");
     log << (g_interrupted ? "interrupted" : "stopped after " + std::to_string(steps_run) + " steps")
         << ": saved " << o.out << "/last.safetensors at epoch " << progress.epoch << ", step "
         << progress.step << " (resume with --resume)\n";

@@ -121,6 +121,15 @@ TEST_CASE("nala train: a run stopped mid-epoch and resumed equals one that never
   train(at_end, log4);
   CHECK(log4.str().find("epoch 2: train loss") != std::string::npos);
   CHECK(count_lines(boundary + "/metrics.csv") == 3);
+  // A stop on the last epoch's last batch has finished the run: it reports done, not a resume.
+  const std::string finished = "/tmp/nala_test_train_finished";
+  fs::remove_all(finished);
+  TrainOptions to_the_end = tiny_run(finished, 2);
+  to_the_end.stop_after_steps = 4;  // 2 epochs of 2 steps
+  std::ostringstream log5;
+  train(to_the_end, log5);
+  CHECK(log5.str().find("done: best test top-1") != std::string::npos);
+  CHECK(log5.str().find("resume with --resume") == std::string::npos);
   // A checkpoint that does not fit the run (other batch size) is a clear error.
   TrainOptions other = tiny_run(split, 2);
   other.resume = split + "/last.safetensors";
