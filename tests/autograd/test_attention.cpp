@@ -122,7 +122,8 @@ TEST_CASE("rotary tables follow section 3") {
 }
 
 TEST_CASE("fused NaLa and softmax attention match direct O(N^2) references") {
-  for (auto [gh, gw, d] : {std::tuple{2, 3, 8}, {4, 4, 4}, {1, 1, 8}, {3, 5, 16}}) {
+  // (20, 30): 600 tokens, two full 256-token chunks of the CPU passes and a partial third.
+  for (auto [gh, gw, d] : {std::tuple{2, 3, 8}, {4, 4, 4}, {1, 1, 8}, {3, 5, 16}, {20, 30, 8}}) {
     Tensor q = qkv({2, 2, gh * gw, d}, 1), k = qkv({2, 2, gh * gw, d}, 2),
            v = qkv({2, 2, gh * gw, d}, 3);
     CHECK(max_rel_diff(nala_attention(q, k, v, gh, gw), nala_reference(q, k, v, gh, gw)) < 1e-10);
@@ -227,6 +228,33 @@ TEST_CASE(
       }
     }
   }
+}
+
+TEST_CASE("linear attention gradients over several chunks match the composition (float64)") {
+  // 600 tokens: the CPU passes' chunks of 256 tokens (two full, one partial) and their partial
+  // sums of S, kbar, dS and dkbar; the composition of primitive ops has no chunks.
+  for (Device device : test::devices())
+    for (AttentionKind kind : {AttentionKind::Nala, AttentionKind::Relu}) {
+      CAPTURE(std::string(device_name(device)));
+      CAPTURE(int(kind));
+      std::vector<Tensor> grads[2];
+      Tensor outs[2];
+      for (int composed = 0; composed < 2; ++composed) {
+        std::vector<Tensor> x;
+        for (uint64_t seed : {60, 61, 62})
+          x.push_back(qkv({1, 2, 600, 8}, seed, device).detach().requires_grad_());
+        Tensor o = composed ? attention_composed(kind, x[0], x[1], x[2], 20, 30)
+                            : attention(kind, x[0], x[1], x[2], 20, 30);
+        sum(mul(o, qkv({1, 2, 600, 8}, 63, device))).backward();
+        outs[composed] = o;
+        for (const Tensor& t : x) grads[composed].push_back(t.grad());
+      }
+      CHECK(max_rel_diff(outs[0], outs[1]) < 1e-10);
+      for (int i = 0; i < 3; ++i) {
+        CAPTURE(i);
+        CHECK(max_rel_diff(grads[0][i], grads[1][i]) < 1e-10);
+      }
+    }
 }
 
 TEST_CASE("float32 linear attention stays within float32 rounding of float64") {
