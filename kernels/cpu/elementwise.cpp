@@ -150,7 +150,7 @@ void random_normal(int64_t n, uint64_t seed, uint64_t offset, T mean, T std, T* 
   for (int64_t i = 0; i < n; ++i) y[i] = random_normal_at<T>(seed, offset + i, mean, std);
 }
 
-// ---- unary: f(x) and f'(x) side by side ----
+// ---- unary ----
 
 template <typename T>
 static inline T sigmoid_of(T x) {
@@ -179,118 +179,132 @@ static inline float gelu_density(float x) {
 }
 static inline double gelu_density(double x) { return kInvSqrt2Pi * std::exp(-0.5 * x * x); }
 
-// f(x) for op, a template parameter so that each op's loop is its own (and vectorises where the
-// function allows).
-template <UnaryOp op, typename T>
-static inline T unary_value(T x) {
+// Each op as a functor, value f(x) and derivative f'(x) given x and y = f(x) side by side (the
+// same functors as kernels/cuda/elementwise.cu), chosen once per call by visit_unary_op so that
+// each op's loop is its own and vectorises where its function allows.
+template <typename T>
+struct Neg {
+  static T value(T x) { return -x; }
+  static T derivative(T, T) { return T(-1); }
+};
+
+template <typename T>
+struct Exp {
+  static T value(T x) { return std::exp(x); }
+  static T derivative(T, T y) { return y; }  // (e^x)' = e^x
+};
+
+template <typename T>
+struct Log {
+  static T value(T x) { return std::log(x); }
+  static T derivative(T x, T) { return T(1) / x; }
+};
+
+template <typename T>
+struct Sqrt {
+  static T value(T x) { return std::sqrt(x); }
+  static T derivative(T, T y) { return T(0.5) / y; }  // 1 / (2 sqrt x)
+};
+
+// d|x| = sign(x), 0 at 0
+template <typename T>
+struct Abs {
+  static T value(T x) { return std::abs(x); }
+  static T derivative(T x, T) { return x > T(0) ? T(1) : (x < T(0) ? T(-1) : T(0)); }
+};
+
+template <typename T>
+struct Tanh {
+  static T value(T x) { return std::tanh(x); }
+  static T derivative(T, T y) { return T(1) - y * y; }
+};
+
+template <typename T>
+struct Sigmoid {
+  static T value(T x) { return sigmoid_of(x); }
+  static T derivative(T, T y) { return y * (T(1) - y); }  // s' = s (1 - s)
+};
+
+// NaN stays NaN, as on CUDA; the derivative is 0 at 0.
+template <typename T>
+struct Relu {
+  static T value(T x) { return x > T(0) || x != x ? x : T(0); }
+  static T derivative(T x, T) { return x > T(0) ? T(1) : T(0); }
+};
+
+// f = x/2 (1 + t),  t = tanh u,  u = sqrt(2/pi) (x + 0.044715 x^3)
+// f' = (1 + t)/2 + x/2 (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2)
+template <typename T>
+struct GeluTanh {
+  static T tanh_u(T x) { return std::tanh(T(kSqrt2OverPi) * (x + T(0.044715) * x * x * x)); }
+  static T value(T x) { return T(0.5) * x * (T(1) + tanh_u(x)); }
+  static T derivative(T x, T) {
+    const T t = tanh_u(x);
+    return T(0.5) * (T(1) + t) +
+           T(0.5) * x * (T(1) - t * t) * T(kSqrt2OverPi) * (T(1) + T(3 * 0.044715) * x * x);
+  }
+};
+
+// f = x Phi(x),  f' = Phi(x) + x phi(x)
+template <typename T>
+struct GeluErf {
+  static T value(T x) { return x * gelu_phi(x); }
+  static T derivative(T x, T) { return gelu_phi(x) + x * gelu_density(x); }
+};
+
+// f = x s,  s = sigmoid(x);  f' = s (1 + x (1 - s))
+template <typename T>
+struct Silu {
+  static T value(T x) { return x * sigmoid_of(x); }
+  static T derivative(T x, T) {
+    const T s = sigmoid_of(x);
+    return s * (T(1) + x * (T(1) - s));
+  }
+};
+
+// Calls visit(Op<T>{}) with the functor of `op`.
+template <typename T, typename Visit>
+static void visit_unary_op(UnaryOp op, Visit visit) {
   switch (op) {
     case UnaryOp::Neg:
-      return -x;
+      return visit(Neg<T>{});
     case UnaryOp::Exp:
-      return std::exp(x);
+      return visit(Exp<T>{});
     case UnaryOp::Log:
-      return std::log(x);
+      return visit(Log<T>{});
     case UnaryOp::Sqrt:
-      return std::sqrt(x);
+      return visit(Sqrt<T>{});
     case UnaryOp::Abs:
-      return std::abs(x);
+      return visit(Abs<T>{});
     case UnaryOp::Tanh:
-      return std::tanh(x);
+      return visit(Tanh<T>{});
     case UnaryOp::Sigmoid:
-      return sigmoid_of(x);
+      return visit(Sigmoid<T>{});
     case UnaryOp::Relu:
-      return x > T(0) || x != x ? x : T(0);  // NaN stays NaN, as on CUDA
+      return visit(Relu<T>{});
     case UnaryOp::GeluTanh:
-      return T(0.5) * x * (T(1) + std::tanh(T(kSqrt2OverPi) * (x + T(0.044715) * x * x * x)));
+      return visit(GeluTanh<T>{});
     case UnaryOp::GeluErf:
-      return x * gelu_phi(x);
+      return visit(GeluErf<T>{});
     case UnaryOp::Silu:
-      return x * sigmoid_of(x);
+      return visit(Silu<T>{});
   }
-  return x;
-}
-
-// f'(x), given x and y = f(x).
-template <UnaryOp op, typename T>
-static inline T unary_derivative(T x, T y) {
-  switch (op) {
-    case UnaryOp::Neg:
-      return T(-1);
-    case UnaryOp::Exp:
-      return y;  // (e^x)' = e^x
-    case UnaryOp::Log:
-      return T(1) / x;  // (ln x)' = 1/x
-    case UnaryOp::Sqrt:
-      return T(0.5) / y;  // (sqrt x)' = 1 / (2 sqrt x)
-    case UnaryOp::Abs:
-      return x > T(0) ? T(1) : (x < T(0) ? T(-1) : T(0));
-    case UnaryOp::Tanh:
-      return T(1) - y * y;  // tanh' = 1 - tanh^2
-    case UnaryOp::Sigmoid:
-      return y * (T(1) - y);  // s' = s (1 - s)
-    case UnaryOp::Relu:
-      return x > T(0) ? T(1) : T(0);
-    case UnaryOp::GeluTanh: {
-      // u = sqrt(2/pi)(x + 0.044715 x^3), gelu = x/2 (1 + tanh u)
-      // gelu' = (1 + tanh u)/2 + x/2 (1 - tanh^2 u) sqrt(2/pi)(1 + 3 * 0.044715 x^2)
-      T t = std::tanh(T(kSqrt2OverPi) * (x + T(0.044715) * x * x * x));
-      return T(0.5) * (T(1) + t) +
-             T(0.5) * x * (T(1) - t * t) * T(kSqrt2OverPi) * (T(1) + T(3 * 0.044715) * x * x);
-    }
-    case UnaryOp::GeluErf:  // gelu' = Phi(x) + x phi(x)
-      return gelu_phi(x) + x * gelu_density(x);
-    case UnaryOp::Silu: {  // (x s)' = s + x s (1 - s)
-      T s = sigmoid_of(x);
-      return s * (T(1) + x * (T(1) - s));
-    }
-  }
-  return T(0);
-}
-
-// Calls f(std::integral_constant<UnaryOp, op>{}): the runtime op as a compile-time one.
-template <typename F>
-static void with_unary_op(UnaryOp op, F f) {
-  using U = UnaryOp;
-  switch (op) {
-    case U::Neg:
-      return f(std::integral_constant<U, U::Neg>{});
-    case U::Exp:
-      return f(std::integral_constant<U, U::Exp>{});
-    case U::Log:
-      return f(std::integral_constant<U, U::Log>{});
-    case U::Sqrt:
-      return f(std::integral_constant<U, U::Sqrt>{});
-    case U::Abs:
-      return f(std::integral_constant<U, U::Abs>{});
-    case U::Tanh:
-      return f(std::integral_constant<U, U::Tanh>{});
-    case U::Sigmoid:
-      return f(std::integral_constant<U, U::Sigmoid>{});
-    case U::Relu:
-      return f(std::integral_constant<U, U::Relu>{});
-    case U::GeluTanh:
-      return f(std::integral_constant<U, U::GeluTanh>{});
-    case U::GeluErf:
-      return f(std::integral_constant<U, U::GeluErf>{});
-    case U::Silu:
-      return f(std::integral_constant<U, U::Silu>{});
-  }
-  throw std::invalid_argument("unary op: unknown op");
+  throw std::invalid_argument("unary op: unknown UnaryOp");
 }
 
 template <typename T>
 void unary_forward(UnaryOp op, int64_t n, const T* x, T* y) {
-  with_unary_op(op, [&](auto op_constant) {
+  visit_unary_op<T>(op, [&](auto f) {
 #pragma omp parallel for if (n > kParallelGrain)
-    for (int64_t i = 0; i < n; ++i) y[i] = unary_value<op_constant.value>(x[i]);
+    for (int64_t i = 0; i < n; ++i) y[i] = f.value(x[i]);
   });
 }
 
 template <typename T>
 void unary_backward(UnaryOp op, int64_t n, const T* x, const T* y, const T* dy, T* dx) {
-  with_unary_op(op, [&](auto op_constant) {
+  visit_unary_op<T>(op, [&](auto f) {
 #pragma omp parallel for if (n > kParallelGrain)
-    for (int64_t i = 0; i < n; ++i) dx[i] = dy[i] * unary_derivative<op_constant.value>(x[i], y[i]);
+    for (int64_t i = 0; i < n; ++i) dx[i] = dy[i] * f.derivative(x[i], y[i]);
   });
 }
 
