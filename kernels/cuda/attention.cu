@@ -3,27 +3,30 @@
 // kernels/cpu/attention.cpp; docs/nala_backward.md derives the gradients.
 //
 // Linear attention, per head (a block per chunk of chunk_tokens(bh, n) tokens and head):
-//   forward   1. linear_key_sums_kernel: per key chunk, sum_j K'_j^T v_j and sum_j phiK_j;
+//   forward   1. linear_feature_sums_kernel<Key>: per key chunk, sum_j K'_j^T v_j and
+//                sum_j phiK_j;
 //             2. SumPartials: S and kbar = (sum over the chunks) / N, in a fixed order;
 //             3. linear_output_kernel: per query, z_i and o_i = z_i Q'_i S.
-//   backward  1. linear_query_backward_kernel: dq, and per query chunk the partial sums of
-//                dS = sum_i z_i Q'_i^T do_i and dkbar = sum_i dden_i phiQ_i;
+//   backward  1a. linear_query_backward_kernel: dq, and per query chunk the partial sum
+//                 dkbar = sum_i dden_i phiQ_i;
+//             1b. linear_feature_sums_kernel<Query>: per query chunk, the partial sum
+//                 dS = sum_i z_i Q'_i^T do_i (the same pass as forward 1, on the queries);
 //             2. SumPartials: dS / N and dkbar / N;
 //             3. linear_key_backward_kernel: dk and dv.
 // Reading q, k, v and writing o once each is the forward's memory floor; both forward passes
-// stream one pair of them.
+// stream one pair of them. The backward reads q and do twice (1a, 1b): splitting dS off the
+// query backward leaves each pass one product and room for four blocks per SM.
 //
 // Softmax attention follows FlashAttention-2: a block per tile of queries runs an online softmax
 // over the tiles of keys; the backward recomputes the probabilities from the saved lse, once in
 // a kernel per key tile (dk, dv) and once in a kernel per query tile (dq), so that every
 // gradient has one writer (no atomics, deterministic).
 //
-// How the linear-attention kernels work on a tile of tokens. The output pass and both backward
-// passes run a team of lanes per token, a lane per pair of columns (pair_lanes): the lanes read
-// q, k, v, sin, cos straight from global memory (consecutive lanes, consecutive pairs: coalesced;
-// a batch of tokens' loads in flight at once), sum over a row by shuffles within the team, and
-// write the features (Q', K') token-major into shared memory. The key sums pass stages its rows
-// in shared memory first (stage_rows, asynchronous copies) and gives each (token, pair) a thread.
+// How the linear-attention kernels work on a tile of tokens. Every pass runs a team of lanes per
+// token, a lane per pair of columns (pair_lanes): the lanes read q, k, v, sin, cos straight from
+// global memory (consecutive lanes, consecutive pairs: coalesced; a batch of tokens' loads in
+// flight at once), sum over a row by shuffles within the team, and write the features (Q', K')
+// token-major into shared memory (the query backward stages do with asynchronous copies).
 // The D x d products then read the feature arrays in either orientation (Operand), on the tensor
 // cores in 3xTF32 for float32 (ProductTiling) and on the FP units in 4 x 4 register blocks for
 // float64; a running sum over the tiles (S, dS) stays in registers (ProductSum). Leading dims are
@@ -583,9 +586,8 @@ __device__ T team_sum(LanesPerRow team, T x) {
   return team_reduce<SumOp<T>>(team, x);
 }
 
-// Tokens per batch of loads in the element-wise passes; the query backward's running dS leaves
-// it room for fewer.
-constexpr int kPairBatch = 4, kQueryBatch = 2;
+// Tokens per batch of loads in the element-wise passes.
+constexpr int kPairBatch = 4;
 
 // One token's values at a lane's pair of columns c, c + 1: a row of x (q or k), optionally the
 // same row of y (do or v), and the token's sin and cos; zeros unless `valid` (past the chunk's
@@ -649,91 +651,115 @@ struct SumPartials {
   }
 };
 
-// Column sums over a tile are spread over the block: thread (g, c) of key_sum_groups(d) x d
-// sums the tokens g, g + groups, ... of column c.
-__host__ __device__ inline int key_sum_groups(int d) { return d < kThreads ? kThreads / d : 1; }
+// The NaLa scale of a token's row, summed over its team (all of the team's lanes call it); the
+// ReLU map needs none.
+template <FeatureMap fm, typename T>
+__device__ QueryScale<T> team_query_scale(LanesPerRow team, const PairRow<T>& r) {
+  if constexpr (fm == FeatureMap::Nala)
+    return query_scale<fm>(team_sum(team, r.x[0] * r.x[0] + r.x[1] * r.x[1]));
+  return query_scale<fm>(T(0));
+}
 
-struct KeySumsLayout {
-  int k, sin, cos, values, rotated, key_sums, size;
-  __host__ __device__ KeySumsLayout(int tile, int d, int width) {
+// Sums of split features over a chunk's tokens, sum_j w_j phi_j (a D vector), are spread over
+// the block's teams: each lane keeps its pair's columns, sums[half][e] at column half d + c + e.
+// Once every token is done, the teams' sums meet in shared memory (team_sums, kThreads /
+// pair_lanes(d) rows of D) and the block writes their total to out.
+template <typename T>
+__device__ void write_team_sums(LanesPerRow team, int d, int width, const T (&sums)[2][2],
+                                T* team_sums, T* out) {
+  const int c = 2 * team.rank(), teams = kThreads / team.lanes;
+  if (c < d)
+    for (int half = 0; half < width / d; ++half)
+      store2(team_sums + threadIdx.x / team.lanes * width + half * d + c, sums[half][0],
+             sums[half][1]);
+  __syncthreads();
+  for (int i = threadIdx.x; i < width; i += blockDim.x) {
+    T sum = 0;
+    for (int t = 0; t < teams; ++t) sum += team_sums[t * width + i];
+    out[i] = sum;
+  }
+}
+
+// Which features a sums pass builds: the keys' K' from kappa (forward pass 1) or the queries' Q'
+// from sigma (backward pass 1b).
+enum class Side { Key, Query };
+
+struct FeatureSumsLayout {
+  int rotated, values, team_sums, size;
+  __host__ __device__ FeatureSumsLayout(int tile, int d, int width) {
     SharedLayout s;
-    k = s.take(tile * d);                          // staged rows, token-major
-    sin = s.take(tile * d);                        // staged rows
-    cos = s.take(tile * d);                        // staged rows
-    values = s.take(tile * k_rows_ld(d));          // staged rows
-    rotated = s.take(tile * k_rows_ld(width));     // K'_j, token-major
-    key_sums = s.take(key_sum_groups(d) * width);  // phiK_j summed per group of tokens
+    rotated = s.take(tile * k_rows_ld(width));             // F_j, token-major
+    values = s.take(tile * k_rows_ld(d));                  // y_j, token-major
+    team_sums = s.take(kThreads / pair_lanes(d) * width);  // write_team_sums
     size = s.size;
   }
 };
 
-// Pass 1: block (chunk, head) writes its chunk's [sum_j K'_j^T v_j (D x d), sum_j phiK_j (D)]
-// to partials (bh, chunks, D d + D). Per tile of keys: stage k, v, sin, cos; a thread per
-// (token, pair) builds K' (consecutive threads on consecutive pairs, token-major); the block
-// adds the tile's K'^T V to its running sum (held in registers) and the column sums of
-// phiK = split(kappa).
-template <typename T, FeatureMap fm>
-__global__ void __launch_bounds__(kThreads)
-    linear_key_sums_kernel(int64_t n, int64_t chunk, int d, int tile, const T* k, const T* v,
-                           const T* sin, const T* cos, T* partials) {
-  const int width = kHalves<fm> * d, ld = d, groups = key_sum_groups(d);
-  const int values_ld = k_rows_ld(d), rotated_ld = k_rows_ld(width);
-  const KeySumsLayout layout(tile, d, width);
+// Block (chunk, head) writes its chunk's sum_j F_j^T y_j (D x d) to partials (bh, chunks, D d + D):
+//   keys    (forward pass 1):     F = K', y_j = v_j, and after it sum_j phiK_j (D);
+//   queries (backward pass 1b):   F = Q', y_j = z_j do_j (the chunk's share of dS; the D after
+//                                 it, dkbar, is the query backward's).
+// Per tile, a team of lanes per token reads x (k or q), y (v or do), sin, cos from global memory
+// a pair per lane, builds F_j (and, for queries, the row's NaLa scale by a team sum) and writes
+// F_j and y_j token-major into shared memory; the block adds F^T Y to its running sum (held in
+// registers, ProductSum), and each lane adds its pair's phiK_j to its own sums.
+template <typename T, FeatureMap fm, Side side>
+__global__ void __launch_bounds__(kThreads, 4)
+    linear_feature_sums_kernel(int64_t n, int64_t chunk, int d, int tile, const T* x, const T* y,
+                               const T* sin, const T* cos, const T* z, T* partials) {
+  const int width = kHalves<fm> * d, half_d = d / 2;
+  const int rotated_ld = k_rows_ld(width), values_ld = k_rows_ld(d);
+  const FeatureSumsLayout layout(tile, d, width);
   T* shared = shared_memory<T>();
-  T* k_s = shared + layout.k;
-  T* sin_s = shared + layout.sin;
-  T* cos_s = shared + layout.cos;
-  T* values = shared + layout.values;
   T* rotated = shared + layout.rotated;
-  T* key_sums = shared + layout.key_sums;
-  for (int i = threadIdx.x; i < groups * width; i += blockDim.x) key_sums[i] = 0;
-  ProductSum<T> kv_sum;
+  T* values = shared + layout.values;
+  const LanesPerRow team{pair_lanes(d)};
+  const int pair = team.rank(), c = 2 * pair;
+  const bool live = pair < half_d;
+  ProductSum<T> sums;
+  T phi_sums[2][2] = {};  // keys: this lane's share of sum_j phiK_j
 
   const int64_t head = blockIdx.y;
   const int64_t first = blockIdx.x * chunk, last = min(n, first + chunk);
   for (int64_t t0 = first; t0 < last; t0 += tile) {
     const int rows = static_cast<int>(min(static_cast<int64_t>(tile), last - t0));
     const int64_t row0 = head * n + t0;
-    stage_rows(tile, rows, d, k + row0 * d, k_s, ld);
-    stage_rows(tile, rows, d, v + row0 * d, values, values_ld);
-    stage_rows(tile, rows, d, sin + t0 * d, sin_s, ld);
-    stage_rows(tile, rows, d, cos + t0 * d, cos_s, ld);
-    finish_staging();
-    __syncthreads();
-    for (GridWalk w(d / 2); w.row < tile; w.next()) {
-      const int j = w.row, c = 2 * w.col;
-      const T kappa0 = key_signed<fm>(k_s[j * ld + c]);
-      const T kappa1 = key_signed<fm>(k_s[j * ld + c + 1]);
+    PairRow<T> in[kPairBatch];
+    T row_scale[kPairBatch];  // 1 (keys) or z_j (queries)
+    const auto load = [&](int j, int b) {
+      in[b] = load_pair_row<T>(live && j < rows, d, c, row0 + j, t0 + j, x, y, sin, cos);
+      row_scale[b] = side == Side::Key ? T(1) : j < rows ? z[row0 + j] : T(0);
+    };
+    for_team_tokens<kPairBatch>(team, tile, load, [&](int j, int b) {
+      const PairRow<T>& r = in[b];
+      T s[2];  // kappa or sigma at this lane's pair
+      if constexpr (side == Side::Key) {
+        for (int e = 0; e < 2; ++e) s[e] = key_signed<fm>(r.x[e]);
+      } else {
+        const QueryScale<T> scale = team_query_scale<fm>(team, r);
+        for (int e = 0; e < 2; ++e) s[e] = query_signed<fm>(r.x[e], scale);
+      }
+      if (!live) return;
+      store2(values + j * values_ld + c, row_scale[b] * r.y[0], row_scale[b] * r.y[1]);
       for (int half = 0; half < kHalves<fm>; ++half) {
+        const T f0 = split_sign(half, s[0]), f1 = split_sign(half, s[1]);
+        if constexpr (side == Side::Key) {
+          phi_sums[half][0] += f0;
+          phi_sums[half][1] += f1;
+        }
         T y0, y1;
-        rotary_pair(split_sign(half, kappa0), split_sign(half, kappa1), sin_s + j * ld + c,
-                    cos_s + j * ld + c, y0, y1);
+        rotary_pair(f0, f1, r.sin, r.cos, y0, y1);
         store2(rotated + j * rotated_ld + half * d + c, y0, y1);
       }
-    }
+    });
     __syncthreads();
-    kv_sum.add(width, d, tile, k_rows(rotated, rotated_ld), k_rows(values, values_ld));
-    for (GridWalk w(d); w.row < groups; w.next()) {
-      T pos = 0, neg = 0;
-      for (int j = w.row; j < tile; j += groups) {
-        const T kappa = key_signed<fm>(k_s[j * ld + w.col]);
-        pos += split_sign(0, kappa);
-        neg += split_sign(1, kappa);
-      }
-      T* sums = key_sums + w.row * width + w.col;
-      sums[0] += pos;
-      if (kHalves<fm> == 2) sums[d] += neg;
-    }
+    sums.add(width, d, tile, k_rows(rotated, rotated_ld), k_rows(values, values_ld));
     __syncthreads();
   }
   T* out = partials + (head * gridDim.x + blockIdx.x) * (width * d + width);
-  kv_sum.hand_out(width, d, tile,
-                  [&](int c, int e, T x0, T x1) { store2(out + c * d + e, x0, x1); });
-  for (int c = threadIdx.x; c < width; c += blockDim.x) {
-    T sum = 0;
-    for (int g = 0; g < groups; ++g) sum += key_sums[g * width + c];
-    out[width * d + c] = sum;
-  }
+  sums.hand_out(width, d, tile, [&](int i, int e, T x0, T x1) { store2(out + i * d + e, x0, x1); });
+  if constexpr (side == Side::Key)
+    write_team_sums(team, d, width, phi_sums, shared + layout.team_sums, out + width * d);
 }
 
 struct OutputLayout {
@@ -814,160 +840,111 @@ __global__ void __launch_bounds__(kThreads)
 // ---- linear attention, backward ----
 
 struct QueryBackwardLayout {
-  int state, kbar, z, zdo, sigma, rotated, drotated, dkbar, size;
+  int state, kbar, z, zdo, drotated, team_sums, size;
   __host__ __device__ QueryBackwardLayout(int tile, int d, int width) {
     SharedLayout s;
-    state = s.take(width * i_rows_ld(d));              // S
-    kbar = s.take(width);                              // mean of phiK
-    z = s.take(tile);                                  // the tile's z_i
-    zdo = s.take(tile * i_rows_ld(d));                 // z_i do_i, token-major
-    sigma = s.take(tile * d);                          // token-major
-    rotated = s.take(tile * k_rows_ld(width));         // Q', token-major
-    drotated = s.take(tile * k_rows_ld(width));        // dQ', token-major
-    dkbar = s.take(kThreads / pair_lanes(d) * width);  // each team's sum of dden_i phiQ_i
+    state = s.take(width * i_rows_ld(d));                  // S
+    kbar = s.take(width);                                  // mean of phiK
+    z = s.take(tile);                                      // the tile's z_i
+    zdo = s.take(tile * i_rows_ld(d));                     // do_i, token-major (staged)
+    drotated = s.take(tile * k_rows_ld(width));            // dQ', token-major
+    team_sums = s.take(kThreads / pair_lanes(d) * width);  // write_team_sums
     size = s.size;
   }
 };
 
-// Backward pass 1 for a chunk of queries of one head: dq, and the chunk's partial sums
-// [dS = sum_i z_i Q'_i^T do_i (D x d), dkbar = sum_i dden_i phiQ_i (D)] into partials. Per tile,
-// a team of lanes per token (pair_lanes) builds Q' and z_i do_i from q, do, sin, cos read from
-// global memory; the block multiplies dQ' = (z do) S^T and adds Q'^T (z do) to the running dS
-// (held in registers, ProductSum); then the teams again, with the row sums as shuffles:
+// Backward pass 1a for a chunk of queries of one head: dq, and the chunk's share of
+// dkbar = sum_i dden_i phiQ_i into its partial (after the D x d of dS, which pass 1b adds). Per
+// tile: stage do; the block multiplies dQ' = (z do) S^T (z applied as the product is written
+// out); then a team of lanes per token reads q, sin, cos from global memory, rebuilds the row's
+// NaLa scale, sigma and Q'_i at its pair, and with row sums as shuffles within the team:
 //   dden_i = -z_i Q'_i . dQ'_i,  dphiQ_i = rho^T(dQ'_i) + dden_i kbar,  dsigma = split^T(dphiQ),
-//   dq through the power, the norm and the direction (sigma kept from the first sweep, the NaLa
-//   scale recomputed from q), and each thread's share of dkbar, kept in registers.
+//   dq through the power, the norm and the direction,
+// each lane adding its pair's dden_i phiQ_i to its share of dkbar. Without dS (pass 1b) the block
+// holds no running sum: its registers and shared memory leave room for four blocks per SM.
 template <typename T, FeatureMap fm>
 __global__ void __launch_bounds__(kThreads, 4)
     linear_query_backward_kernel(int64_t n, int64_t chunk, int d, int tile, const T* q,
                                  const T* sin, const T* cos, const T* state, const T* kbar,
                                  const T* z, const T* dout, T* dq, T* partials) {
   const int width = kHalves<fm> * d, half_d = d / 2;
-  const int state_ld = i_rows_ld(d), zdo_ld = i_rows_ld(d), rotated_ld = k_rows_ld(width);
+  const int state_ld = i_rows_ld(d), zdo_ld = i_rows_ld(d), drotated_ld = k_rows_ld(width);
   const QueryBackwardLayout layout(tile, d, width);
   T* shared = shared_memory<T>();
   T* state_s = shared + layout.state;
   T* kbar_s = shared + layout.kbar;
   T* z_s = shared + layout.z;
   T* zdo = shared + layout.zdo;
-  T* sigma = shared + layout.sigma;
-  T* rotated = shared + layout.rotated;
   T* drotated = shared + layout.drotated;
-  T* dkbar_parts = shared + layout.dkbar;
   const LanesPerRow team{pair_lanes(d)};
-  const int pair = team.rank(), c = 2 * pair, teams = kThreads / team.lanes;
+  const int pair = team.rank(), c = 2 * pair;
   const bool live = pair < half_d;
 
   const int64_t head = blockIdx.y;
   for (GridWalk w(d); w.row < width; w.next())
     state_s[w.row * state_ld + w.col] = state[(head * width + w.row) * d + w.col];
   for (int i = threadIdx.x; i < width; i += blockDim.x) kbar_s[i] = kbar[head * width + i];
-  __syncthreads();
-  ProductSum<T> dstate;
-  T dkbar[2][2] = {};  // this thread's share of dkbar at columns half d + c + e
-
-  // The NaLa scale of a token's row and sigma at this lane's pair.
-  struct Signed {
-    QueryScale<T> scale;
-    T sigma[2];
-  };
-  const auto signed_features = [&](const PairRow<T>& r) {
-    Signed f;
-    f.scale = query_scale<fm>(team_sum(team, r.x[0] * r.x[0] + r.x[1] * r.x[1]));
-    for (int e = 0; e < 2; ++e) f.sigma[e] = query_signed<fm>(r.x[e], f.scale);
-    return f;
-  };
+  T dkbar[2][2] = {};  // this lane's share of dkbar at columns half d + c + e
 
   const int64_t first = blockIdx.x * chunk, last = min(n, first + chunk);
   for (int64_t t0 = first; t0 < last; t0 += tile) {
     const int rows = static_cast<int>(min(static_cast<int64_t>(tile), last - t0));
     const int64_t row0 = head * n + t0;
-    // q, sin, cos (and do, z in the first sweep) of this thread's tokens, a batch at a time.
-    PairRow<T> in[kQueryBatch];
-    T z_in[kQueryBatch];
-    const auto load = [&](bool with_dout) {
-      return [&, with_dout](int j, int b) {
-        in[b] = load_pair_row<T>(live && j < rows, d, c, row0 + j, t0 + j, q,
-                                 with_dout ? dout : nullptr, sin, cos);
-        z_in[b] = j < rows && with_dout ? z[row0 + j] : T(0);
-      };
-    };
-    for_team_tokens<kQueryBatch>(team, tile, load(true), [&](int j, int b) {
-      const PairRow<T>& r = in[b];
-      const Signed f = signed_features(r);
-      if (live) {
-        store2(sigma + j * d + c, f.sigma[0], f.sigma[1]);
-        store2(zdo + j * zdo_ld + c, z_in[b] * r.y[0], z_in[b] * r.y[1]);
-        for (int half = 0; half < kHalves<fm>; ++half) {
-          T y0, y1;
-          rotary_pair(split_sign(half, f.sigma[0]), split_sign(half, f.sigma[1]), r.sin, r.cos, y0,
-                      y1);
-          store2(rotated + j * rotated_ld + half * d + c, y0, y1);
-        }
-      }
-      if (pair == 0) z_s[j] = z_in[b];
-    });
+    stage_rows(tile, rows, d, dout + row0 * d, zdo, zdo_ld);
+    for (int j = threadIdx.x; j < tile; j += blockDim.x) z_s[j] = j < rows ? z[row0 + j] : T(0);
+    finish_staging();
     __syncthreads();
-    // dQ' = (z do) S^T for the tile; the chunk's dS += Q'^T (z do).
+    // dQ' = (z do) S^T for the tile.
     block_product(tile, width, d, i_rows(zdo, zdo_ld), i_rows(state_s, state_ld),
-                  [&](int j, int i, T x0, T x1) { store2(drotated + j * rotated_ld + i, x0, x1); });
-    dstate.add(width, d, tile, k_rows(rotated, rotated_ld), k_rows(zdo, zdo_ld));
+                  [&](int j, int i, T x0, T x1) {
+                    store2(drotated + j * drotated_ld + i, z_s[j] * x0, z_s[j] * x1);
+                  });
     __syncthreads();
-    for_team_tokens<kQueryBatch>(team, tile, load(false), [&](int j, int b) {
+    PairRow<T> in[kPairBatch];
+    const auto load = [&](int j, int b) {
+      in[b] = load_pair_row<T>(live && j < rows, d, c, row0 + j, t0 + j, q, nullptr, sin, cos);
+    };
+    for_team_tokens<kPairBatch>(team, tile, load, [&](int j, int b) {
       const PairRow<T>& r = in[b];
-      Signed f{query_scale<fm>(team_sum(team, r.x[0] * r.x[0] + r.x[1] * r.x[1])), {}};
-      if (live) load2(sigma + j * d + c, f.sigma[0], f.sigma[1]);
-      T dot = 0;
+      const QueryScale<T> scale = team_query_scale<fm>(team, r);
+      T sigma[2], dphi[2][2] = {}, dot = 0;
+      for (int e = 0; e < 2; ++e) sigma[e] = query_signed<fm>(r.x[e], scale);
       if (live)
         for (int half = 0; half < kHalves<fm>; ++half) {
-          const int at = j * rotated_ld + half * d + c;
-          dot += rotated[at] * drotated[at] + rotated[at + 1] * drotated[at + 1];
+          T y0, y1, g0, g1;  // Q' and dQ' at the pair
+          rotary_pair(split_sign(half, sigma[0]), split_sign(half, sigma[1]), r.sin, r.cos, y0, y1);
+          load2(drotated + j * drotated_ld + half * d + c, g0, g1);
+          dot += y0 * g0 + y1 * g1;
+          rotary_pair_transposed(g0, g1, r.sin, r.cos, dphi[half][0], dphi[half][1]);
         }
       const T dden = -z_s[j] * team_sum(team, dot);
-      T dphi[2][2] = {};
-      if (live)
-        for (int half = 0; half < kHalves<fm>; ++half) {
-          const int at = j * rotated_ld + half * d + c;
-          T g0, g1;
-          rotary_pair_transposed(drotated[at], drotated[at + 1], r.sin, r.cos, g0, g1);
-          dphi[half][0] = g0 + dden * kbar_s[half * d + c];
-          dphi[half][1] = g1 + dden * kbar_s[half * d + c + 1];
-        }
       T dsigma[2];
       for (int e = 0; e < 2; ++e) {
-        dsigma[e] = split_signs_backward<fm>(f.sigma[e], dphi[0][e], dphi[1][e]);
-        for (int half = 0; half < kHalves<fm>; ++half)
-          dkbar[half][e] += dden * split_sign(half, f.sigma[e]);
+        if (live)
+          for (int half = 0; half < kHalves<fm>; ++half) {
+            dphi[half][e] += dden * kbar_s[half * d + c + e];
+            dkbar[half][e] += dden * split_sign(half, sigma[e]);
+          }
+        dsigma[e] = split_signs_backward<fm>(sigma[e], dphi[0][e], dphi[1][e]);
       }
       T dnorm = 0;
       if constexpr (fm == FeatureMap::Nala) {
         T power_sum = 0, scale_sum = 0;
         for (int e = 0; e < 2; ++e) {
-          power_sum += norm_power_term(r.x[e], f.sigma[e], dsigma[e], f.scale);
-          scale_sum += dsigma[e] * f.sigma[e];
+          power_sum += norm_power_term(r.x[e], sigma[e], dsigma[e], scale);
+          scale_sum += dsigma[e] * sigma[e];
         }
-        dnorm = query_norm_grad(f.scale, team_sum(team, power_sum), team_sum(team, scale_sum));
+        dnorm = query_norm_grad(scale, team_sum(team, power_sum), team_sum(team, scale_sum));
       }
       if (live && j < rows)
         store2(dq + (row0 + j) * d + c,
-               query_signed_backward<fm>(r.x[0], f.sigma[0], dsigma[0], f.scale, dnorm),
-               query_signed_backward<fm>(r.x[1], f.sigma[1], dsigma[1], f.scale, dnorm));
+               query_signed_backward<fm>(r.x[0], sigma[0], dsigma[0], scale, dnorm),
+               query_signed_backward<fm>(r.x[1], sigma[1], dsigma[1], scale, dnorm));
     });
     __syncthreads();
   }
   T* out = partials + (head * gridDim.x + blockIdx.x) * (width * d + width);
-  dstate.hand_out(width, d, tile,
-                  [&](int i, int e, T x0, T x1) { store2(out + i * d + e, x0, x1); });
-  if (live)
-    for (int half = 0; half < kHalves<fm>; ++half)
-      for (int e = 0; e < 2; ++e)
-        dkbar_parts[threadIdx.x / team.lanes * width + half * d + c + e] = dkbar[half][e];
-  __syncthreads();
-  for (int i = threadIdx.x; i < width; i += blockDim.x) {
-    T sum = 0;
-    for (int t = 0; t < teams; ++t) sum += dkbar_parts[t * width + i];
-    out[width * d + i] = sum;
-  }
+  write_team_sums(team, d, width, dkbar, shared + layout.team_sums, out + width * d);
 }
 
 struct KeyBackwardLayout {
@@ -1078,10 +1055,12 @@ void linear_forward(int64_t bh, int64_t n, int d, const T* q, const T* k, const 
   const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>(bh));
   const char* name = "linear_attention_forward";
 
-  const auto sums_bytes = [&](int tile) { return KeySumsLayout(tile, d, width).size * sizeof(T); };
+  const auto sums_bytes = [&](int tile) {
+    return FeatureSumsLayout(tile, d, width).size * sizeof(T);
+  };
   const int sums_tile = choose_tile(name, 16, sums_bytes);
-  launch(linear_key_sums_kernel<T, fm>, grid, sums_bytes(sums_tile), n, chunk, d, sums_tile, k, v,
-         sin, cos, workspace);
+  launch(linear_feature_sums_kernel<T, fm, Side::Key>, grid, sums_bytes(sums_tile), n, chunk, d,
+         sums_tile, k, v, sin, cos, static_cast<const T*>(nullptr), workspace);
 
   const int64_t matrix_size = int64_t(width) * d;
   for_each_index(bh * (matrix_size + width),
@@ -1110,6 +1089,12 @@ void linear_backward(int64_t bh, int64_t n, int d, const T* q, const T* k, const
   const int query_tile = choose_tile(name, 16, query_bytes);
   launch(linear_query_backward_kernel<T, fm>, grid, query_bytes(query_tile), n, chunk, d,
          query_tile, q, sin, cos, state, kbar, z, dout, dq, workspace);
+  const auto sums_bytes = [&](int tile) {
+    return FeatureSumsLayout(tile, d, width).size * sizeof(T);
+  };
+  const int sums_tile = choose_tile(name, 16, sums_bytes);
+  launch(linear_feature_sums_kernel<T, fm, Side::Query>, grid, sums_bytes(sums_tile), n, chunk, d,
+         sums_tile, q, dout, sin, cos, z, workspace);
 
   // token_grads holds, per head, the D x d matrix dS / N then the D vector dkbar / N.
   for_each_index(bh * partial_size, SumPartials<T>{workspace, chunks, partial_size, 0, T(1) / T(n),
