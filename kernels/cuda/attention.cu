@@ -126,19 +126,19 @@ size_t max_shared_bytes() {
   return bytes;
 }
 
-// The tile (kMaxTile, kMaxTile / 2, ..., 4) for a kernel whose block needs bytes(tile) of shared
-// memory: the largest whose shared memory lets four blocks share an SM, failing that two,
+// The tile (kMaxTile, kMaxTile / 2, ..., smallest) for a kernel whose block needs bytes(tile) of
+// shared memory: the largest whose shared memory lets four blocks share an SM, failing that two,
 // failing that one. Several blocks per SM keep it busy while one waits at a barrier. Tiles of at
 // least `preferred` tokens are tried first for four and two blocks: the linear-attention kernels
 // prefer 16, which keeps their products on the tensor cores (m16 fragments).
 template <typename Bytes>
-int choose_tile(const char* kernel, int preferred, Bytes bytes) {
+int choose_tile(const char* kernel, int preferred, Bytes bytes, int smallest = 4) {
   const size_t limit = max_shared_bytes();
   for (const size_t budget : {limit / 4, limit / 2})
-    for (int tile = kMaxTile; tile >= preferred; tile /= 2)
+    for (int tile = kMaxTile; tile >= std::max(preferred, smallest); tile /= 2)
       if (bytes(tile) <= budget) return tile;
   for (const size_t budget : {limit / 4, limit / 2, limit})
-    for (int tile = kMaxTile; tile >= 4; tile /= 2)
+    for (int tile = kMaxTile; tile >= smallest; tile /= 2)
       if (bytes(tile) <= budget) return tile;
   throw std::invalid_argument(std::string(kernel) +
                               ": head dim too large for the GPU's shared memory");
@@ -293,6 +293,38 @@ __device__ inline void mma_tf32(float* c, const uint32_t (&a)[4], const uint32_t
 #endif
 }
 
+// One step over k (k0 .. k0 + 7) of a 16 x 8 kTiles block of C on the tensor cores: the B
+// fragments of its kTiles m16n8 tiles (columns n0 ...), split once, then multiplied with the A
+// fragment of rows m0 ... m0 + 15 (split in turn) in 3xTF32.
+template <int kTiles>
+struct Fragments {
+  uint32_t b_big[kTiles][2], b_small[kTiles][2];
+
+  __device__ Fragments(Operand<float> b, int n0, int k0) {
+    const int g = threadIdx.x % 32 / 4, t = threadIdx.x % 4;
+#pragma unroll
+    for (int tile = 0; tile < kTiles; ++tile)
+#pragma unroll
+      for (int r = 0; r < 2; ++r)
+        split_tf32(b(n0 + 8 * tile + g, k0 + t + 4 * r), b_big[tile][r], b_small[tile][r]);
+  }
+
+  __device__ void multiply(Operand<float> a, int m0, int k0, float (&acc)[16]) const {
+    const int g = threadIdx.x % 32 / 4, t = threadIdx.x % 4;
+    uint32_t a_big[4], a_small[4];
+#pragma unroll
+    for (int r = 0; r < 4; ++r)
+      split_tf32(a(m0 + g + 8 * (r % 2), k0 + t + 4 * (r / 2)), a_big[r], a_small[r]);
+      // Three sweeps over the tiles, so that consecutive mma's add to different accumulators.
+#pragma unroll
+    for (int tile = 0; tile < kTiles; ++tile) mma_tf32(acc + 4 * tile, a_small, b_big[tile]);
+#pragma unroll
+    for (int tile = 0; tile < kTiles; ++tile) mma_tf32(acc + 4 * tile, a_big, b_small[tile]);
+#pragma unroll
+    for (int tile = 0; tile < kTiles; ++tile) mma_tf32(acc + 4 * tile, a_big, b_big[tile]);
+  }
+};
+
 // Which blocks of C a thread holds and how it computes one (see above). A block has room for 16
 // values: on the tensor cores its m16n8 tiles (four, or one when N % 32 != 0), acc[4 tile + r]
 // their C registers; on the FP units a 4 x 4 block, acc[4 r + c].
@@ -343,27 +375,35 @@ struct ProductTiling {
   template <int kTiles>
   __device__ void accumulate_tf32(int block, Operand<float> a, Operand<float> b,
                                   float (&acc)[16]) const {
-    const int g = threadIdx.x % 32 / 4, t = threadIdx.x % 4;
     const int m0 = 16 * (block / column_blocks()), n0 = 8 * kTiles * (block % column_blocks());
 #pragma unroll 2
     for (int k0 = 0; k0 < K; k0 += 8) {
-      uint32_t a_big[4], a_small[4], b_big[kTiles][2], b_small[kTiles][2];
+      const Fragments<kTiles> f(b, n0, k0);
+      f.multiply(a, m0, k0, acc);
+    }
+  }
+
+  // The blocks a warp holds (w, w + 4, ...) lie in one column of blocks when column_blocks()
+  // divides the warps per block; acc[h] += held block h of A B then loads and splits that
+  // column's B fragments once per step over k for all of them.
+  __device__ bool held_share_columns() const {
+    return tensor_cores && (kThreads / 32) % column_blocks() == 0;
+  }
+  template <int kTiles>
+  __device__ void accumulate_held_tf32(Operand<float> a, Operand<float> b,
+                                       float (&acc)[kHeld][16]) const {
+    int m0[kHeld];
 #pragma unroll
-      for (int r = 0; r < 4; ++r)
-        split_tf32(a(m0 + g + 8 * (r % 2), k0 + t + 4 * (r / 2)), a_big[r], a_small[r]);
+    for (int h = 0; h < kHeld; ++h) {
+      const int block = held(h);
+      m0[h] = block < 0 ? -1 : 16 * (block / column_blocks());
+    }
+    const int n0 = 8 * kTiles * (static_cast<int>(threadIdx.x / 32) % column_blocks());
+    for (int k0 = 0; k0 < K; k0 += 8) {
+      const Fragments<kTiles> f(b, n0, k0);
 #pragma unroll
-      for (int tile = 0; tile < kTiles; ++tile) {
-#pragma unroll
-        for (int r = 0; r < 2; ++r)
-          split_tf32(b(n0 + 8 * tile + g, k0 + t + 4 * r), b_big[tile][r], b_small[tile][r]);
-      }
-      // Three sweeps over the tiles, so that consecutive mma's add to different accumulators.
-#pragma unroll
-      for (int tile = 0; tile < kTiles; ++tile) mma_tf32(acc + 4 * tile, a_small, b_big[tile]);
-#pragma unroll
-      for (int tile = 0; tile < kTiles; ++tile) mma_tf32(acc + 4 * tile, a_big, b_small[tile]);
-#pragma unroll
-      for (int tile = 0; tile < kTiles; ++tile) mma_tf32(acc + 4 * tile, a_big, b_big[tile]);
+      for (int h = 0; h < kHeld; ++h)
+        if (m0[h] >= 0) f.multiply(a, m0[h], k0, acc[h]);
     }
   }
 
@@ -412,6 +452,10 @@ struct ProductSum {
 
   __device__ void add(int M, int N, int K, Operand<T> a, Operand<T> b) {
     const ProductTiling<T> tiling(M, N, K);
+    if constexpr (std::is_same_v<T, float>)
+      if (tiling.held_share_columns())
+        return tiling.tiles == 4 ? tiling.template accumulate_held_tf32<4>(a, b, acc)
+                                 : tiling.template accumulate_held_tf32<1>(a, b, acc);
 #pragma unroll
     for (int h = 0; h < kHeld; ++h) {
       const int block = tiling.held(h);
@@ -581,9 +625,16 @@ __host__ __device__ inline int pair_lanes(int d) {
   return lanes;
 }
 
+// The sum of x over a token's team. Every lane of the warp takes part (for_team_tokens keeps
+// whole warps in step), so the shuffles name the full warp: under a mask known only at run time
+// (team_reduce's), each step compiled to a convergence check around the shuffle, 12
+// instructions instead of 2 (ncu, docs/benchmarks.md).
 template <typename T>
 __device__ T team_sum(LanesPerRow team, T x) {
-  return team_reduce<SumOp<T>>(team, x);
+#pragma unroll
+  for (int offset = kWarpSize / 2; offset > 0; offset /= 2)
+    if (offset < team.lanes) x += __shfl_xor_sync(0xffffffffu, x, offset);
+  return x;
 }
 
 // Tokens per batch of loads in the element-wise passes.
@@ -597,22 +648,37 @@ struct PairRow {
   T x[2] = {}, y[2] = {}, sin[2] = {}, cos[2] = {};
 };
 
+// The rows of a tile (first row row0 of x and y, first token t0 of sin and cos) at a lane's pair
+// c: pointers set once per tile, so that a token's loads cost a 32-bit offset j d each.
 template <typename T>
-__device__ PairRow<T> load_pair_row(bool valid, int d, int c, int64_t row, int64_t token,
-                                    const T* x, const T* y, const T* sin, const T* cos) {
-  PairRow<T> r;
-  if (valid) {
-    load2(x + row * d + c, r.x[0], r.x[1]);
-    if (y != nullptr) load2(y + row * d + c, r.y[0], r.y[1]);
-    load2(sin + token * d + c, r.sin[0], r.sin[1]);
-    load2(cos + token * d + c, r.cos[0], r.cos[1]);
+struct PairRows {
+  const T *x, *y, *sin, *cos;
+  int d;
+  __device__ PairRows(int d, int c, int64_t row0, int64_t t0, const T* x, const T* y, const T* sin,
+                      const T* cos)
+      : x(x + row0 * d + c),
+        y(y != nullptr ? y + row0 * d + c : nullptr),
+        sin(sin + t0 * d + c),
+        cos(cos + t0 * d + c),
+        d(d) {}
+  // Row j of the tile.
+  __device__ PairRow<T> load(bool valid, int j) const {
+    PairRow<T> r;
+    if (valid) {
+      const int at = j * d;
+      load2(x + at, r.x[0], r.x[1]);
+      if (y != nullptr) load2(y + at, r.y[0], r.y[1]);
+      load2(sin + at, r.sin[0], r.sin[1]);
+      load2(cos + at, r.cos[0], r.cos[1]);
+    }
+    return r;
   }
-  return r;
-}
+};
 
 // Runs load(j, b) then body(j, b) for this thread's tokens j < tile, kBatch tokens at a time (b <
 // kBatch): a batch's loads are all issued before the first body waits on them. A team's lanes
-// share j, so body may shuffle within the team.
+// share j, so body may shuffle within the team; with tile a multiple of the teams per block
+// (linear_tile), every team of a warp runs the same steps, so the shuffles span whole warps.
 template <int kBatch, typename Load, typename Body>
 __device__ void for_team_tokens(LanesPerRow team, int tile, Load load, Body body) {
   const int teams = kThreads / team.lanes;
@@ -624,6 +690,13 @@ __device__ void for_team_tokens(LanesPerRow team, int tile, Load load, Body body
     for (int b = 0; b < kBatch; ++b)
       if (j0 + b * teams < tile) body(j0 + b * teams, b);
   }
+}
+
+// The tile of a linear-attention kernel: tiles of 16 tokens preferred (choose_tile), and a
+// multiple of the teams per block (for_team_tokens).
+template <typename Bytes>
+int linear_tile(const char* kernel, int d, Bytes bytes) {
+  return choose_tile(kernel, 16, bytes, kThreads / pair_lanes(d));
 }
 
 // ---- linear attention, forward ----
@@ -724,10 +797,11 @@ __global__ void __launch_bounds__(kThreads, 4)
   for (int64_t t0 = first; t0 < last; t0 += tile) {
     const int rows = static_cast<int>(min(static_cast<int64_t>(tile), last - t0));
     const int64_t row0 = head * n + t0;
+    const PairRows<T> tile_rows(d, c, row0, t0, x, y, sin, cos);
     PairRow<T> in[kPairBatch];
     T row_scale[kPairBatch];  // 1 (keys) or z_j (queries)
     const auto load = [&](int j, int b) {
-      in[b] = load_pair_row<T>(live && j < rows, d, c, row0 + j, t0 + j, x, y, sin, cos);
+      in[b] = tile_rows.load(live && j < rows, j);
       row_scale[b] = side == Side::Key ? T(1) : j < rows ? z[row0 + j] : T(0);
     };
     for_team_tokens<kPairBatch>(team, tile, load, [&](int j, int b) {
@@ -804,10 +878,9 @@ __global__ void __launch_bounds__(kThreads)
   for (int64_t t0 = first; t0 < last; t0 += tile) {
     const int rows = static_cast<int>(min(static_cast<int64_t>(tile), last - t0));
     const int64_t row0 = head * n + t0;
+    const PairRows<T> tile_rows(d, c, row0, t0, q, nullptr, sin, cos);
     PairRow<T> in[kPairBatch];
-    const auto load = [&](int j, int b) {
-      in[b] = load_pair_row<T>(live && j < rows, d, c, row0 + j, t0 + j, q, nullptr, sin, cos);
-    };
+    const auto load = [&](int j, int b) { in[b] = tile_rows.load(live && j < rows, j); };
     for_team_tokens<kPairBatch>(team, tile, load, [&](int j, int b) {
       const PairRow<T>& r = in[b];
       const QueryScale<T> scale =
@@ -900,10 +973,9 @@ __global__ void __launch_bounds__(kThreads, 4)
                     store2(drotated + j * drotated_ld + i, z_s[j] * x0, z_s[j] * x1);
                   });
     __syncthreads();
+    const PairRows<T> tile_rows(d, c, row0, t0, q, nullptr, sin, cos);
     PairRow<T> in[kPairBatch];
-    const auto load = [&](int j, int b) {
-      in[b] = load_pair_row<T>(live && j < rows, d, c, row0 + j, t0 + j, q, nullptr, sin, cos);
-    };
+    const auto load = [&](int j, int b) { in[b] = tile_rows.load(live && j < rows, j); };
     for_team_tokens<kPairBatch>(team, tile, load, [&](int j, int b) {
       const PairRow<T>& r = in[b];
       const QueryScale<T> scale = team_query_scale<fm>(team, r);
@@ -997,14 +1069,13 @@ __global__ void __launch_bounds__(kThreads)
     const int rows = static_cast<int>(min(static_cast<int64_t>(tile), last - t0));
     const int64_t row0 = head * n + t0;
     // k, sin, cos (and v in the first sweep) of this thread's tokens, a batch at a time.
+    const PairRows<T> with_values(d, c, row0, t0, k, v, sin, cos);
+    const PairRows<T> keys_only(d, c, row0, t0, k, nullptr, sin, cos);
     PairRow<T> in[kPairBatch];
-    const auto load = [&](bool with_values) {
-      return [&, with_values](int j, int b) {
-        in[b] = load_pair_row<T>(live && j < rows, d, c, row0 + j, t0 + j, k,
-                                 with_values ? v : nullptr, sin, cos);
-      };
+    const auto load = [&](const PairRows<T>& tile_rows) {
+      return [&](int j, int b) { in[b] = tile_rows.load(live && j < rows, j); };
     };
-    for_team_tokens<kPairBatch>(team, tile, load(true), [&](int j, int b) {
+    for_team_tokens<kPairBatch>(team, tile, load(with_values), [&](int j, int b) {
       const PairRow<T>& r = in[b];
       if (!live) return;
       store2(values + j * values_ld + c, r.y[0], r.y[1]);
@@ -1023,7 +1094,7 @@ __global__ void __launch_bounds__(kThreads)
     block_product(tile, width, d, i_rows(values, values_ld), i_rows(dstate, dstate_ld),
                   [&](int j, int i, T x0, T x1) { store2(drotated + j * rotated_ld + i, x0, x1); });
     __syncthreads();
-    for_team_tokens<kPairBatch>(team, tile, load(false), [&](int j, int b) {
+    for_team_tokens<kPairBatch>(team, tile, load(keys_only), [&](int j, int b) {
       const PairRow<T>& r = in[b];
       if (!live || j >= rows) return;
       T dphi[2][2] = {};
@@ -1058,7 +1129,7 @@ void linear_forward(int64_t bh, int64_t n, int d, const T* q, const T* k, const 
   const auto sums_bytes = [&](int tile) {
     return FeatureSumsLayout(tile, d, width).size * sizeof(T);
   };
-  const int sums_tile = choose_tile(name, 16, sums_bytes);
+  const int sums_tile = linear_tile(name, d, sums_bytes);
   launch(linear_feature_sums_kernel<T, fm, Side::Key>, grid, sums_bytes(sums_tile), n, chunk, d,
          sums_tile, k, v, sin, cos, static_cast<const T*>(nullptr), workspace);
 
@@ -1067,7 +1138,7 @@ void linear_forward(int64_t bh, int64_t n, int d, const T* q, const T* k, const 
                  SumPartials<T>{workspace, chunks, matrix_size, width, T(1) / T(n), state, kbar});
 
   const auto out_bytes = [&](int tile) { return OutputLayout(tile, d, width).size * sizeof(T); };
-  const int out_tile = choose_tile(name, 16, out_bytes);
+  const int out_tile = linear_tile(name, d, out_bytes);
   launch(linear_output_kernel<T, fm>, grid, out_bytes(out_tile), n, chunk, d, out_tile, q, sin, cos,
          state, kbar, o, z);
 }
@@ -1086,13 +1157,13 @@ void linear_backward(int64_t bh, int64_t n, int d, const T* q, const T* k, const
   const auto query_bytes = [&](int tile) {
     return QueryBackwardLayout(tile, d, width).size * sizeof(T);
   };
-  const int query_tile = choose_tile(name, 16, query_bytes);
+  const int query_tile = linear_tile(name, d, query_bytes);
   launch(linear_query_backward_kernel<T, fm>, grid, query_bytes(query_tile), n, chunk, d,
          query_tile, q, sin, cos, state, kbar, z, dout, dq, workspace);
   const auto sums_bytes = [&](int tile) {
     return FeatureSumsLayout(tile, d, width).size * sizeof(T);
   };
-  const int sums_tile = choose_tile(name, 16, sums_bytes);
+  const int sums_tile = linear_tile(name, d, sums_bytes);
   launch(linear_feature_sums_kernel<T, fm, Side::Query>, grid, sums_bytes(sums_tile), n, chunk, d,
          sums_tile, q, dout, sin, cos, z, workspace);
 
@@ -1103,7 +1174,7 @@ void linear_backward(int64_t bh, int64_t n, int d, const T* q, const T* k, const
   const auto key_bytes = [&](int tile) {
     return KeyBackwardLayout(tile, d, width).size * sizeof(T);
   };
-  const int key_tile = choose_tile(name, 16, key_bytes);
+  const int key_tile = linear_tile(name, d, key_bytes);
   launch(linear_key_backward_kernel<T, fm>, grid, key_bytes(key_tile), n, chunk, d, key_tile, k, v,
          sin, cos, token_grads, dk, dv);
 }
