@@ -72,6 +72,7 @@ def main():
     ap.add_argument("--batch", type=int, default=0)
     ap.add_argument("--sides", default="")
     ap.add_argument("--dims", default="32,64")
+    ap.add_argument("--kinds", default="eager,compile,sdpa", help="which of eager, compile, sdpa")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -90,7 +91,7 @@ def main():
             has_sdpa = hasattr(torch.nn.functional, "scaled_dot_product_attention")  # torch >= 2.0
             variants = [("eager", nala), ("compile", compiled), ("sdpa", sdpa if has_sdpa else None)]
             for name, fn in variants:
-                if fn is None or (name == "sdpa" and dev == "cpu" and N > 16384):
+                if name not in args.kinds.split(",") or fn is None or (name == "sdpa" and dev == "cpu" and N > 16384):
                     continue
 
                 def run(backward):

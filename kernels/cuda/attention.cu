@@ -384,10 +384,11 @@ struct ProductTiling {
   }
 
   // The blocks a warp holds (w, w + 4, ...) lie in one column of blocks when column_blocks()
-  // divides the warps per block; acc[h] += held block h of A B then loads and splits that
-  // column's B fragments once per step over k for all of them.
+  // divides the warps per block; when it holds more than one, acc[h] += held block h of A B
+  // then loads and splits that column's B fragments once per step over k for all of them.
   __device__ bool held_share_columns() const {
-    return tensor_cores && (kThreads / 32) % column_blocks() == 0;
+    return tensor_cores && (kThreads / 32) % column_blocks() == 0 &&
+           M / 16 * column_blocks() > kThreads / 32;
   }
   template <int kTiles>
   __device__ void accumulate_held_tf32(Operand<float> a, Operand<float> b,
@@ -399,6 +400,7 @@ struct ProductTiling {
       m0[h] = block < 0 ? -1 : 16 * (block / column_blocks());
     }
     const int n0 = 8 * kTiles * (static_cast<int>(threadIdx.x / 32) % column_blocks());
+#pragma unroll 2
     for (int k0 = 0; k0 < K; k0 += 8) {
       const Fragments<kTiles> f(b, n0, k0);
 #pragma unroll
@@ -574,27 +576,36 @@ __device__ QueryScale<T> query_scale(T sum_of_squares) {
   return s;
 }
 
-// m^p for m >= 0 (p > 0) as 2^(p log2 m): a few instructions where pow takes dozens; m = 0 gives
-// 2^-inf = 0.
+// sigma_c = sign(q_c) m_c^p with m_c = |q_c| / n, and log2 m_c, which the backward's ln m_c
+// reuses (0 for the ReLU map, whose sigma is q). m^p is 2^(p log2 m): a few instructions where
+// pow takes dozens; m = 0 gives 2^-inf = 0.
 template <typename T>
-__device__ T power(T m, T p) {
-  return exp2(p * log2(m));
+struct QuerySigned {
+  T sigma, log2_m;
+};
+
+template <FeatureMap fm, typename T>
+__device__ QuerySigned<T> query_signed_parts(T q, const QueryScale<T>& s) {
+  if constexpr (fm == FeatureMap::Nala) {
+    const T log2_m = log2(fabs(q) * s.inv_norm);
+    return {copysign(exp2(s.power * log2_m), q), log2_m};
+  }
+  return {q, T(0)};
 }
 
 template <FeatureMap fm, typename T>
 __device__ T query_signed(T q, const QueryScale<T>& s) {
-  if constexpr (fm == FeatureMap::Nala) return copysign(power(fabs(q) * s.inv_norm, s.power), q);
-  return q;
+  return query_signed_parts<fm>(q, s).sigma;
 }
 
 // The NaLa query backward (docs/nala_backward.md, step 6), with m_c = |q_c| / n:
 //   A = sum_c dsigma_c sigma_c ln m_c,  B = sum_c dsigma_c sigma_c,
 //   dn = 3 sech^2(n) A - (p / n) B,
 //   dq_c = p dsigma_c sigma_c / q_c + dn q_c / n   (0 where q_c = 0).
-// One element's terms of A.
+// One element's term of A, with ln m_c = ln 2 log2 m_c.
 template <typename T>
-__device__ T norm_power_term(T q, T sigma, T dsigma, const QueryScale<T>& s) {
-  return sigma != 0 ? dsigma * sigma * log(fabs(q) * s.inv_norm) : T(0);
+__device__ T norm_power_term(const QuerySigned<T>& f, T dsigma) {
+  return f.sigma != 0 ? dsigma * f.sigma * (T(0.69314718055994530942) * f.log2_m) : T(0);
 }
 
 // dn of a row from its A and B.
@@ -979,8 +990,12 @@ __global__ void __launch_bounds__(kThreads, 4)
     for_team_tokens<kPairBatch>(team, tile, load, [&](int j, int b) {
       const PairRow<T>& r = in[b];
       const QueryScale<T> scale = team_query_scale<fm>(team, r);
+      QuerySigned<T> f[2];
       T sigma[2], dphi[2][2] = {}, dot = 0;
-      for (int e = 0; e < 2; ++e) sigma[e] = query_signed<fm>(r.x[e], scale);
+      for (int e = 0; e < 2; ++e) {
+        f[e] = query_signed_parts<fm>(r.x[e], scale);
+        sigma[e] = f[e].sigma;
+      }
       if (live)
         for (int half = 0; half < kHalves<fm>; ++half) {
           T y0, y1, g0, g1;  // Q' and dQ' at the pair
@@ -1003,7 +1018,7 @@ __global__ void __launch_bounds__(kThreads, 4)
       if constexpr (fm == FeatureMap::Nala) {
         T power_sum = 0, scale_sum = 0;
         for (int e = 0; e < 2; ++e) {
-          power_sum += norm_power_term(r.x[e], sigma[e], dsigma[e], scale);
+          power_sum += norm_power_term(f[e], dsigma[e]);
           scale_sum += dsigma[e] * sigma[e];
         }
         dnorm = query_norm_grad(scale, team_sum(team, power_sum), team_sum(team, scale_sum));
