@@ -584,10 +584,17 @@ struct QuerySigned {
   T sigma, log2_m;
 };
 
+// log2 for the query map: in float the MUFU.LG2 unit (__log2f: within 2^-22 of log2 m for m in
+// [0.5, 2], 2 ulp elsewhere; m^p then within p ln2 2^-22 < 8e-7 of its value where m >= 0.5, and
+// the smaller m's terms are below 2^-p of the largest), where log2f's accurate series costs
+// about 25 instructions; in double the accurate log2 (the gradient checks run in double).
+__device__ inline float map_log2(float m) { return __log2f(m); }
+__device__ inline double map_log2(double m) { return log2(m); }
+
 template <FeatureMap fm, typename T>
 __device__ QuerySigned<T> query_signed_parts(T q, const QueryScale<T>& s) {
   if constexpr (fm == FeatureMap::Nala) {
-    const T log2_m = log2(fabs(q) * s.inv_norm);
+    const T log2_m = map_log2(fabs(q) * s.inv_norm);
     return {copysign(exp2(s.power * log2_m), q), log2_m};
   }
   return {q, T(0)};
@@ -639,12 +646,15 @@ __host__ __device__ inline int pair_lanes(int d) {
 // The sum of x over a token's team. Every lane of the warp takes part (for_team_tokens keeps
 // whole warps in step), so the shuffles name the full warp: under a mask known only at run time
 // (team_reduce's), each step compiled to a convergence check around the shuffle, 12
-// instructions instead of 2 (ncu, docs/benchmarks.md).
+// instructions instead of 2 (ncu, docs/benchmarks.md). Every step shuffles, and a step past the
+// team's size (its partner in another team) adds nothing: no branch per step.
 template <typename T>
 __device__ T team_sum(LanesPerRow team, T x) {
 #pragma unroll
-  for (int offset = kWarpSize / 2; offset > 0; offset /= 2)
-    if (offset < team.lanes) x += __shfl_xor_sync(0xffffffffu, x, offset);
+  for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
+    const T partner = __shfl_xor_sync(0xffffffffu, x, offset);
+    x += offset < team.lanes ? partner : T(0);
+  }
   return x;
 }
 
