@@ -640,9 +640,7 @@ __device__ T query_signed_backward(T q, T sigma, T dsigma, const QueryScale<T>& 
 // are shuffles within the team (team_reduce) and a thread keeps the same pair from one token to
 // the next. Consecutive lanes read consecutive pairs of a row: global rows load coalesced.
 __host__ __device__ inline int pair_lanes(int d) {
-  int lanes = 1;
-  while (lanes < d / 2) lanes *= 2;
-  return lanes;
+  return static_cast<int>(pow2_at_least(d / 2, kWarpSize));
 }
 
 // The sum of x over a token's team. Every lane of the warp takes part (for_team_tokens keeps

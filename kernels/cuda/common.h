@@ -296,7 +296,7 @@ __global__ void reduce_columns_kernel(int64_t outer, int64_t r, int64_t inner, i
 }
 
 // The smallest power of two >= n, at least 1 and at most `cap` (itself a power of two).
-inline unsigned pow2_at_least(int64_t n, unsigned cap) {
+__host__ __device__ inline unsigned pow2_at_least(int64_t n, unsigned cap) {
   unsigned p = 1;
   while (p < cap && p < n) p *= 2;
   return p;

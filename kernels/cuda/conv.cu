@@ -268,9 +268,7 @@ __global__ void __launch_bounds__(kTiledThreads, kTiledBlocksPerSM)
     depthwise_correlation_kernel(Correlation c, const T* in, const T* w, const T* bias, T* out) {
   const SweepCell cell(c);
   const int plane = static_cast<int>(blockIdx.x) * c.planes_per_block + cell.p;
-  if (cell.p >= c.planes_per_block || plane >= c.planes || cell.x() >= c.out_w ||
-      cell.first_y() >= c.out_h)
-    return;
+  if (plane >= c.planes || cell.x() >= c.out_w || cell.first_y() >= c.out_h) return;
   const int channel = plane - c.by_channels.divide(plane) * c.channels;
   T f[K][K];
 #pragma unroll
@@ -311,6 +309,8 @@ bool plan_correlation(Correlation& c, const Conv2dShape& s) {
   c.tile_w = static_cast<int>(pow2_at_least(c.out_w, kWarpSize));
   c.tile_h = static_cast<int>(pow2_at_least(c.out_h, kTiledThreads * kRowsPerThread / c.tile_w));
   c.rows = std::min(kRowsPerThread, c.tile_h);
+  // The sweep cells of a plane are a power of two, at most kTiledThreads: the planes fill the
+  // block exactly, so each thread's SweepCell::p is one of them.
   c.planes_per_block = kTiledThreads / (c.tile_h / c.rows * c.tile_w);
   c.tiles_w = (c.out_w + c.tile_w - 1) / c.tile_w;
   c.by_channels = FastDivisor(c.channels);
@@ -361,8 +361,7 @@ __global__ void __launch_bounds__(kTiledThreads, kTiledBlocksPerSM)
   const int64_t end_image = min(images, (blockIdx.z + 1) * images_per_split);
   const SweepCell cell(c);
   // Outputs k < valid_rows of this thread's column are inside the image.
-  const int valid_rows =
-      cell.p < c.planes_per_block && cell.x() < c.out_w ? min(c.rows, c.out_h - cell.first_y()) : 0;
+  const int valid_rows = cell.x() < c.out_w ? min(c.rows, c.out_h - cell.first_y()) : 0;
   const int in_x = cell.x() - c.pad_w;
   T sum[K][K] = {};
   for (int64_t n = blockIdx.z * images_per_split + cell.p; valid_rows > 0 && n < end_image;
@@ -510,7 +509,7 @@ bool depthwise_weight_tiled(const Conv2dShape& s, const Geometry& g, const T* x,
       (kWeightGradTargetBlocks + s.channels * tiles - 1) / (s.channels * tiles), 1, groups);
   if (tiles * splits > 1) {
     splits = std::min(splits, kSplitScratchElements / (s.channels * tiles * taps));
-    if (splits < 1 || s.channels > INT_MAX) return false;
+    if (splits < 1) return false;
   }
   const int64_t images_per_split = (groups + splits - 1) / splits * c.planes_per_block;
   splits = (s.batch + images_per_split - 1) / images_per_split;  // none empty
