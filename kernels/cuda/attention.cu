@@ -643,19 +643,11 @@ __host__ __device__ inline int pair_lanes(int d) {
   return static_cast<int>(pow2_at_least(d / 2, kWarpSize));
 }
 
-// The sum of x over a token's team. Every lane of the warp takes part (for_team_tokens keeps
-// whole warps in step), so the shuffles name the full warp: under a mask known only at run time
-// (team_reduce's), each step compiled to a convergence check around the shuffle, 12
-// instructions instead of 2 (ncu, docs/benchmarks.md). Every step shuffles, and a step past the
-// team's size (its partner in another team) adds nothing: no branch per step.
+// The sum of x over a token's team: team_reduce, whose shuffles name the whole warp
+// (for_team_tokens keeps every lane of a warp in step).
 template <typename T>
 __device__ T team_sum(LanesPerRow team, T x) {
-#pragma unroll
-  for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
-    const T partner = __shfl_xor_sync(0xffffffffu, x, offset);
-    x += offset < team.lanes ? partner : T(0);
-  }
-  return x;
+  return team_reduce<SumOp<T>>(team, x);
 }
 
 // Tokens per batch of loads in the element-wise passes.
@@ -1374,11 +1366,11 @@ __global__ void __launch_bounds__(kThreads)
 // D_i = do_i . o_i, a team of threads per row.
 template <typename T, typename Team>
 __global__ void row_dot_kernel(Team team, int64_t rows, int d, const T* a, const T* b, T* out) {
-  for (int64_t row = team.first_row(); row < rows; row += team.row_stride()) {
+  for (TeamRows r(team, rows); r.more(); r.advance()) {
     T sum = 0;
-    for (int c = team.rank(); c < d; c += team.size()) sum += a[row * d + c] * b[row * d + c];
+    for (int c = team.rank(); c < d; c += team.size()) sum += a[r.row * d + c] * b[r.row * d + c];
     sum = team_reduce<SumOp<T>>(team, sum);
-    if (team.rank() == 0) out[row] = sum;
+    if (r.active && team.rank() == 0) out[r.row] = sum;
   }
 }
 

@@ -123,11 +123,13 @@ __device__ T block_reduce(T v) {
 }
 
 // ---- one team of threads per row ----
-// A row kernel takes a team and loops
-//   for (int64_t row = team.first_row(); row < rows; row += team.row_stride())
+// A row kernel takes a team and loops over its rows with TeamRows (below),
+//   for (TeamRows r(team, rows); r.more(); r.advance()) ... r.row ... if (r.active) store ...
 // with thread team.rank() of team.size() visiting columns rank, rank + size, ..., and combining
-// across the team with team_reduce. The loop bounds are uniform across a team, so every thread
-// of a team reaches the same team_reduce calls.
+// across the team with team_reduce. The loop runs in step across a whole warp, so every lane of
+// a warp reaches the same team_reduce calls and the shuffles can name the full warp: with a
+// mask known only at run time, each shuffle step compiled to a convergence check around it
+// (about 12 instructions instead of 2; ncu, docs/benchmarks.md).
 
 // A group of `lanes` consecutive lanes of a warp per row (lanes a power of two, at most 32): for
 // rows of up to kWarpRowMaxCols elements. Short rows take fewer lanes, so that a warp works on
@@ -147,11 +149,8 @@ struct LanesPerRow {
   __device__ int64_t row_stride() const {
     return (static_cast<int64_t>(gridDim.x) * blockDim.x) >> lanes_log2;
   }
-  // The group's lanes within the warp, for shuffles that stay inside it.
-  __device__ unsigned mask() const {
-    const unsigned group = lanes == kWarpSize ? 0xffffffffu : (1u << lanes) - 1;
-    return group << (threadIdx.x % kWarpSize & ~(lanes - 1));
-  }
+  // This team's row minus its warp's first team's row.
+  __device__ int offset_in_warp() const { return (threadIdx.x % kWarpSize) >> lanes_log2; }
 };
 
 // A block per row: for long rows.
@@ -161,14 +160,47 @@ struct BlockPerRow {
   __device__ int size() const { return blockDim.x; }
   __device__ int64_t first_row() const { return blockIdx.x; }
   __device__ int64_t row_stride() const { return gridDim.x; }
+  __device__ int offset_in_warp() const { return 0; }
 };
 
-// Butterfly shuffles over the group: lane offsets below `lanes` never leave it.
+// A team's rows, first_row(), first_row() + row_stride(), ..., while its warp's first team has
+// one: a team past the last row (rows not a multiple of the teams in a warp) runs the last row
+// again with active false, computing but not storing, so that its warp stays in step.
+template <typename Team>
+struct TeamRows {
+  int64_t next, rows, stride;
+  int warp_offset;
+  int64_t row;  // the row to work on: the team's own, or the last one when not active
+  bool active;
+  __device__ TeamRows(Team team, int64_t num_rows)
+      : next(team.first_row()),
+        rows(num_rows),
+        stride(team.row_stride()),
+        warp_offset(team.offset_in_warp()) {
+    settle();
+  }
+  __device__ bool more() const { return next - warp_offset < rows; }
+  __device__ void advance() {
+    next += stride;
+    settle();
+  }
+  __device__ void settle() {
+    active = next < rows;
+    row = active ? next : rows - 1;
+  }
+};
+
+// Butterfly shuffles over the whole warp, which runs in step (TeamRows, or the attention
+// kernels' for_team_tokens): at each offset every lane shuffles, and a lane combines the value
+// only when the offset stays within its team (offsets below `lanes` never leave it), so there
+// is no branch per step.
 template <typename Op, typename T>
 __device__ T team_reduce(LanesPerRow team, T v) {
-  const unsigned mask = team.mask();
-  for (int offset = team.lanes / 2; offset > 0; offset /= 2)
-    v = Op::combine(v, __shfl_xor_sync(mask, v, offset));
+#pragma unroll
+  for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
+    const T partner = __shfl_xor_sync(0xffffffffu, v, offset);
+    v = offset < team.lanes ? Op::combine(v, partner) : v;
+  }
   return v;
 }
 
@@ -252,13 +284,13 @@ struct ReduceChunkSerially {
 template <typename Op, typename T, typename Team, typename Value>
 __global__ void reduce_rows_kernel(Team team, int64_t outer, int64_t r, int64_t chunk,
                                    int64_t splits, Value value, T* out) {
-  for (int64_t row = team.first_row(); row < outer * splits; row += team.row_stride()) {
-    const Chunk c = chunk_of_row(row, r, chunk, splits);
+  for (TeamRows rows(team, outer * splits); rows.more(); rows.advance()) {
+    const Chunk c = chunk_of_row(rows.row, r, chunk, splits);
     T acc = Op::identity();
     for (int64_t k = c.begin + team.rank(); k < c.end; k += team.size())
       acc = Op::combine(acc, value(c.o, k, 0));
     acc = team_reduce<Op>(team, acc);
-    if (team.rank() == 0) out[row] = acc;
+    if (rows.active && team.rank() == 0) out[rows.row] = acc;
   }
 }
 

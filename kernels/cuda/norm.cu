@@ -43,7 +43,8 @@ __global__ void __launch_bounds__(Team::kBlockThreads, 1024 / Team::kBlockThread
     layer_norm_forward_kernel(Team team, int64_t rows, int64_t cols, const T* x, const T* gamma,
                               const T* beta, T eps, T* y, T* mean, T* rstd) {
   const int rank = team.rank(), lanes = team.size();
-  for (int64_t row = team.first_row(); row < rows; row += team.row_stride()) {
+  for (TeamRows r(team, rows); r.more(); r.advance()) {
+    const int64_t row = r.row;
     const T* x_row = x + row * cols;
     T* y_row = y + row * cols;
     T held[kHeld > 0 ? kHeld : 1];
@@ -74,6 +75,7 @@ __global__ void __launch_bounds__(Team::kBlockThreads, 1024 / Team::kBlockThread
     }
     const T var = team_reduce<SumOp<T>>(team, squares) / T(cols);
     const T row_rstd = T(1) / sqrt(var + eps);
+    if (!r.active) continue;
     if constexpr (kHeld > 0) {
 #pragma unroll
       for (int k = 0; k < kHeld; ++k) {
@@ -98,7 +100,8 @@ template <typename T, typename Team>
 __global__ void layer_norm_backward_dx_kernel(Team team, int64_t rows, int64_t cols, const T* x,
                                               const T* dy, const T* gamma, const T* mean,
                                               const T* rstd, T* dx) {
-  for (int64_t row = team.first_row(); row < rows; row += team.row_stride()) {
+  for (TeamRows r(team, rows); r.more(); r.advance()) {
+    const int64_t row = r.row;
     const T* x_row = x + row * cols;
     const T* dy_row = dy + row * cols;
     T* dx_row = dx + row * cols;
@@ -112,6 +115,7 @@ __global__ void layer_norm_backward_dx_kernel(Team team, int64_t rows, int64_t c
     }
     const T mean_g = team_reduce<SumOp<T>>(team, sum_g) / T(cols);
     const T mean_g_xhat = team_reduce<SumOp<T>>(team, sum_g_xhat) / T(cols);
+    if (!r.active) continue;
     for (int64_t c = team.rank(); c < cols; c += team.size()) {
       const T xhat = (x_row[c] - row_mean) * row_rstd;
       const T g = dy_row[c] * scale_at(gamma, c);
@@ -141,7 +145,8 @@ __global__ void __launch_bounds__(kFusedThreads, 1024 / kFusedThreads)
   __shared__ T team_sums[2][kFusedThreads * kHeldColumnsPerLane];
   const int rank = team.rank(), lanes = team.size();
   T dgamma[kHeldColumnsPerLane] = {}, dbeta[kHeldColumnsPerLane] = {};
-  for (int64_t row = team.first_row(); row < rows; row += team.row_stride()) {
+  for (TeamRows r(team, rows); r.more(); r.advance()) {
+    const int64_t row = r.row;
     const T row_mean = mean[row], row_rstd = rstd[row];
     T xhat[kHeldColumnsPerLane], g[kHeldColumnsPerLane];
     T sum_g = T(0), sum_g_xhat = T(0);
@@ -154,11 +159,14 @@ __global__ void __launch_bounds__(kFusedThreads, 1024 / kFusedThreads)
       g[k] = grad * scale_at(gamma, c);
       sum_g += g[k];
       sum_g_xhat += g[k] * xhat[k];
-      dgamma[k] += grad * xhat[k];
-      dbeta[k] += grad;
+      if (r.active) {  // a team past the last row must not count it twice
+        dgamma[k] += grad * xhat[k];
+        dbeta[k] += grad;
+      }
     }
     const T mean_g = team_reduce<SumOp<T>>(team, sum_g) / T(cols);
     const T mean_g_xhat = team_reduce<SumOp<T>>(team, sum_g_xhat) / T(cols);
+    if (!r.active) continue;
 #pragma unroll
     for (int k = 0; k < kHeldColumnsPerLane; ++k) {
       const int c = rank + k * lanes;

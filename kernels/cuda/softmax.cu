@@ -30,14 +30,15 @@ __device__ MaxAndSumExp<T> row_max_and_sum_exp(Team team, int64_t cols, const T*
 template <typename T, typename Team>
 __global__ void softmax_forward_kernel(Team team, int64_t rows, int64_t cols, const T* x, T* y,
                                        bool log_softmax) {
-  for (int64_t row = team.first_row(); row < rows; row += team.row_stride()) {
-    const T* x_row = x + row * cols;
-    T* y_row = y + row * cols;
+  for (TeamRows r(team, rows); r.more(); r.advance()) {
+    const T* x_row = x + r.row * cols;
+    T* y_row = y + r.row * cols;
     const MaxAndSumExp<T> stats = row_max_and_sum_exp(team, cols, x_row);
     const T log_sum = log(stats.sum_exp);
-    for (int64_t c = team.rank(); c < cols; c += team.size())
-      y_row[c] = log_softmax ? (x_row[c] - stats.max) - log_sum
-                             : exp(x_row[c] - stats.max) / stats.sum_exp;
+    if (r.active)
+      for (int64_t c = team.rank(); c < cols; c += team.size())
+        y_row[c] = log_softmax ? (x_row[c] - stats.max) - log_sum
+                               : exp(x_row[c] - stats.max) / stats.sum_exp;
   }
 }
 
@@ -46,16 +47,17 @@ __global__ void softmax_forward_kernel(Team team, int64_t rows, int64_t cols, co
 template <typename T, typename Team>
 __global__ void softmax_backward_kernel(Team team, int64_t rows, int64_t cols, const T* y,
                                         const T* dy, T* dx, bool log_softmax) {
-  for (int64_t row = team.first_row(); row < rows; row += team.row_stride()) {
-    const T* y_row = y + row * cols;
-    const T* dy_row = dy + row * cols;
-    T* dx_row = dx + row * cols;
+  for (TeamRows r(team, rows); r.more(); r.advance()) {
+    const T* y_row = y + r.row * cols;
+    const T* dy_row = dy + r.row * cols;
+    T* dx_row = dx + r.row * cols;
     T sum = T(0);
     for (int64_t c = team.rank(); c < cols; c += team.size())
       sum += log_softmax ? dy_row[c] : dy_row[c] * y_row[c];
     sum = team_reduce<SumOp<T>>(team, sum);
-    for (int64_t c = team.rank(); c < cols; c += team.size())
-      dx_row[c] = log_softmax ? dy_row[c] - exp(y_row[c]) * sum : y_row[c] * (dy_row[c] - sum);
+    if (r.active)
+      for (int64_t c = team.rank(); c < cols; c += team.size())
+        dx_row[c] = log_softmax ? dy_row[c] - exp(y_row[c]) * sum : y_row[c] * (dy_row[c] - sum);
   }
 }
 
@@ -72,18 +74,19 @@ template <typename T, typename Team>
 __global__ void cross_entropy_forward_kernel(Team team, int64_t rows, int64_t classes,
                                              const T* logits, const int64_t* labels, T smoothing,
                                              T* loss, T* lse) {
-  for (int64_t row = team.first_row(); row < rows; row += team.row_stride()) {
-    const T* x_row = logits + row * classes;
+  for (TeamRows r(team, rows); r.more(); r.advance()) {
+    const T* x_row = logits + r.row * classes;
     const MaxAndSumExp<T> stats = row_max_and_sum_exp(team, classes, x_row);
     const T row_lse = stats.max + log(stats.sum_exp);
     T sum = T(0);
     for (int64_t c = team.rank(); c < classes; c += team.size()) sum += x_row[c];
     sum = team_reduce<SumOp<T>>(team, sum);
-    if (team.rank() == 0) {
-      const int64_t label = labels[row];
+    if (r.active && team.rank() == 0) {
+      const int64_t label = labels[r.row];
       const bool valid = label >= 0 && label < classes;
-      lse[row] = row_lse;
-      loss[row] = valid ? row_lse - (T(1) - smoothing) * x_row[label] - smoothing / T(classes) * sum
+      lse[r.row] = row_lse;
+      loss[r.row] = valid
+                        ? row_lse - (T(1) - smoothing) * x_row[label] - smoothing / T(classes) * sum
                         : T(NAN);
     }
   }
@@ -94,7 +97,9 @@ template <typename T, typename Team>
 __global__ void cross_entropy_backward_kernel(Team team, int64_t rows, int64_t classes,
                                               const T* logits, const int64_t* labels, T smoothing,
                                               const T* lse, const T* dloss, T* dlogits) {
-  for (int64_t row = team.first_row(); row < rows; row += team.row_stride()) {
+  for (TeamRows r(team, rows); r.more(); r.advance()) {
+    if (!r.active) continue;
+    const int64_t row = r.row;
     const T* x_row = logits + row * classes;
     T* dx_row = dlogits + row * classes;
     const int64_t label = labels[row];
