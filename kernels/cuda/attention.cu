@@ -334,11 +334,12 @@ struct ProductTiling {
   bool tensor_cores;
   int tiles;  // m16n8 tiles per block on the tensor cores: 4, or 1 when N % 32 != 0
 
-  __device__ ProductTiling(int m, int n, int k)
+  // blocks_held: how many blocks a thread may hold (ProductSum's registers).
+  __device__ ProductTiling(int m, int n, int k, int blocks_held = kHeld)
       : M(m), N(n), K(k), tensor_cores(false), tiles(n % 32 == 0 ? 4 : 1) {
 #if __CUDA_ARCH__ >= 800
     tensor_cores = std::is_same_v<T, float> && M % 16 == 0 && N % 8 == 0 && K % 8 == 0 &&
-                   M / 16 * (N / (8 * tiles)) <= kHeld * (kThreads / 32);
+                   M / 16 * (N / (8 * tiles)) <= blocks_held * (kThreads / 32);
 #endif
   }
   __device__ int column_blocks() const { return tensor_cores ? N / (8 * tiles) : N / 4; }
@@ -390,12 +391,12 @@ struct ProductTiling {
     return tensor_cores && (kThreads / 32) % column_blocks() == 0 &&
            M / 16 * column_blocks() > kThreads / 32;
   }
-  template <int kTiles>
+  template <int kTiles, int kBlocks>
   __device__ void accumulate_held_tf32(Operand<float> a, Operand<float> b,
-                                       float (&acc)[kHeld][16]) const {
-    int m0[kHeld];
+                                       float (&acc)[kBlocks][16]) const {
+    int m0[kBlocks];
 #pragma unroll
-    for (int h = 0; h < kHeld; ++h) {
+    for (int h = 0; h < kBlocks; ++h) {
       const int block = held(h);
       m0[h] = block < 0 ? -1 : 16 * (block / column_blocks());
     }
@@ -404,7 +405,7 @@ struct ProductTiling {
     for (int k0 = 0; k0 < K; k0 += 8) {
       const Fragments<kTiles> f(b, n0, k0);
 #pragma unroll
-      for (int h = 0; h < kHeld; ++h)
+      for (int h = 0; h < kBlocks; ++h)
         if (m0[h] >= 0) f.multiply(a, m0[h], k0, acc[h]);
     }
   }
@@ -447,19 +448,20 @@ __device__ void block_product(int M, int N, int K, Operand<T> a, Operand<T> b, E
 }
 
 // A running sum C += A B over tiles of the summed index (the same M x N each time), its blocks
-// held in registers from one tile to the next.
-template <typename T>
+// held in registers from one tile to the next: kBlocks per thread, so M N <= kBlocks 16 kThreads
+// (sums_blocks_held).
+template <typename T, int kBlocks>
 struct ProductSum {
-  T acc[kHeld][16] = {};
+  T acc[kBlocks][16] = {};
 
   __device__ void add(int M, int N, int K, Operand<T> a, Operand<T> b) {
-    const ProductTiling<T> tiling(M, N, K);
+    const ProductTiling<T> tiling(M, N, K, kBlocks);
     if constexpr (std::is_same_v<T, float>)
       if (tiling.held_share_columns())
         return tiling.tiles == 4 ? tiling.template accumulate_held_tf32<4>(a, b, acc)
                                  : tiling.template accumulate_held_tf32<1>(a, b, acc);
 #pragma unroll
-    for (int h = 0; h < kHeld; ++h) {
+    for (int h = 0; h < kBlocks; ++h) {
       const int block = tiling.held(h);
       if (block < 0) break;
       tiling.accumulate(block, a, b, acc[h]);
@@ -468,9 +470,9 @@ struct ProductSum {
 
   template <typename Epilogue>
   __device__ void hand_out(int M, int N, int K, Epilogue epilogue) const {
-    const ProductTiling<T> tiling(M, N, K);
+    const ProductTiling<T> tiling(M, N, K, kBlocks);
 #pragma unroll
-    for (int h = 0; h < kHeld; ++h) {
+    for (int h = 0; h < kBlocks; ++h) {
       const int block = tiling.held(h);
       if (block < 0) break;
       tiling.hand_out(block, acc[h], epilogue);
@@ -789,8 +791,8 @@ struct FeatureSumsLayout {
 // a pair per lane, builds F_j (and, for queries, the row's NaLa scale by a team sum) and writes
 // F_j and y_j token-major into shared memory; the block adds F^T Y to its running sum (held in
 // registers, ProductSum), and each lane adds its pair's phiK_j to its own sums.
-template <typename T, FeatureMap fm, Side side>
-__global__ void __launch_bounds__(kThreads, 4)
+template <typename T, FeatureMap fm, Side side, int kBlocks>
+__global__ void __launch_bounds__(kThreads, kBlocks == 1 ? 6 : 4)
     linear_feature_sums_kernel(int64_t n, int64_t chunk, int d, int tile, const T* x, const T* y,
                                const T* sin, const T* cos, const T* z, T* partials) {
   const int width = kHalves<fm> * d, half_d = d / 2;
@@ -802,7 +804,7 @@ __global__ void __launch_bounds__(kThreads, 4)
   const LanesPerRow team{pair_lanes(d)};
   const int pair = team.rank(), c = 2 * pair;
   const bool live = pair < half_d;
-  ProductSum<T> sums;
+  ProductSum<T, kBlocks> sums;
   T phi_sums[2][2] = {};  // keys: this lane's share of sum_j phiK_j
 
   const int64_t head = blockIdx.y;
@@ -1135,6 +1137,26 @@ __global__ void __launch_bounds__(kThreads)
 
 // ---- linear attention: host side ----
 
+// The feature-sums pass (forward pass 1, backward pass 1b) over x (k or q) and y (v or do), z
+// for queries. Its running sum takes one block of 16 values per thread when D d <= 16 kThreads
+// (d <= 32 for NaLa, 45 for ReLU): half the registers of four held blocks, so that eight blocks
+// share an SM instead of four.
+template <typename T, FeatureMap fm, Side side>
+void feature_sums(const char* name, int64_t bh, int64_t n, int d, const T* x, const T* y,
+                  const T* sin, const T* cos, const T* z, T* partials) {
+  const int width = kHalves<fm> * d;
+  const dim3 grid(static_cast<unsigned>(num_chunks(bh, n)), static_cast<unsigned>(bh));
+  const auto bytes = [&](int tile) { return FeatureSumsLayout(tile, d, width).size * sizeof(T); };
+  const int tile = linear_tile(name, d, bytes);
+  const int64_t chunk = chunk_tokens(bh, n);
+  if (width * d <= 16 * kThreads)
+    launch(linear_feature_sums_kernel<T, fm, side, 1>, grid, bytes(tile), n, chunk, d, tile, x, y,
+           sin, cos, z, partials);
+  else
+    launch(linear_feature_sums_kernel<T, fm, side, kHeld>, grid, bytes(tile), n, chunk, d, tile, x,
+           y, sin, cos, z, partials);
+}
+
 template <typename T, FeatureMap fm>
 void linear_forward(int64_t bh, int64_t n, int d, const T* q, const T* k, const T* v, const T* sin,
                     const T* cos, T* o, T* state, T* kbar, T* z, T* workspace) {
@@ -1143,12 +1165,7 @@ void linear_forward(int64_t bh, int64_t n, int d, const T* q, const T* k, const 
   const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>(bh));
   const char* name = "linear_attention_forward";
 
-  const auto sums_bytes = [&](int tile) {
-    return FeatureSumsLayout(tile, d, width).size * sizeof(T);
-  };
-  const int sums_tile = linear_tile(name, d, sums_bytes);
-  launch(linear_feature_sums_kernel<T, fm, Side::Key>, grid, sums_bytes(sums_tile), n, chunk, d,
-         sums_tile, k, v, sin, cos, static_cast<const T*>(nullptr), workspace);
+  feature_sums<T, fm, Side::Key>(name, bh, n, d, k, v, sin, cos, nullptr, workspace);
 
   const int64_t matrix_size = int64_t(width) * d;
   for_each_index(bh * (matrix_size + width),
@@ -1177,12 +1194,7 @@ void linear_backward(int64_t bh, int64_t n, int d, const T* q, const T* k, const
   const int query_tile = linear_tile(name, d, query_bytes);
   launch(linear_query_backward_kernel<T, fm>, grid, query_bytes(query_tile), n, chunk, d,
          query_tile, q, sin, cos, state, kbar, z, dout, dq, workspace);
-  const auto sums_bytes = [&](int tile) {
-    return FeatureSumsLayout(tile, d, width).size * sizeof(T);
-  };
-  const int sums_tile = linear_tile(name, d, sums_bytes);
-  launch(linear_feature_sums_kernel<T, fm, Side::Query>, grid, sums_bytes(sums_tile), n, chunk, d,
-         sums_tile, q, dout, sin, cos, z, workspace);
+  feature_sums<T, fm, Side::Query>(name, bh, n, d, q, dout, sin, cos, z, workspace);
 
   // token_grads holds, per head, the D x d matrix dS / N then the D vector dkbar / N.
   for_each_index(bh * partial_size, SumPartials<T>{workspace, chunks, partial_size, 0, T(1) / T(n),
