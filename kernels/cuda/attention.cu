@@ -949,9 +949,10 @@ struct QueryBackwardLayout {
 //   dden_i = -z_i Q'_i . dQ'_i,  dphiQ_i = rho^T(dQ'_i) + dden_i kbar,  dsigma = split^T(dphiQ),
 //   dq through the power, the norm and the direction,
 // each lane adding its pair's dden_i phiQ_i to its share of dkbar. Without dS (pass 1b) the block
-// holds no running sum: its registers and shared memory leave room for four blocks per SM.
+// holds no running sum: its registers and shared memory leave room for four blocks per SM at
+// d = 64, five at d <= 32 (at most 102 registers).
 template <typename T, FeatureMap fm>
-__global__ void __launch_bounds__(kThreads, 4)
+__global__ void __launch_bounds__(kThreads, 5)
     linear_query_backward_kernel(int64_t n, int64_t chunk, int d, int tile, const T* q,
                                  const T* sin, const T* cos, const T* state, const T* kbar,
                                  const T* z, const T* dout, T* dq, T* partials) {
