@@ -27,6 +27,34 @@ TEST_CASE("matmul matches a triple loop, batched and broadcast") {
   }
 }
 
+TEST_CASE("matmul over several k blocks, with transposed operands, matches a triple loop") {
+  // k = 1000 passes the CPU GEMM's k block (384 floats, 192 doubles) several times; m = 37 and
+  // n = 45 end in partial register panels (12 rows, 32 columns); transposed views (.t()) reach
+  // the GEMM as transposed operands, read in place.
+  const int64_t m = 37, k = 1000, n = 45;
+  for (DType dtype : {DType::Float64, DType::Float32})
+    for (bool trans_a : {false, true})
+      for (bool trans_b : {false, true}) {
+        CAPTURE(int(dtype));
+        CAPTURE(trans_a);
+        CAPTURE(trans_b);
+        Tensor a = trans_a ? random_tensor({k, m}, 7, dtype).t() : random_tensor({m, k}, 7, dtype);
+        Tensor b = trans_b ? random_tensor({n, k}, 8, dtype).t() : random_tensor({k, n}, 8, dtype);
+        std::vector<double> av = a.contiguous().to(DType::Float64).to_vector<double>(),
+                            bv = b.contiguous().to(DType::Float64).to_vector<double>(),
+                            ref(m * n, 0.0);
+        for (int64_t i = 0; i < m; ++i)
+          for (int64_t j = 0; j < n; ++j)
+            for (int64_t p = 0; p < k; ++p) ref[i * n + j] += av[i * k + p] * bv[p * n + j];
+        // Against the result's largest magnitude (about 100 here): float32 sums of 1000 products
+        // round by about sqrt(1000) 2^-24 |partial sum| ~ 1e-5 absolute, under 1e-7 of it; an
+        // indexing bug is off by O(1).
+        CHECK(test::scaled_max_diff(matmul(a, b).to(DType::Float64),
+                                    from_vector(ref, {m, n}, TensorOptions{DType::Float64})) <
+              (dtype == DType::Float64 ? 1e-14 : 1e-6));
+      }
+}
+
 TEST_CASE("linear is x W^T + b") {
   Tensor x = random_tensor({4, 3}, 3, DType::Float64), w = random_tensor({2, 3}, 4, DType::Float64);
   Tensor b = random_tensor({2}, 5, DType::Float64);
