@@ -122,6 +122,29 @@ __device__ T block_reduce(T v) {
   return warp_reduce<Op>(lane < num_warps ? partials[lane] : Op::identity());
 }
 
+// The sums over a 1-d block of kThreads threads (a multiple of 32) of each of kCount values a
+// thread holds, v[i]; store(i, total) for each i, called once, by thread i % kThreads. Each warp
+// sums its lanes' values by shuffles, then the warps' partials are added in warp order: one
+// barrier for all kCount values, where kCount block_reduce calls would take two each. All
+// threads of the block must call it.
+template <int kThreads, int kCount, typename T, typename Store>
+__device__ void block_sum_each(const T (&v)[kCount], Store store) {
+  constexpr int kWarps = kThreads / kWarpSize;
+  __shared__ T warp_sums[kWarps][kCount];
+  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
+#pragma unroll
+  for (int i = 0; i < kCount; ++i) {
+    const T warp_sum = warp_reduce<SumOp<T>>(v[i]);
+    if (lane == 0) warp_sums[warp][i] = warp_sum;
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < kCount; i += kThreads) {
+    T total = T(0);
+    for (int w = 0; w < kWarps; ++w) total += warp_sums[w][i];
+    store(i, total);
+  }
+}
+
 // ---- one team of threads per row ----
 // A row kernel takes a team and loops over its rows with TeamRows (below),
 //   for (TeamRows r(team, rows); r.more(); r.advance()) ... r.row ... if (r.active) store ...

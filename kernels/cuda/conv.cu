@@ -379,27 +379,13 @@ __global__ void __launch_bounds__(kTiledThreads, kTiledBlocksPerSM)
                       for (int j = 0; j < K; ++j) sum[i][j] += grad[k] * in_row[j];
                     });
   }
-  // Each tap's sum over the block: over a warp's lanes by shuffles, then over the warps in warp
-  // order (one barrier for all taps, not one block_reduce each).
-  __shared__ T warp_sums[kTiledThreads / kWarpSize][K * K];
-  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
-#pragma unroll
-  for (int i = 0; i < K; ++i)
-#pragma unroll
-    for (int j = 0; j < K; ++j) {
-      const T warp_sum = warp_reduce<SumOp<T>>(sum[i][j]);
-      if (lane == 0) warp_sums[warp][i * K + j] = warp_sum;
-    }
-  __syncthreads();
-  // partials[c][tile][split][tap], or dw itself when there is one tile and one split.
+  // Each tap's sum over the block, to partials[c][tile][split][tap], or dw itself when there is
+  // one tile and one split.
   T* out =
       partials +
       ((static_cast<int64_t>(channel) * gridDim.y + blockIdx.y) * gridDim.z + blockIdx.z) * K * K;
-  for (int tap = threadIdx.x; tap < K * K; tap += blockDim.x) {
-    T total = T(0);
-    for (int v = 0; v < kTiledThreads / kWarpSize; ++v) total += warp_sums[v][tap];
-    out[tap] = total;
-  }
+  block_sum_each<kTiledThreads>(reinterpret_cast<const T(&)[K * K]>(sum),
+                                [&](int tap, T total) { out[tap] = total; });
 }
 
 // Other strides and filters (depthwise_backward_weight_kernel): block (c, tile, split) handles
@@ -452,16 +438,13 @@ __global__ void __launch_bounds__(kWeightGradThreads)
       }
     }
   }
-  // out is dw (one split) or the partials (c, split, tap).
-#pragma unroll
-  for (int a = 0; a < kWindow; ++a)
-#pragma unroll
-    for (int b = 0; b < kWindow; ++b) {
-      if (i0 + a >= g.kernel_h || j0 + b >= g.kernel_w) continue;  // uniform across the block
-      const T total = block_reduce<SumOp<T>>(sum[a][b]);
-      if (threadIdx.x == 0)
-        out[(c * sp.splits + split) * g.taps() + (i0 + a) * g.kernel_w + j0 + b] = total;
-    }
+  // Each tap of the window inside the filter, to dw (one split) or the partials (c, split, tap).
+  block_sum_each<kWeightGradThreads>(
+      reinterpret_cast<const T(&)[kWindow * kWindow]>(sum), [&](int tap, T total) {
+        const int a = tap / kWindow, b = tap % kWindow;
+        if (i0 + a < g.kernel_h && j0 + b < g.kernel_w)
+          out[(c * sp.splits + split) * g.taps() + (i0 + a) * g.kernel_w + j0 + b] = total;
+      });
 }
 
 }  // namespace
