@@ -9,6 +9,7 @@
 #include "kernels/cpu/vector_math.h"
 #include "kernels/kernels.h"
 #include "kernels/random.h"
+#include "kernels/unary_ops.h"
 
 namespace nala::kernels::cpu {
 
@@ -151,150 +152,64 @@ void random_normal(int64_t n, uint64_t seed, uint64_t offset, T mean, T std, T* 
 }
 
 // ---- unary ----
-
-template <typename T>
-static inline T sigmoid_of(T x) {
-  return T(1) / (T(1) + std::exp(-x));
-}
-
-constexpr double kSqrt2OverPi = 0.7978845608028654;  // sqrt(2 / pi)
-constexpr double kInvSqrt2 = 0.7071067811865476;     // 1 / sqrt(2)
-constexpr double kInvSqrt2Pi = 0.3989422804014327;   // 1 / sqrt(2 pi)
+// The ops themselves are kernels/unary_ops.h; CpuMath gives them their special functions.
 
 // GELU's Phi(x) = (1 + erf(x / sqrt 2)) / 2 in float through vector_math.h: with z = |x| / sqrt 2,
 //   1 + erf(x / sqrt 2) = x >= 0 ? 2 - erfc(z) : erfc(z),
 // erfc taken at z >= 0 only, so neither branch cancels: within 1.1e-7 relative, about two float
 // ulps, and the loop over the elements vectorises (std::erf is a call per element, which made
 // GELU the slowest CPU op). Double keeps std::erf (gradcheck's precision).
-static inline float gelu_phi(float x) {
-  const double erfc_z = erfc_nonnegative(std::abs(static_cast<double>(x)) * kInvSqrt2);
+static inline float gelu_cdf(float x) {
+  const double erfc_z = erfc_nonnegative(std::abs(static_cast<double>(x)) * unary::kInvSqrt2);
   return static_cast<float>(0.5 * (x >= 0 ? 2 - erfc_z : erfc_z));
 }
-static inline double gelu_phi(double x) { return 0.5 * (1 + std::erf(x * kInvSqrt2)); }
+static inline double gelu_cdf(double x) { return 0.5 * (1 + std::erf(x * unary::kInvSqrt2)); }
 
 // GELU's phi(x) = e^(-x^2 / 2) / sqrt(2 pi), the same way.
 static inline float gelu_density(float x) {
   const double xd = x;
-  return static_cast<float>(kInvSqrt2Pi * exp_branchless(-0.5 * xd * xd));
+  return static_cast<float>(unary::kInvSqrt2Pi * exp_branchless(-0.5 * xd * xd));
 }
-static inline double gelu_density(double x) { return kInvSqrt2Pi * std::exp(-0.5 * x * x); }
+static inline double gelu_density(double x) { return unary::kInvSqrt2Pi * std::exp(-0.5 * x * x); }
 
-// Each op as a functor, value f(x) and derivative f'(x) given x and y = f(x) side by side (the
-// same functors as kernels/cuda/elementwise.cu), chosen once per call by visit_unary_op so that
-// each op's loop is its own and vectorises where its function allows.
-template <typename T>
-struct Neg {
-  static T value(T x) { return -x; }
-  static T derivative(T, T) { return T(-1); }
-};
-
-template <typename T>
-struct Exp {
-  static T value(T x) { return std::exp(x); }
-  static T derivative(T, T y) { return y; }  // (e^x)' = e^x
-};
-
-template <typename T>
-struct Log {
-  static T value(T x) { return std::log(x); }
-  static T derivative(T x, T) { return T(1) / x; }
-};
-
-template <typename T>
-struct Sqrt {
-  static T value(T x) { return std::sqrt(x); }
-  static T derivative(T, T y) { return T(0.5) / y; }  // 1 / (2 sqrt x)
-};
-
-// d|x| = sign(x), 0 at 0
-template <typename T>
-struct Abs {
-  static T value(T x) { return std::abs(x); }
-  static T derivative(T x, T) { return x > T(0) ? T(1) : (x < T(0) ? T(-1) : T(0)); }
-};
-
-template <typename T>
-struct Tanh {
-  static T value(T x) { return std::tanh(x); }
-  static T derivative(T, T y) { return T(1) - y * y; }
-};
-
-template <typename T>
-struct Sigmoid {
-  static T value(T x) { return sigmoid_of(x); }
-  static T derivative(T, T y) { return y * (T(1) - y); }  // s' = s (1 - s)
-};
-
-// NaN stays NaN, as on CUDA; the derivative is 0 at 0.
-template <typename T>
-struct Relu {
-  static T value(T x) { return x > T(0) || x != x ? x : T(0); }
-  static T derivative(T x, T) { return x > T(0) ? T(1) : T(0); }
-};
-
-// f = x/2 (1 + t),  t = tanh u,  u = sqrt(2/pi) (x + 0.044715 x^3)
-// f' = (1 + t)/2 + x/2 (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2)
-template <typename T>
-struct GeluTanh {
-  static T tanh_u(T x) { return std::tanh(T(kSqrt2OverPi) * (x + T(0.044715) * x * x * x)); }
-  static T value(T x) { return T(0.5) * x * (T(1) + tanh_u(x)); }
-  static T derivative(T x, T) {
-    const T t = tanh_u(x);
-    return T(0.5) * (T(1) + t) +
-           T(0.5) * x * (T(1) - t * t) * T(kSqrt2OverPi) * (T(1) + T(3 * 0.044715) * x * x);
+struct CpuMath {
+  template <typename T>
+  static T exp(T x) {
+    return std::exp(x);
+  }
+  template <typename T>
+  static T log(T x) {
+    return std::log(x);
+  }
+  template <typename T>
+  static T sqrt(T x) {
+    return std::sqrt(x);
+  }
+  template <typename T>
+  static T abs(T x) {
+    return std::abs(x);
+  }
+  template <typename T>
+  static T tanh(T x) {
+    return std::tanh(x);
+  }
+  template <typename T>
+  static T sigmoid(T x) {
+    return T(1) / (T(1) + std::exp(-x));
+  }
+  template <typename T>
+  static T gelu_cdf(T x) {
+    return nala::kernels::cpu::gelu_cdf(x);
+  }
+  template <typename T>
+  static T gelu_density(T x) {
+    return nala::kernels::cpu::gelu_density(x);
   }
 };
-
-// f = x Phi(x),  f' = Phi(x) + x phi(x)
-template <typename T>
-struct GeluErf {
-  static T value(T x) { return x * gelu_phi(x); }
-  static T derivative(T x, T) { return gelu_phi(x) + x * gelu_density(x); }
-};
-
-// f = x s,  s = sigmoid(x);  f' = s (1 + x (1 - s))
-template <typename T>
-struct Silu {
-  static T value(T x) { return x * sigmoid_of(x); }
-  static T derivative(T x, T) {
-    const T s = sigmoid_of(x);
-    return s * (T(1) + x * (T(1) - s));
-  }
-};
-
-// Calls visit(Op<T>{}) with the functor of `op`.
-template <typename T, typename Visit>
-static void visit_unary_op(UnaryOp op, Visit visit) {
-  switch (op) {
-    case UnaryOp::Neg:
-      return visit(Neg<T>{});
-    case UnaryOp::Exp:
-      return visit(Exp<T>{});
-    case UnaryOp::Log:
-      return visit(Log<T>{});
-    case UnaryOp::Sqrt:
-      return visit(Sqrt<T>{});
-    case UnaryOp::Abs:
-      return visit(Abs<T>{});
-    case UnaryOp::Tanh:
-      return visit(Tanh<T>{});
-    case UnaryOp::Sigmoid:
-      return visit(Sigmoid<T>{});
-    case UnaryOp::Relu:
-      return visit(Relu<T>{});
-    case UnaryOp::GeluTanh:
-      return visit(GeluTanh<T>{});
-    case UnaryOp::GeluErf:
-      return visit(GeluErf<T>{});
-    case UnaryOp::Silu:
-      return visit(Silu<T>{});
-  }
-  throw std::invalid_argument("unary op: unknown UnaryOp");
-}
 
 template <typename T>
 void unary_forward(UnaryOp op, int64_t n, const T* x, T* y) {
-  visit_unary_op<T>(op, [&](auto f) {
+  unary::visit_unary_op<T, CpuMath>(op, [&](auto f) {
 #pragma omp parallel for if (n > kParallelGrain)
     for (int64_t i = 0; i < n; ++i) y[i] = f.value(x[i]);
   });
@@ -302,7 +217,7 @@ void unary_forward(UnaryOp op, int64_t n, const T* x, T* y) {
 
 template <typename T>
 void unary_backward(UnaryOp op, int64_t n, const T* x, const T* y, const T* dy, T* dx) {
-  visit_unary_op<T>(op, [&](auto f) {
+  unary::visit_unary_op<T, CpuMath>(op, [&](auto f) {
 #pragma omp parallel for if (n > kParallelGrain)
     for (int64_t i = 0; i < n; ++i) dx[i] = dy[i] * f.derivative(x[i], y[i]);
   });

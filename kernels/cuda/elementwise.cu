@@ -7,6 +7,7 @@
 #include "kernels/cuda/common.h"
 #include "kernels/kernels.h"
 #include "kernels/random.h"
+#include "kernels/unary_ops.h"
 
 namespace nala::kernels::cuda {
 
@@ -121,129 +122,42 @@ struct RandomNormal {
   }
 };
 
-// ---- unary ops: value(x) = f(x) and derivative(x, y) = f'(x), given y = f(x) ----
+// ---- unary ops: the functors of kernels/unary_ops.h with the device library's functions ----
 
-constexpr double kSqrt2OverPi = 0.79788456080286535588;  // sqrt(2 / pi)
-constexpr double kInvSqrt2 = 0.70710678118654752440;     // 1 / sqrt(2)
-constexpr double kInvSqrt2Pi = 0.39894228040143267794;   // 1 / sqrt(2 pi)
-constexpr double kGeluCubic = 0.044715;
-
-template <typename T>
-struct Neg {
-  __device__ static T value(T x) { return -x; }
-  __device__ static T derivative(T, T) { return T(-1); }
-};
-
-template <typename T>
-struct Exp {
-  __device__ static T value(T x) { return exp(x); }
-  __device__ static T derivative(T, T y) { return y; }
-};
-
-template <typename T>
-struct Log {
-  __device__ static T value(T x) { return log(x); }
-  __device__ static T derivative(T x, T) { return T(1) / x; }
-};
-
-// d sqrt(x) = 1 / (2 sqrt(x))
-template <typename T>
-struct Sqrt {
-  __device__ static T value(T x) { return sqrt(x); }
-  __device__ static T derivative(T, T y) { return T(0.5) / y; }
-};
-
-// d|x| = sign(x), 0 at 0
-template <typename T>
-struct Abs {
-  __device__ static T value(T x) { return fabs(x); }
-  __device__ static T derivative(T x, T) { return T((x > T(0)) - (x < T(0))); }
-};
-
-template <typename T>
-struct Tanh {
-  __device__ static T value(T x) { return tanh(x); }
-  __device__ static T derivative(T, T y) { return T(1) - y * y; }
-};
-
-template <typename T>
-struct Sigmoid {
-  __device__ static T value(T x) { return T(1) / (T(1) + exp(-x)); }
-  __device__ static T derivative(T, T y) { return y * (T(1) - y); }
-};
-
-// max(x, 0) written x < 0 ? 0 : x so that NaN passes through; the derivative is 0 at 0.
-template <typename T>
-struct Relu {
-  __device__ static T value(T x) { return x < T(0) ? T(0) : x; }
-  __device__ static T derivative(T x, T) { return x > T(0) ? T(1) : T(0); }
-};
-
-// f = x/2 (1 + t),  t = tanh u,  u = sqrt(2/pi) (x + 0.044715 x^3)
-// f' = (1 + t)/2 + x/2 (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2)
-template <typename T>
-struct GeluTanh {
-  __device__ static T tanh_u(T x) {
-    return tanh(T(kSqrt2OverPi) * (x + T(kGeluCubic) * x * x * x));
+struct DeviceMath {
+  template <typename T>
+  __host__ __device__ static T exp(T x) {
+    return ::exp(x);
   }
-  __device__ static T value(T x) { return T(0.5) * x * (T(1) + tanh_u(x)); }
-  __device__ static T derivative(T x, T) {
-    const T t = tanh_u(x);
-    const T du_dx = T(kSqrt2OverPi) * (T(1) + T(3 * kGeluCubic) * x * x);
-    return T(0.5) * (T(1) + t) + T(0.5) * x * (T(1) - t * t) * du_dx;
+  template <typename T>
+  __host__ __device__ static T log(T x) {
+    return ::log(x);
+  }
+  template <typename T>
+  __host__ __device__ static T sqrt(T x) {
+    return ::sqrt(x);
+  }
+  template <typename T>
+  __host__ __device__ static T abs(T x) {
+    return ::fabs(x);
+  }
+  template <typename T>
+  __host__ __device__ static T tanh(T x) {
+    return ::tanh(x);
+  }
+  template <typename T>
+  __host__ __device__ static T sigmoid(T x) {
+    return T(1) / (T(1) + ::exp(-x));
+  }
+  template <typename T>
+  __host__ __device__ static T gelu_cdf(T x) {
+    return T(0.5) * (T(1) + ::erf(x * T(unary::kInvSqrt2)));
+  }
+  template <typename T>
+  __host__ __device__ static T gelu_density(T x) {
+    return T(unary::kInvSqrt2Pi) * ::exp(T(-0.5) * x * x);
   }
 };
-
-// f = x Phi(x),  Phi(x) = (1 + erf(x / sqrt 2)) / 2
-// f' = Phi(x) + x phi(x),  phi(x) = e^(-x^2/2) / sqrt(2 pi)
-template <typename T>
-struct GeluErf {
-  __device__ static T cdf(T x) { return T(0.5) * (T(1) + erf(x * T(kInvSqrt2))); }
-  __device__ static T value(T x) { return x * cdf(x); }
-  __device__ static T derivative(T x, T) {
-    return cdf(x) + x * T(kInvSqrt2Pi) * exp(T(-0.5) * x * x);
-  }
-};
-
-// f = x s,  s = sigmoid(x);  f' = s (1 + x (1 - s))
-template <typename T>
-struct Silu {
-  __device__ static T value(T x) { return x / (T(1) + exp(-x)); }
-  __device__ static T derivative(T x, T) {
-    const T s = T(1) / (T(1) + exp(-x));
-    return s * (T(1) + x * (T(1) - s));
-  }
-};
-
-// Calls visit(Op<T>{}) with the functor of `op`.
-template <typename T, typename Visit>
-void visit_unary_op(UnaryOp op, Visit visit) {
-  switch (op) {
-    case UnaryOp::Neg:
-      return visit(Neg<T>{});
-    case UnaryOp::Exp:
-      return visit(Exp<T>{});
-    case UnaryOp::Log:
-      return visit(Log<T>{});
-    case UnaryOp::Sqrt:
-      return visit(Sqrt<T>{});
-    case UnaryOp::Abs:
-      return visit(Abs<T>{});
-    case UnaryOp::Tanh:
-      return visit(Tanh<T>{});
-    case UnaryOp::Sigmoid:
-      return visit(Sigmoid<T>{});
-    case UnaryOp::Relu:
-      return visit(Relu<T>{});
-    case UnaryOp::GeluTanh:
-      return visit(GeluTanh<T>{});
-    case UnaryOp::GeluErf:
-      return visit(GeluErf<T>{});
-    case UnaryOp::Silu:
-      return visit(Silu<T>{});
-  }
-  throw std::invalid_argument("unary op: unknown UnaryOp");
-}
 
 template <typename T, typename Op>
 struct UnaryForward {
@@ -390,12 +304,14 @@ void random_normal(int64_t n, uint64_t seed, uint64_t offset, T mean, T std, T* 
 
 template <typename T>
 void unary_forward(UnaryOp op, int64_t n, const T* x, T* y) {
-  visit_unary_op<T>(op, [&](auto f) { for_each_index(n, UnaryForward<T, decltype(f)>{x, y}); });
+  unary::visit_unary_op<T, DeviceMath>(op, [&](auto f) {
+    for_each_index(n, UnaryForward<T, decltype(f)>{x, y});
+  });
 }
 
 template <typename T>
 void unary_backward(UnaryOp op, int64_t n, const T* x, const T* y, const T* dy, T* dx) {
-  visit_unary_op<T>(op, [&](auto f) {
+  unary::visit_unary_op<T, DeviceMath>(op, [&](auto f) {
     for_each_index(n, UnaryBackward<T, decltype(f)>{x, y, dy, dx});
   });
 }

@@ -1,0 +1,141 @@
+// The unary ops, each written once for both backends (PyTorch's derivatives.yaml in miniature):
+// a functor with the value f(x) and the derivative f'(x) given x and y = f(x) side by side.
+// visit_unary_op chooses one per call, so that each op's loop is its own (it vectorises on the
+// CPU where the function allows). The special functions come from the backend's Math: the CPU's
+// (kernels/cpu/elementwise.cpp) has branch-free float paths that vectorise, the CUDA one
+// (kernels/cuda/elementwise.cu) the device library; the formulas stay here.
+//   Math::exp, log, sqrt, abs, tanh, sigmoid (1 / (1 + e^-x)),
+//   Math::gelu_cdf (Phi(x) = (1 + erf(x / sqrt 2)) / 2), gelu_density (phi(x) = e^(-x^2/2) / sqrt(2
+//   pi))
+#pragma once
+
+#include <stdexcept>
+
+#include "kernels/host_device.h"
+#include "kernels/kernels.h"
+
+namespace nala::kernels::unary {
+
+constexpr double kSqrt2OverPi = 0.79788456080286535588;  // sqrt(2 / pi)
+constexpr double kInvSqrt2 = 0.70710678118654752440;     // 1 / sqrt(2)
+constexpr double kInvSqrt2Pi = 0.39894228040143267794;   // 1 / sqrt(2 pi)
+constexpr double kGeluCubic = 0.044715;                  // GELU's tanh approximation
+
+template <typename T, typename Math>
+struct Neg {
+  NALA_HOST_DEVICE static T value(T x) { return -x; }
+  NALA_HOST_DEVICE static T derivative(T, T) { return T(-1); }
+};
+
+// (e^x)' = e^x
+template <typename T, typename Math>
+struct Exp {
+  NALA_HOST_DEVICE static T value(T x) { return Math::exp(x); }
+  NALA_HOST_DEVICE static T derivative(T, T y) { return y; }
+};
+
+template <typename T, typename Math>
+struct Log {
+  NALA_HOST_DEVICE static T value(T x) { return Math::log(x); }
+  NALA_HOST_DEVICE static T derivative(T x, T) { return T(1) / x; }
+};
+
+// (sqrt x)' = 1 / (2 sqrt x)
+template <typename T, typename Math>
+struct Sqrt {
+  NALA_HOST_DEVICE static T value(T x) { return Math::sqrt(x); }
+  NALA_HOST_DEVICE static T derivative(T, T y) { return T(0.5) / y; }
+};
+
+// |x|' = sign(x), 0 at 0
+template <typename T, typename Math>
+struct Abs {
+  NALA_HOST_DEVICE static T value(T x) { return Math::abs(x); }
+  NALA_HOST_DEVICE static T derivative(T x, T) { return T((x > T(0)) - (x < T(0))); }
+};
+
+template <typename T, typename Math>
+struct Tanh {
+  NALA_HOST_DEVICE static T value(T x) { return Math::tanh(x); }
+  NALA_HOST_DEVICE static T derivative(T, T y) { return T(1) - y * y; }
+};
+
+// s' = s (1 - s)
+template <typename T, typename Math>
+struct Sigmoid {
+  NALA_HOST_DEVICE static T value(T x) { return Math::sigmoid(x); }
+  NALA_HOST_DEVICE static T derivative(T, T y) { return y * (T(1) - y); }
+};
+
+// max(x, 0) written x < 0 ? 0 : x so that NaN passes through; the derivative is 0 at 0.
+template <typename T, typename Math>
+struct Relu {
+  NALA_HOST_DEVICE static T value(T x) { return x < T(0) ? T(0) : x; }
+  NALA_HOST_DEVICE static T derivative(T x, T) { return x > T(0) ? T(1) : T(0); }
+};
+
+// f = x/2 (1 + t),  t = tanh u,  u = sqrt(2/pi) (x + 0.044715 x^3)
+// f' = (1 + t)/2 + x/2 (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2)
+template <typename T, typename Math>
+struct GeluTanh {
+  NALA_HOST_DEVICE static T tanh_u(T x) {
+    return Math::tanh(T(kSqrt2OverPi) * (x + T(kGeluCubic) * x * x * x));
+  }
+  NALA_HOST_DEVICE static T value(T x) { return T(0.5) * x * (T(1) + tanh_u(x)); }
+  NALA_HOST_DEVICE static T derivative(T x, T) {
+    const T t = tanh_u(x);
+    const T du_dx = T(kSqrt2OverPi) * (T(1) + T(3 * kGeluCubic) * x * x);
+    return T(0.5) * (T(1) + t) + T(0.5) * x * (T(1) - t * t) * du_dx;
+  }
+};
+
+// f = x Phi(x),  f' = Phi(x) + x phi(x)
+template <typename T, typename Math>
+struct GeluErf {
+  NALA_HOST_DEVICE static T value(T x) { return x * Math::gelu_cdf(x); }
+  NALA_HOST_DEVICE static T derivative(T x, T) {
+    return Math::gelu_cdf(x) + x * Math::gelu_density(x);
+  }
+};
+
+// f = x s,  s = sigmoid(x);  f' = s (1 + x (1 - s))
+template <typename T, typename Math>
+struct Silu {
+  NALA_HOST_DEVICE static T value(T x) { return x * Math::sigmoid(x); }
+  NALA_HOST_DEVICE static T derivative(T x, T) {
+    const T s = Math::sigmoid(x);
+    return s * (T(1) + x * (T(1) - s));
+  }
+};
+
+// Calls visit(Op<T, Math>{}) with the functor of `op` (on the host).
+template <typename T, typename Math, typename Visit>
+void visit_unary_op(UnaryOp op, Visit visit) {
+  switch (op) {
+    case UnaryOp::Neg:
+      return visit(Neg<T, Math>{});
+    case UnaryOp::Exp:
+      return visit(Exp<T, Math>{});
+    case UnaryOp::Log:
+      return visit(Log<T, Math>{});
+    case UnaryOp::Sqrt:
+      return visit(Sqrt<T, Math>{});
+    case UnaryOp::Abs:
+      return visit(Abs<T, Math>{});
+    case UnaryOp::Tanh:
+      return visit(Tanh<T, Math>{});
+    case UnaryOp::Sigmoid:
+      return visit(Sigmoid<T, Math>{});
+    case UnaryOp::Relu:
+      return visit(Relu<T, Math>{});
+    case UnaryOp::GeluTanh:
+      return visit(GeluTanh<T, Math>{});
+    case UnaryOp::GeluErf:
+      return visit(GeluErf<T, Math>{});
+    case UnaryOp::Silu:
+      return visit(Silu<T, Math>{});
+  }
+  throw std::invalid_argument("unary op: unknown UnaryOp");
+}
+
+}  // namespace nala::kernels::unary
