@@ -1,14 +1,15 @@
 // The unary ops, each written once for both backends (PyTorch's derivatives.yaml in miniature):
 // a functor with the value f(x) and the derivative f'(x) given x and y = f(x) side by side.
 // visit_unary_op chooses one per call, so that each op's loop is its own (it vectorises on the
-// CPU where the function allows). The special functions come from the backend's Math: the CPU's
-// (kernels/cpu/elementwise.cpp) has branch-free float paths that vectorise, the CUDA one
-// (kernels/cuda/elementwise.cu) the device library; the formulas stay here.
-//   Math::exp, log, sqrt, abs, tanh, sigmoid (1 / (1 + e^-x)),
-//   Math::gelu_cdf (Phi(x) = (1 + erf(x / sqrt 2)) / 2), gelu_density (phi(x) = e^(-x^2/2) / sqrt(2
-//   pi))
+// CPU where the function allows). The elementary functions are std's, which CUDA provides in
+// device code too; GELU's Phi and phi come from the backend's Math, because the CPU computes them
+// in float by branch-free series that vectorise (kernels/cpu/elementwise.cpp) and CUDA by the
+// device library (kernels/cuda/elementwise.cu):
+//   Math::gelu_cdf(x) = Phi(x) = (1 + erf(x / sqrt 2)) / 2,
+//   Math::gelu_density(x) = phi(x) = e^(-x^2/2) / sqrt(2 pi).
 #pragma once
 
+#include <cmath>
 #include <stdexcept>
 
 #include "kernels/host_device.h"
@@ -21,6 +22,12 @@ constexpr double kInvSqrt2 = 0.70710678118654752440;     // 1 / sqrt(2)
 constexpr double kInvSqrt2Pi = 0.39894228040143267794;   // 1 / sqrt(2 pi)
 constexpr double kGeluCubic = 0.044715;                  // GELU's tanh approximation
 
+// 1 / (1 + e^-x)
+template <typename T>
+NALA_HOST_DEVICE T sigmoid(T x) {
+  return T(1) / (T(1) + std::exp(-x));
+}
+
 template <typename T, typename Math>
 struct Neg {
   NALA_HOST_DEVICE static T value(T x) { return -x; }
@@ -30,40 +37,40 @@ struct Neg {
 // (e^x)' = e^x
 template <typename T, typename Math>
 struct Exp {
-  NALA_HOST_DEVICE static T value(T x) { return Math::exp(x); }
+  NALA_HOST_DEVICE static T value(T x) { return std::exp(x); }
   NALA_HOST_DEVICE static T derivative(T, T y) { return y; }
 };
 
 template <typename T, typename Math>
 struct Log {
-  NALA_HOST_DEVICE static T value(T x) { return Math::log(x); }
+  NALA_HOST_DEVICE static T value(T x) { return std::log(x); }
   NALA_HOST_DEVICE static T derivative(T x, T) { return T(1) / x; }
 };
 
 // (sqrt x)' = 1 / (2 sqrt x)
 template <typename T, typename Math>
 struct Sqrt {
-  NALA_HOST_DEVICE static T value(T x) { return Math::sqrt(x); }
+  NALA_HOST_DEVICE static T value(T x) { return std::sqrt(x); }
   NALA_HOST_DEVICE static T derivative(T, T y) { return T(0.5) / y; }
 };
 
 // |x|' = sign(x), 0 at 0
 template <typename T, typename Math>
 struct Abs {
-  NALA_HOST_DEVICE static T value(T x) { return Math::abs(x); }
+  NALA_HOST_DEVICE static T value(T x) { return std::abs(x); }
   NALA_HOST_DEVICE static T derivative(T x, T) { return T((x > T(0)) - (x < T(0))); }
 };
 
 template <typename T, typename Math>
 struct Tanh {
-  NALA_HOST_DEVICE static T value(T x) { return Math::tanh(x); }
+  NALA_HOST_DEVICE static T value(T x) { return std::tanh(x); }
   NALA_HOST_DEVICE static T derivative(T, T y) { return T(1) - y * y; }
 };
 
 // s' = s (1 - s)
 template <typename T, typename Math>
 struct Sigmoid {
-  NALA_HOST_DEVICE static T value(T x) { return Math::sigmoid(x); }
+  NALA_HOST_DEVICE static T value(T x) { return sigmoid(x); }
   NALA_HOST_DEVICE static T derivative(T, T y) { return y * (T(1) - y); }
 };
 
@@ -79,7 +86,7 @@ struct Relu {
 template <typename T, typename Math>
 struct GeluTanh {
   NALA_HOST_DEVICE static T tanh_u(T x) {
-    return Math::tanh(T(kSqrt2OverPi) * (x + T(kGeluCubic) * x * x * x));
+    return std::tanh(T(kSqrt2OverPi) * (x + T(kGeluCubic) * x * x * x));
   }
   NALA_HOST_DEVICE static T value(T x) { return T(0.5) * x * (T(1) + tanh_u(x)); }
   NALA_HOST_DEVICE static T derivative(T x, T) {
@@ -98,12 +105,12 @@ struct GeluErf {
   }
 };
 
-// f = x s,  s = sigmoid(x);  f' = s (1 + x (1 - s))
+// f = x s = x / (1 + e^-x),  s = sigmoid(x);  f' = s (1 + x (1 - s))
 template <typename T, typename Math>
 struct Silu {
-  NALA_HOST_DEVICE static T value(T x) { return x * Math::sigmoid(x); }
+  NALA_HOST_DEVICE static T value(T x) { return x / (T(1) + std::exp(-x)); }
   NALA_HOST_DEVICE static T derivative(T x, T) {
-    const T s = Math::sigmoid(x);
+    const T s = sigmoid(x);
     return s * (T(1) + x * (T(1) - s));
   }
 };

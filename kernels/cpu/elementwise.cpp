@@ -152,7 +152,7 @@ void random_normal(int64_t n, uint64_t seed, uint64_t offset, T mean, T std, T* 
 }
 
 // ---- unary ----
-// The ops themselves are kernels/unary_ops.h; CpuMath gives them their special functions.
+// The ops themselves are kernels/unary_ops.h; CpuMath gives them GELU's Phi and phi.
 
 // GELU's Phi(x) = (1 + erf(x / sqrt 2)) / 2 in float through vector_math.h: with z = |x| / sqrt 2,
 //   1 + erf(x / sqrt 2) = x >= 0 ? 2 - erfc(z) : erfc(z),
@@ -172,31 +172,8 @@ static inline float gelu_density(float x) {
 }
 static inline double gelu_density(double x) { return unary::kInvSqrt2Pi * std::exp(-0.5 * x * x); }
 
+// GELU's Phi and phi for kernels/unary_ops.h.
 struct CpuMath {
-  template <typename T>
-  static T exp(T x) {
-    return std::exp(x);
-  }
-  template <typename T>
-  static T log(T x) {
-    return std::log(x);
-  }
-  template <typename T>
-  static T sqrt(T x) {
-    return std::sqrt(x);
-  }
-  template <typename T>
-  static T abs(T x) {
-    return std::abs(x);
-  }
-  template <typename T>
-  static T tanh(T x) {
-    return std::tanh(x);
-  }
-  template <typename T>
-  static T sigmoid(T x) {
-    return T(1) / (T(1) + std::exp(-x));
-  }
   template <typename T>
   static T gelu_cdf(T x) {
     return nala::kernels::cpu::gelu_cdf(x);

@@ -122,40 +122,17 @@ struct RandomNormal {
   }
 };
 
-// ---- unary ops: the functors of kernels/unary_ops.h with the device library's functions ----
+// ---- unary ops: the functors of kernels/unary_ops.h, GELU's Phi and phi from the device library
+// ----
 
 struct DeviceMath {
   template <typename T>
-  __host__ __device__ static T exp(T x) {
-    return ::exp(x);
+  __device__ static T gelu_cdf(T x) {
+    return T(0.5) * (T(1) + erf(x * T(unary::kInvSqrt2)));
   }
   template <typename T>
-  __host__ __device__ static T log(T x) {
-    return ::log(x);
-  }
-  template <typename T>
-  __host__ __device__ static T sqrt(T x) {
-    return ::sqrt(x);
-  }
-  template <typename T>
-  __host__ __device__ static T abs(T x) {
-    return ::fabs(x);
-  }
-  template <typename T>
-  __host__ __device__ static T tanh(T x) {
-    return ::tanh(x);
-  }
-  template <typename T>
-  __host__ __device__ static T sigmoid(T x) {
-    return T(1) / (T(1) + ::exp(-x));
-  }
-  template <typename T>
-  __host__ __device__ static T gelu_cdf(T x) {
-    return T(0.5) * (T(1) + ::erf(x * T(unary::kInvSqrt2)));
-  }
-  template <typename T>
-  __host__ __device__ static T gelu_density(T x) {
-    return T(unary::kInvSqrt2Pi) * ::exp(T(-0.5) * x * x);
+  __device__ static T gelu_density(T x) {
+    return T(unary::kInvSqrt2Pi) * exp(T(-0.5) * x * x);
   }
 };
 
