@@ -122,8 +122,7 @@ struct RandomNormal {
   }
 };
 
-// ---- unary ops: the functors of kernels/unary_ops.h, GELU's Phi and phi from the device library
-// ----
+// ---- unary ops: kernels/unary_ops.h, with GELU's Phi and phi from the device library ----
 
 struct DeviceMath {
   template <typename T>
