@@ -70,6 +70,11 @@ struct Padding {
   int64_t elements(int64_t kw) const { return rows * cols + kw - 1; }
 };
 
+// The padding of the input planes x for the forward correlation and the weight gradient.
+Padding input_padding(const Conv2dShape& s) {
+  return {s.height, s.width, s.pad_h, s.pad_w, s.out_h + s.kernel_h - 1, s.out_w + s.kernel_w - 1};
+}
+
 // Writes the in_h x in_w plane `in` at offset (pad_h, pad_w) of `padded`. A thread zeroes its
 // padded scratch once per call; the planes it then copies in all have the same layout, so each
 // writes only its interior and the border stays zero.
@@ -155,9 +160,7 @@ void col2im(const Conv2dShape& s, const T* col, T* dx) {
 template <typename T>
 void depthwise_conv2d_forward(const Conv2dShape& s, const T* x, const T* w, const T* bias, T* y) {
   if (s.stride_h == 1 && s.stride_w == 1) {
-    const Padding p{
-        s.height, s.width, s.pad_h, s.pad_w, s.out_h + s.kernel_h - 1, s.out_w + s.kernel_w - 1};
-    return depthwise_correlate(s, p, x, w, bias, false, s.out_h, s.out_w, y);
+    return depthwise_correlate(s, input_padding(s), x, w, bias, false, s.out_h, s.out_w, y);
   }
   const int64_t window = s.kernel_h * s.kernel_w;
   const int64_t planes = s.batch * s.channels;
@@ -233,8 +236,7 @@ void depthwise_conv2d_backward_weight(const Conv2dShape& s, const T* x, const T*
     // width) with the padded x shifted by (i, j). The run's extra columns (x >= out_w) take 0 in
     // place of x, not just dy = 0 there: an infinite x that only they reach must not turn the
     // sum into 0 * inf = NaN.
-    const Padding p{
-        s.height, s.width, s.pad_h, s.pad_w, s.out_h + s.kernel_h - 1, s.out_w + s.kernel_w - 1};
+    const Padding p = input_padding(s);
     const Padding spread{s.out_h, s.out_w, 0, 0, s.out_h, p.cols};
     const int64_t run = s.out_h * p.cols;
 #pragma omp parallel if (s.batch * s.channels * window * out_plane >= kParallelWork)
