@@ -995,16 +995,14 @@ __global__ void __launch_bounds__(kThreads, 5)
     for_team_tokens<kPairBatch>(team, tile, load, [&](int j, int b) {
       const PairRow<T>& r = in[b];
       const QueryScale<T> scale = team_query_scale<fm>(team, r);
-      QuerySigned<T> f[2];
-      T sigma[2], dphi[2][2] = {}, dot = 0;
-      for (int e = 0; e < 2; ++e) {
-        f[e] = query_signed_parts<fm>(r.x[e], scale);
-        sigma[e] = f[e].sigma;
-      }
+      const QuerySigned<T> f[2] = {query_signed_parts<fm>(r.x[0], scale),
+                                   query_signed_parts<fm>(r.x[1], scale)};
+      T dphi[2][2] = {}, dot = 0;
       if (live)
         for (int half = 0; half < kHalves<fm>; ++half) {
           T y0, y1, g0, g1;  // Q' and dQ' at the pair
-          rotary_pair(split_sign(half, sigma[0]), split_sign(half, sigma[1]), r.sin, r.cos, y0, y1);
+          rotary_pair(split_sign(half, f[0].sigma), split_sign(half, f[1].sigma), r.sin, r.cos, y0,
+                      y1);
           load2(drotated + j * drotated_ld + half * d + c, g0, g1);
           dot += y0 * g0 + y1 * g1;
           rotary_pair_transposed(g0, g1, r.sin, r.cos, dphi[half][0], dphi[half][1]);
@@ -1015,23 +1013,23 @@ __global__ void __launch_bounds__(kThreads, 5)
         if (live)
           for (int half = 0; half < kHalves<fm>; ++half) {
             dphi[half][e] += dden * kbar_s[half * d + c + e];
-            dkbar[half][e] += dden * split_sign(half, sigma[e]);
+            dkbar[half][e] += dden * split_sign(half, f[e].sigma);
           }
-        dsigma[e] = split_signs_backward<fm>(sigma[e], dphi[0][e], dphi[1][e]);
+        dsigma[e] = split_signs_backward<fm>(f[e].sigma, dphi[0][e], dphi[1][e]);
       }
       T dnorm = 0;
       if constexpr (fm == FeatureMap::Nala) {
         T power_sum = 0, scale_sum = 0;
         for (int e = 0; e < 2; ++e) {
           power_sum += norm_power_term(f[e], dsigma[e]);
-          scale_sum += dsigma[e] * sigma[e];
+          scale_sum += dsigma[e] * f[e].sigma;
         }
         dnorm = query_norm_grad(scale, team_sum(team, power_sum), team_sum(team, scale_sum));
       }
       if (live && j < rows)
         store2(dq + (row0 + j) * d + c,
-               query_signed_backward<fm>(r.x[0], sigma[0], dsigma[0], scale, dnorm),
-               query_signed_backward<fm>(r.x[1], sigma[1], dsigma[1], scale, dnorm));
+               query_signed_backward<fm>(r.x[0], f[0].sigma, dsigma[0], scale, dnorm),
+               query_signed_backward<fm>(r.x[1], f[1].sigma, dsigma[1], scale, dnorm));
     });
     __syncthreads();
   }
