@@ -116,13 +116,8 @@ struct SharedLayout {
 
 // The most dynamic shared memory a block may ask for on this device.
 size_t max_shared_bytes() {
-  static const size_t bytes = [] {
-    int device = 0, value = 0;
-    NALA_CUDA_CHECK(cudaGetDevice(&device));
-    NALA_CUDA_CHECK(
-        cudaDeviceGetAttribute(&value, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-    return static_cast<size_t>(value);
-  }();
+  static const auto bytes =
+      static_cast<size_t>(device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin));
   return bytes;
 }
 

@@ -20,6 +20,14 @@ constexpr int kWarpSize = 32;
 // Grid-stride kernels launch at most this many blocks; beyond it each thread loops.
 constexpr int64_t kMaxBlocks = 65535;
 
+// An attribute of the current device (cudaDeviceGetAttribute): its multiprocessor count, say.
+inline int device_attribute(cudaDeviceAttr attribute) {
+  int device = 0, value = 0;
+  NALA_CUDA_CHECK(cudaGetDevice(&device));
+  NALA_CUDA_CHECK(cudaDeviceGetAttribute(&value, attribute, device));
+  return value;
+}
+
 // Blocks needed to cover `work` items at `items_per_block` per block, capped at kMaxBlocks.
 inline unsigned num_blocks(int64_t work, int64_t items_per_block) {
   return static_cast<unsigned>(

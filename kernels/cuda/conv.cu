@@ -7,8 +7,11 @@
 //
 // Coordinates inside one (height, width) plane are 32-bit ints, which is much cheaper on the GPU
 // than 64-bit division; only offsets of whole planes are 64-bit.
+#include <cuda_pipeline.h>
+
 #include <algorithm>
 #include <climits>
+#include <initializer_list>
 #include <stdexcept>
 #include <type_traits>
 
@@ -174,30 +177,68 @@ struct DepthwiseBackwardInput {
   }
 };
 
-// ---- depthwise forward and input gradient at stride 1: a sweep over rows per thread ----
-// At stride 1 both are one operation, a per-channel correlation with zero padding:
-//   out[p, y, x] = bias[c] + sum_{i, j} f_c[i, j] in[p, y - pad_h + i, x - pad_w + j].
+// ---- depthwise convolution at stride 1: planes streamed through shared memory ----
+// At stride 1 the forward and the input gradient are one operation, a per-channel correlation
+// with zero padding:
+//   out[n, c, y, x] = bias[c] + sum_{i, j} f_c[i, j] in[n, c, y - pad_h + i, x - pad_w + j].
 // Forward: in = x, f = w, pad = (pad_h, pad_w). Input gradient: in = dy, f = w turned by 180
 // degrees (f[i, j] = w[K-1-i, K-1-j]), pad = (K-1-pad_h, K-1-pad_w), no bias; then
 //   dx[h, w] = sum_{oh, ow} w[h + pad_h - oh, w + pad_w - ow] dy[oh, ow]
-// with oh = h - (K-1-pad_h) + i. For square K x K filters, K = 3, 5 or 7 (a template parameter,
-// so the taps unroll). A block covers a tile_h x tile_w tile of outputs in each of
-// planes_per_block planes (several small planes per block, so 2 x 2 planes still fill it). A
-// thread takes `rows` (up to kRowsPerThread) vertically adjacent outputs of one column, its
-// filter in registers, and sweeps the rows + K - 1 input rows they read once each (each input
-// row feeds every output whose window covers it): (rows + K - 1) K loads for rows K^2 taps, all
-// independent, so they are in flight together. The loads go through L1, where a warp's
-// neighbouring columns and rows meet: DRAM is read about once. Bounds are checked once per
-// column and once per row, not per tap, and index arithmetic uses no per-element divisions.
-// (Staging the tile in shared memory first cost more instructions than the taps themselves,
-// ~40 per staged element against ~30 per output: under ncu the staged 3 x 3 kernel issued
-// 39.4 M warp instructions for (256, 112, 16, 16), this one 19.4 M. The per-output functors
-// above, kept for other strides and filters, are instruction-bound too: one output per thread
-// and 64-bit divisions.)
-// The weight gradient at stride 1 uses the same tiling and sweep (depthwise_weight_kernel).
-constexpr int kTiledThreads = 256;
-constexpr int kTiledBlocksPerSM = 4;  // at most 64 registers a thread, for latency hiding
+// with oh = h - (K-1-pad_h) + i. The weight gradient sums the same products the other way:
+//   dw[c, i, j] = sum over n, y, x of dy[n, c, y, x] x[n, c, y - pad_h + i, x - pad_w + j].
+// For square K x K filters, K = 3, 5 or 7 (a template parameter, so the taps unroll).
+//
+// All three read each element K^2 times and do 2 K^2 flops per output: they are memory-bound,
+// so each element should come from DRAM once and DRAM should never wait for the kernel. A
+// block streams groups of planes through shared memory: a group is group_planes planes when
+// whole planes fit in kStagedBytes, else a band of band_h output rows of one plane with the
+// input rows their windows read. The correlation deals the groups of all planes to its blocks
+// in turn; the weight gradient, whose block sums one channel, deals each channel's groups (of
+// its images' planes) to a row of blocks. The copies are asynchronous (cp.async, 16-byte pieces
+// where the rows allow) into kStages buffers in a ring: the next kStages - 1 groups' copies are in
+// flight while the block computes one (stream_groups). In a group each plane has kStreamThreads /
+// group_planes threads; a thread takes `rows` (up to kRowsPerThread) vertically adjacent outputs of
+// one column at a time, its filter in registers, and sweeps the rows + K - 1 staged input rows they
+// read once each (each input row feeds every output whose window covers it): (rows + K - 1) K
+// shared-memory loads for rows K^2 taps.
+// (The kernels before these read global memory straight through L1, a thread's own outputs its
+// only loads in flight: at (256, 32, 16, 16) with a 5 x 5 filter they reached 39% of the copy
+// bandwidth with 30-43% of warps active; docs/benchmarks.md.)
+constexpr int kStreamThreads = 256;
+constexpr int kStreamBlocksPerSM = 4;  // at most 64 registers a thread
 constexpr int kRowsPerThread = 4;
+constexpr int kStages = 2;
+constexpr int kStagedBytes = 22 * 1024;  // a buffer
+// The buffers leave room for block_sum_each's static shared memory (at most 49 doubles a warp)
+// within the 48 KiB a launch gets without opting in.
+static_assert(kStages * kStagedBytes + 8 * 49 * 8 <= 48 * 1024);
+
+// Where a group's rows of one tensor lie in a buffer: row r of the group's plane q at
+// q * plane_ld + r * row_ld, at most max_rows rows a plane.
+struct StagedRows {
+  int width = 0, max_rows = 0, row_ld = 0, plane_ld = 0;
+  FastDivisor by_row_pieces, by_plane_pieces;  // copies per row, per plane of max_rows rows
+};
+
+// Rows of `width` elements, a thread's column `rows_per_thread` of them. Shared memory has 32
+// banks of 4 bytes, and a warp's lanes read neighbouring columns: of one row, or, in planes
+// narrower than a warp, of rows rows_per_thread apart or of the next plane. So rows are padded
+// to 16 bytes (the copies' alignment) and once more when rows_per_thread of them span a multiple
+// of the 32 banks, and planes to 64 bytes past a multiple of 128: the half-warps of a 16-wide
+// plane then read different banks.
+template <typename T>
+StagedRows staged_rows(int width, int max_rows, int rows_per_thread, int piece) {
+  constexpr int kAlign = 16 / sizeof(T);
+  StagedRows s;
+  s.width = width;
+  s.max_rows = max_rows;
+  s.row_ld = (width + kAlign - 1) / kAlign * kAlign;
+  if (rows_per_thread * s.row_ld * sizeof(T) % 128 == 0) s.row_ld += kAlign;
+  s.plane_ld = ((max_rows * s.row_ld * sizeof(T) + 127) / 128 * 128 + 64) / sizeof(T);
+  s.by_row_pieces = FastDivisor(width / piece);
+  s.by_plane_pieces = FastDivisor(max_rows * (width / piece));
+  return s;
+}
 
 struct Correlation {
   // in (in_h x in_w planes) correlated into out (out_h x out_w) with padding (pad_h, pad_w);
@@ -211,40 +252,114 @@ struct Correlation {
         pad_h(pad_top),
         pad_w(pad_left),
         flip(turn_filter) {}
-  int planes = 0, channels = 0;  // planes = batch * channels
+  int channels = 0;
+  // The planes a row of blocks walks through, plane_step apart: all planes (the correlation,
+  // plane_step 1) or one channel's, the row's, in each image (the weight gradient).
+  int walked = 0, plane_step = 1;
   int in_h, in_w, out_h, out_w, kernel = 0, pad_h, pad_w;
   bool flip;  // turn the filter by 180 degrees
-  // The launch's tiling: tile_h a multiple of rows (outputs per thread), a block's threads
-  // sweeping tile_h / rows x tile_w output columns (sweep_cells) in each of its planes.
-  int tile_h = 0, tile_w = 0, tiles_w = 0, rows = 0, planes_per_block = 0;
-  FastDivisor by_channels, by_tiles_w, by_tile_w, by_sweep_cells;
-};
-
-// The outputs a thread sweeps: (y0 + ty0 + k, x0 + tx) for k < rows of the block's plane p,
-// where (y0, x0) is the block's tile.
-struct SweepCell {
-  int p, y0, x0, ty0, tx;
-  __device__ explicit SweepCell(const Correlation& c) {
-    const int tile_row = c.by_tiles_w.divide(static_cast<int>(blockIdx.y));
-    y0 = tile_row * c.tile_h;
-    x0 = (static_cast<int>(blockIdx.y) - tile_row * c.tiles_w) * c.tile_w;
-    p = c.by_sweep_cells.divide(static_cast<int>(threadIdx.x));
-    const int cell = static_cast<int>(threadIdx.x) - p * c.by_sweep_cells.divisor;
-    const int row_group = c.by_tile_w.divide(cell);
-    ty0 = row_group * c.rows;
-    tx = cell - row_group * c.tile_w;
+  // The walk's groups: group_planes planes (a power of two) times a band of band_h output rows,
+  // bands of them per plane; a thread's outputs `rows` at a time.
+  int group_planes = 0, band_h = 0, bands = 0, rows = 0;
+  int piece = 1;      // elements per asynchronous copy: 16 bytes' worth, or one
+  StagedRows input;   // in's rows that the band's windows read
+  StagedRows output;  // the weight gradient's dy rows (the band's), after the group's inputs
+  FastDivisor by_channels, by_bands, by_out_w;
+  __host__ __device__ int buffer_size() const {
+    return group_planes * (input.plane_ld + output.plane_ld);
   }
-  __device__ int x() const { return x0 + tx; }
-  __device__ int first_y() const { return y0 + ty0; }
+  // The plane of the walk's i-th (the walk of row blockIdx.y of the grid).
+  __device__ int64_t plane(int i) const { return int64_t(i) * plane_step + blockIdx.y; }
+  __host__ __device__ int groups() const {
+    return (walked + group_planes - 1) / group_planes * bands;
+  }
 };
 
-// Sweeps the thread's input window, its rows + K - 1 input rows read once each: row r holds
-// in_row[j] = in[first_y - pad_h + r, x + j] for j < K (zero outside the image; x = the column
-// - pad_w), and meets output row k at filter row i = r - k, for which it calls
-// meet(k, i, in_row). The loops unroll, so i and k are constants in meet's body.
+// Group g of the walk: its planes first ... first + planes - 1 of the walk, output rows y0 ...
+// y_end - 1, and the input rows y_lo ... y_hi - 1 inside the image that their windows read.
+struct Band {
+  int first, planes, y0, y_end, y_lo, y_hi;
+  __device__ Band(const Correlation& c, int g) {
+    const int plane_group = c.by_bands.divide(g);
+    first = plane_group * c.group_planes;
+    planes = min(c.group_planes, c.walked - first);
+    y0 = (g - plane_group * c.bands) * c.band_h;
+    y_end = min(c.out_h, y0 + c.band_h);
+    y_lo = max(0, y0 - c.pad_h);
+    y_hi = min(c.in_h, y_end - 1 - c.pad_h + c.kernel);
+  }
+};
+
+// Starts asynchronous copies of rows y_lo ... y_hi - 1 of the band's planes of t (planes of
+// height x s.width) into staged, laid out as s says.
+template <typename T>
+__device__ void stage_rows(const Correlation& c, const StagedRows& s, const Band& band, int y_lo,
+                           int y_hi, const T* t, int height, T* staged) {
+  const int row_pieces = s.by_row_pieces.divisor, plane_pieces = s.by_plane_pieces.divisor;
+  for (int i = threadIdx.x; i < band.planes * plane_pieces; i += blockDim.x) {
+    const int q = s.by_plane_pieces.divide(i), in_plane = i - q * plane_pieces;
+    const int r = s.by_row_pieces.divide(in_plane);
+    const int col = (in_plane - r * row_pieces) * c.piece;
+    if (y_lo + r >= y_hi) continue;
+    __pipeline_memcpy_async(staged + q * s.plane_ld + r * s.row_ld + col,
+                            t + (c.plane(band.first + q) * height + y_lo + r) * s.width + col,
+                            c.piece * sizeof(T));
+  }
+}
+
+// compute(g, buffer) for this block's groups of its walk, g = blockIdx.x, + gridDim.x, ...,
+// after stage(g, buffer) has copied group g into buffer g's turn in the ring of kStages: the
+// copies of the kStages - 1 groups after g are in flight while group g is computed. All threads
+// of the block must call it.
+template <typename Stage, typename Compute>
+__device__ void stream_groups(int count, Stage stage, Compute compute) {
+  const int64_t first = blockIdx.x, step = gridDim.x;
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (first + s * step < count) stage(static_cast<int>(first + s * step), s);
+    __pipeline_commit();
+  }
+  int turn = 0;
+  for (int64_t g = first; g < count; g += step, turn = (turn + 1) % kStages) {
+    const int64_t ahead = g + (kStages - 1) * step;
+    if (ahead < count) stage(static_cast<int>(ahead), (turn + kStages - 1) % kStages);
+    __pipeline_commit();
+    __pipeline_wait_prior(kStages - 1);  // this thread's copies of group g have landed,
+    __syncthreads();                     // and every thread's
+    compute(static_cast<int>(g), turn);
+    __syncthreads();  // group g's buffer is read before the next stage overwrites it
+  }
+}
+
+// This thread's share of a group: the group's plane q, and its cells (output rows first_y ...
+// first_y + rows - 1 of column x) cell = lane, lane + threads_per_plane, ..., ordered by rows
+// then columns, so that a warp's lanes take neighbouring columns.
+struct GroupThread {
+  int q, lane, threads_per_plane;
+  __device__ explicit GroupThread(const Correlation& c)
+      : q(static_cast<int>(threadIdx.x) / (kStreamThreads / c.group_planes)),
+        lane(static_cast<int>(threadIdx.x) % (kStreamThreads / c.group_planes)),
+        threads_per_plane(kStreamThreads / c.group_planes) {}
+  // body(first_y, x, valid_rows) for each of the thread's cells in the band.
+  template <typename Body>
+  __device__ void for_each_cell(const Correlation& c, const Band& band, Body body) const {
+    const int cells = (c.band_h + c.rows - 1) / c.rows * c.out_w;
+    for (int cell = lane; cell < cells; cell += threads_per_plane) {
+      const int row_group = c.by_out_w.divide(cell);
+      const int first_y = band.y0 + row_group * c.rows;
+      if (first_y >= band.y_end) return;  // the cells after it lie lower still
+      body(first_y, cell - row_group * c.out_w, min(c.rows, band.y_end - first_y));
+    }
+  }
+};
+
+// Sweeps a cell's input window in a staged plane (rows y_lo ... of in, row_ld apart): its
+// rows + K - 1 input rows read once each, row r holding in_row[j] = in[first_y - pad_h + r, x + j]
+// for j < K (zero outside the image; x = the column - pad_w), which meets output row k at filter
+// row i = r - k: meet(k, i, in_row). The loops unroll, so i and k are constants in meet's body.
 template <int K, typename T, typename Meet>
-__device__ void sweep_window(const Correlation& c, const T* in_plane, int first_y, int x,
-                             Meet meet) {
+__device__ void sweep_window(const Correlation& c, const T* staged_plane, int row_ld, int y_lo,
+                             int first_y, int x, Meet meet) {
   bool column_inside[K];  // the same for every row
 #pragma unroll
   for (int j = 0; j < K; ++j) column_inside[j] = x + j >= 0 && x + j < c.in_w;
@@ -256,7 +371,7 @@ __device__ void sweep_window(const Correlation& c, const T* in_plane, int first_
     T in_row[K];
 #pragma unroll
     for (int j = 0; j < K; ++j)
-      in_row[j] = row_inside && column_inside[j] ? in_plane[y * c.in_w + x + j] : T(0);
+      in_row[j] = row_inside && column_inside[j] ? staged_plane[(y - y_lo) * row_ld + x + j] : T(0);
 #pragma unroll
     for (int k = 0; k < kRowsPerThread; ++k)
       if (r - k >= 0 && r - k < K) meet(k, r - k, in_row);
@@ -264,63 +379,140 @@ __device__ void sweep_window(const Correlation& c, const T* in_plane, int first_
 }
 
 template <int K, typename T>
-__global__ void __launch_bounds__(kTiledThreads, kTiledBlocksPerSM)
+__global__ void __launch_bounds__(kStreamThreads, kStreamBlocksPerSM)
     depthwise_correlation_kernel(Correlation c, const T* in, const T* w, const T* bias, T* out) {
-  const SweepCell cell(c);
-  const int plane = static_cast<int>(blockIdx.x) * c.planes_per_block + cell.p;
-  if (plane >= c.planes || cell.x() >= c.out_w || cell.first_y() >= c.out_h) return;
-  const int channel = plane - c.by_channels.divide(plane) * c.channels;
-  T f[K][K];
+  T* staged = shared_memory<T>();
+  const GroupThread thread(c);
+  const auto stage = [&](int g, int buffer) {
+    const Band band(c, g);
+    stage_rows(c, c.input, band, band.y_lo, band.y_hi, in, c.in_h,
+               staged + buffer * c.buffer_size());
+  };
+  const auto compute = [&](int g, int buffer) {
+    const Band band(c, g);
+    if (thread.q >= band.planes) return;
+    const int plane = band.first + thread.q;
+    const int channel = plane - c.by_channels.divide(plane) * c.channels;
+    T f[K][K];
 #pragma unroll
-  for (int i = 0; i < K; ++i)
+    for (int i = 0; i < K; ++i)
 #pragma unroll
-    for (int j = 0; j < K; ++j)
-      f[i][j] = w[channel * K * K + (c.flip ? (K - 1 - i) * K + K - 1 - j : i * K + j)];
-  T acc[kRowsPerThread];
+      for (int j = 0; j < K; ++j)
+        f[i][j] = w[channel * K * K + (c.flip ? (K - 1 - i) * K + K - 1 - j : i * K + j)];
+    const T b = bias != nullptr ? bias[channel] : T(0);
+    const T* staged_plane = staged + buffer * c.buffer_size() + thread.q * c.input.plane_ld;
+    T* out_plane = out + int64_t(plane) * c.out_h * c.out_w;
+    thread.for_each_cell(c, band, [&](int first_y, int x, int valid_rows) {
+      T acc[kRowsPerThread];
 #pragma unroll
-  for (int k = 0; k < kRowsPerThread; ++k) acc[k] = bias != nullptr ? bias[channel] : T(0);
-  const T* in_plane = in + static_cast<int64_t>(plane) * c.in_h * c.in_w;
-  sweep_window<K>(c, in_plane, cell.first_y(), cell.x() - c.pad_w,
-                  [&](int k, int i, const T(&in_row)[K]) {
+      for (int k = 0; k < kRowsPerThread; ++k) acc[k] = b;
+      sweep_window<K>(c, staged_plane, c.input.row_ld, band.y_lo, first_y, x - c.pad_w,
+                      [&](int k, int i, const T(&in_row)[K]) {
 #pragma unroll
-                    for (int j = 0; j < K; ++j) acc[k] += f[i][j] * in_row[j];
-                  });
+                        for (int j = 0; j < K; ++j) acc[k] += f[i][j] * in_row[j];
+                      });
 #pragma unroll
-  for (int k = 0; k < kRowsPerThread; ++k) {
-    const int y = cell.first_y() + k;
-    if (k < c.rows && y < c.out_h)
-      out[(static_cast<int64_t>(plane) * c.out_h + y) * c.out_w + cell.x()] = acc[k];
-  }
+      for (int k = 0; k < kRowsPerThread; ++k)
+        if (k < valid_rows) out_plane[(first_y + k) * c.out_w + x] = acc[k];
+    });
+  };
+  stream_groups(c.groups(), stage, compute);
 }
 
-// The correlation's tiling: tiles up to 32 wide, up to kRowsPerThread outputs per thread, as
-// many small planes per block as fill its threads. False when the tiled kernels do not apply:
-// filters other than 3 x 3, 5 x 5, 7 x 7, more tiles per plane than a grid dimension holds,
-// planes past 32-bit indexing.
-bool plan_correlation(Correlation& c, const Conv2dShape& s) {
+// At stride 1 with a 3 x 3, 5 x 5 or 7 x 7 filter, block (split, c) streams channel c's groups
+// of x's planes, the band's dy after them, as the correlation does, and each thread sweeps its
+// cells' windows with their dy in registers: input row r meets output row k at filter row
+// i = r - k, so
+//   sum[i][j] += dy[k] in_row[j].
+// Each thread keeps the K x K sums over all its cells; the block then adds each tap's sums, to
+// partials[c][split][tap] (dw itself when there is one split).
+template <int K, typename T>
+__global__ void __launch_bounds__(kStreamThreads, kStreamBlocksPerSM)
+    depthwise_weight_kernel(Correlation c, const T* x, const T* dy, T* partials) {
+  T* staged = shared_memory<T>();
+  const GroupThread thread(c);
+  const int outputs_at = c.group_planes * c.input.plane_ld;  // dy's place in a buffer
+  const auto stage = [&](int g, int buffer) {
+    const Band band(c, g);
+    T* to = staged + buffer * c.buffer_size();
+    stage_rows(c, c.input, band, band.y_lo, band.y_hi, x, c.in_h, to);
+    stage_rows(c, c.output, band, band.y0, band.y_end, dy, c.out_h, to + outputs_at);
+  };
+  T sum[K][K] = {};
+  const auto compute = [&](int g, int buffer) {
+    const Band band(c, g);
+    if (thread.q >= band.planes) return;
+    const T* x_plane = staged + buffer * c.buffer_size() + thread.q * c.input.plane_ld;
+    const T* dy_plane =
+        staged + buffer * c.buffer_size() + outputs_at + thread.q * c.output.plane_ld;
+    thread.for_each_cell(c, band, [&](int first_y, int col, int valid_rows) {
+      T grad[kRowsPerThread];
+#pragma unroll
+      for (int k = 0; k < kRowsPerThread; ++k)
+        grad[k] = k < valid_rows ? dy_plane[(first_y + k - band.y0) * c.output.row_ld + col] : T(0);
+      sweep_window<K>(c, x_plane, c.input.row_ld, band.y_lo, first_y, col - c.pad_w,
+                      [&](int k, int i, const T(&in_row)[K]) {
+#pragma unroll
+                        for (int j = 0; j < K; ++j) sum[i][j] += grad[k] * in_row[j];
+                      });
+    });
+  };
+  stream_groups(c.groups(), stage, compute);
+  T* to = partials + (int64_t(blockIdx.y) * gridDim.x + blockIdx.x) * K * K;
+  block_sum_each<kStreamThreads>(reinterpret_cast<const T(&)[K * K]>(sum),
+                                 [&](int tap, T total) { to[tap] = total; });
+}
+
+// The correlation's groups and staging (the weight gradient's, with_output, stage dy too), for
+// tensors at `pointers`. False when the streamed kernels do not apply: strides other than 1,
+// filters other than 3 x 3, 5 x 5, 7 x 7, more channels than a grid's y dimension, rows too wide
+// for a buffer, indices past 32 bits.
+template <typename T>
+bool plan_correlation(Correlation& c, const Conv2dShape& s, bool with_output,
+                      std::initializer_list<const void*> pointers) {
+  // The weight gradient (with_output) walks a channel's images, the correlation all planes.
   if (s.stride_h != 1 || s.stride_w != 1 || s.kernel_h != s.kernel_w ||
       (s.kernel_h != 3 && s.kernel_h != 5 && s.kernel_h != 7) || c.pad_h < 0 || c.pad_w < 0 ||
-      c.out_h <= 0 || c.out_w <= 0 || s.batch <= 0 || s.channels <= 0 ||
+      c.out_h <= 0 || c.out_w <= 0 || s.batch <= 0 || s.channels <= 0 || s.channels > 65535 ||
       s.batch * s.channels > INT_MAX)
     return false;
-  c.planes = static_cast<int>(s.batch * s.channels);
   c.channels = static_cast<int>(s.channels);
+  c.walked = static_cast<int>(with_output ? s.batch : s.batch * s.channels);
+  c.plane_step = with_output ? c.channels : 1;
   c.kernel = static_cast<int>(s.kernel_h);
-  c.tile_w = static_cast<int>(pow2_at_least(c.out_w, kWarpSize));
-  c.tile_h = static_cast<int>(pow2_at_least(c.out_h, kTiledThreads * kRowsPerThread / c.tile_w));
-  c.rows = std::min(kRowsPerThread, c.tile_h);
-  // The sweep cells of a plane are a power of two, at most kTiledThreads: the planes fill the
-  // block exactly, so each thread's SweepCell::p is one of them.
-  c.planes_per_block = kTiledThreads / (c.tile_h / c.rows * c.tile_w);
-  c.tiles_w = (c.out_w + c.tile_w - 1) / c.tile_w;
+  c.rows = std::min(kRowsPerThread, c.out_h);
+  // 16-byte copies when every row starts on a 16-byte boundary.
+  bool aligned = c.in_w * sizeof(T) % 16 == 0 && (!with_output || c.out_w * sizeof(T) % 16 == 0);
+  for (const void* p : pointers) aligned = aligned && reinterpret_cast<uintptr_t>(p) % 16 == 0;
+  c.piece = aligned ? static_cast<int>(16 / sizeof(T)) : 1;
+  // A plane's bytes in a buffer with bands of band_h output rows.
+  const auto plan_band = [&](int band_h) {
+    c.band_h = band_h;
+    c.input = staged_rows<T>(c.in_w, std::min(c.in_h, band_h + c.kernel - 1), c.rows, c.piece);
+    if (with_output) c.output = staged_rows<T>(c.out_w, band_h, c.rows, c.piece);
+    return int64_t(c.input.plane_ld + c.output.plane_ld) * int64_t(sizeof(T));
+  };
+  // Whole planes, as many as fit (a power of two, at most one per thread and not more than the
+  // walk's); else one plane's bands, the tallest that fit.
+  const int64_t plane_bytes = plan_band(c.out_h);
+  c.group_planes = 1;
+  if (plane_bytes <= kStagedBytes) {
+    while (2 * c.group_planes * plane_bytes <= kStagedBytes &&
+           2 * c.group_planes <= kStreamThreads && c.group_planes < c.walked)
+      c.group_planes *= 2;
+  } else {
+    int band_h = c.out_h;
+    while (band_h > 1 && plan_band(band_h) > kStagedBytes) band_h = std::max(1, band_h / 2);
+    if (plan_band(band_h) > kStagedBytes) return false;
+  }
+  c.bands = (c.out_h + c.band_h - 1) / c.band_h;
   c.by_channels = FastDivisor(c.channels);
-  c.by_tiles_w = FastDivisor(c.tiles_w);
-  c.by_tile_w = FastDivisor(c.tile_w);
-  c.by_sweep_cells = FastDivisor(c.tile_h / c.rows * c.tile_w);
-  return int64_t((c.out_h + c.tile_h - 1) / c.tile_h) * c.tiles_w <= 65535;
+  c.by_bands = FastDivisor(c.bands);
+  c.by_out_w = FastDivisor(c.out_w);
+  return (int64_t(c.walked) + c.group_planes - 1) / c.group_planes * c.bands <= INT_MAX;
 }
 
-// Calls f(std::integral_constant<int, K>{}) for the tiled kernels' filter size K = k (3, 5, 7).
+// Calls f(std::integral_constant<int, K>{}) for the streamed kernels' filter size K = k (3, 5, 7).
 template <typename F>
 void with_filter_size(int k, F f) {
   if (k == 3)
@@ -331,62 +523,29 @@ void with_filter_size(int k, F f) {
     f(std::integral_constant<int, 7>{});
 }
 
+// The streamed kernels' blocks that the GPU holds at once (kStreamBlocksPerSM a multiprocessor).
+int64_t resident_stream_blocks() {
+  static const int64_t blocks =
+      int64_t(device_attribute(cudaDevAttrMultiProcessorCount)) * kStreamBlocksPerSM;
+  return blocks;
+}
+
+template <typename T>
+size_t stream_shared_bytes(const Correlation& c) {
+  return kStages * c.buffer_size() * sizeof(T);
+}
+
 template <typename T>
 void correlate(const Correlation& c, const T* in, const T* w, const T* bias, T* out) {
-  const int tiles = (c.out_h + c.tile_h - 1) / c.tile_h * c.tiles_w;
-  const dim3 grid(static_cast<unsigned>((c.planes + c.planes_per_block - 1) / c.planes_per_block),
-                  static_cast<unsigned>(tiles));
   with_filter_size(c.kernel, [&](auto k) {
     depthwise_correlation_kernel<k.value>
-        <<<grid, kTiledThreads, 0, stream()>>>(c, in, w, bias, out);
+        <<<std::min<int64_t>(c.groups(), resident_stream_blocks()), kStreamThreads,
+           stream_shared_bytes<T>(c), stream()>>>(c, in, w, bias, out);
   });
   NALA_CUDA_CHECK_LAUNCH();
 }
 
 // ---- depthwise weight gradient ----
-//   dw[c, i, j] = sum over n, oh, ow of dy[n, c, oh, ow] x[n, c, oh * stride_h - pad_h + i, ...]
-// At stride 1 with a 3 x 3, 5 x 5 or 7 x 7 filter (depthwise_weight_kernel), block
-// (c, tile, split) takes channel c, one output tile of the correlation's tiling (in = x) and the
-// images of split `split`, planes_per_block images at a time, and each thread sweeps its
-// window as the forward does, with its outputs' dy in registers: input row r meets output row k
-// at filter row i = r - k, so
-//   sum[i][j] += dy[k] in_row[j].
-// Each thread keeps the K x K sums over all its images; the block then adds each tap's sums.
-template <int K, typename T>
-__global__ void __launch_bounds__(kTiledThreads, kTiledBlocksPerSM)
-    depthwise_weight_kernel(Correlation c, int64_t images_per_split, const T* x, const T* dy,
-                            T* partials) {
-  const int channel = static_cast<int>(blockIdx.x);
-  const int64_t images = c.by_channels.divide(c.planes);
-  const int64_t end_image = min(images, (blockIdx.z + 1) * images_per_split);
-  const SweepCell cell(c);
-  // Outputs k < valid_rows of this thread's column are inside the image.
-  const int valid_rows = cell.x() < c.out_w ? min(c.rows, c.out_h - cell.first_y()) : 0;
-  const int in_x = cell.x() - c.pad_w;
-  T sum[K][K] = {};
-  for (int64_t n = blockIdx.z * images_per_split + cell.p; valid_rows > 0 && n < end_image;
-       n += c.planes_per_block) {
-    const int64_t plane = n * c.channels + channel;
-    const T* dy_column = dy + plane * c.out_h * c.out_w + cell.x();
-    T grad[kRowsPerThread];
-#pragma unroll
-    for (int k = 0; k < kRowsPerThread; ++k)
-      grad[k] = k < valid_rows ? dy_column[(cell.first_y() + k) * c.out_w] : T(0);
-    sweep_window<K>(c, x + plane * c.in_h * c.in_w, cell.first_y(), in_x,
-                    [&](int k, int i, const T(&in_row)[K]) {
-                      if (k >= valid_rows) return;
-#pragma unroll
-                      for (int j = 0; j < K; ++j) sum[i][j] += grad[k] * in_row[j];
-                    });
-  }
-  // Each tap's sum over the block, to partials[c][tile][split][tap], or dw itself when there is
-  // one tile and one split.
-  T* out =
-      partials +
-      ((static_cast<int64_t>(channel) * gridDim.y + blockIdx.y) * gridDim.z + blockIdx.z) * K * K;
-  block_sum_each<kTiledThreads>(reinterpret_cast<const T(&)[K * K]>(sum),
-                                [&](int tap, T total) { out[tap] = total; });
-}
 
 // Other strides and filters (depthwise_backward_weight_kernel): block (c, tile, split) handles
 // channel c, a kWindow x kWindow window of the filter's taps (kWindow = 3 for filters up to
@@ -463,7 +622,7 @@ template <typename T>
 void depthwise_conv2d_forward(const Conv2dShape& s, const T* x, const T* w, const T* bias, T* y) {
   const Geometry g = geometry_of(s);
   Correlation c(g.height, g.width, g.out_h, g.out_w, g.pad_h, g.pad_w, false);
-  if (plan_correlation(c, s)) return correlate(c, x, w, bias, y);
+  if (plan_correlation<T>(c, s, false, {x})) return correlate(c, x, w, bias, y);
   for_each_index(s.batch * s.channels * s.out_h * s.out_w, DepthwiseForward<T>{g, x, w, bias, y});
 }
 
@@ -473,40 +632,36 @@ void depthwise_conv2d_backward_input(const Conv2dShape& s, const T* dy, const T*
   // Correlation with the filter turned, padded by K - 1 - pad (see depthwise_correlation_kernel).
   Correlation c(g.out_h, g.out_w, g.height, g.width, g.kernel_h - 1 - g.pad_h,
                 g.kernel_w - 1 - g.pad_w, true);
-  if (plan_correlation(c, s)) return correlate(c, dy, w, static_cast<const T*>(nullptr), dx);
+  if (plan_correlation<T>(c, s, false, {dy}))
+    return correlate(c, dy, w, static_cast<const T*>(nullptr), dx);
   for_each_index(s.batch * s.channels * s.height * s.width,
                  DepthwiseBackwardInput<T>{g, dy, w, dx});
 }
 
-// The tiled weight gradient (stride 1, 3 x 3, 5 x 5, 7 x 7); false when it does not apply.
-// Enough blocks to fill the GPU: tiles x splits per channel, the partials within split_scratch.
+// The streamed weight gradient (stride 1, 3 x 3, 5 x 5, 7 x 7); false when it does not apply.
+// With several splits a channel, their partial sums go to split_scratch and a second pass adds
+// them up in a fixed order.
 template <typename T>
-bool depthwise_weight_tiled(const Conv2dShape& s, const Geometry& g, const T* x, const T* dy,
-                            T* dw) {
+bool depthwise_weight_streamed(const Conv2dShape& s, const Geometry& g, const T* x, const T* dy,
+                               T* dw) {
   Correlation c(g.height, g.width, g.out_h, g.out_w, g.pad_h, g.pad_w, false);
-  if (!plan_correlation(c, s)) return false;
+  if (!plan_correlation<T>(c, s, true, {x, dy})) return false;
   const int64_t taps = s.kernel_h * s.kernel_w;
-  const int64_t tiles = int64_t((c.out_h + c.tile_h - 1) / c.tile_h) * c.tiles_w;
-  const int64_t groups = (s.batch + c.planes_per_block - 1) / c.planes_per_block;
-  int64_t splits = std::clamp<int64_t>(
-      (kWeightGradTargetBlocks + s.channels * tiles - 1) / (s.channels * tiles), 1, groups);
-  if (tiles * splits > 1) {
-    splits = std::min(splits, kSplitScratchElements / (s.channels * tiles * taps));
-    if (splits < 1) return false;
-  }
-  const int64_t images_per_split = (groups + splits - 1) / splits * c.planes_per_block;
-  splits = (s.batch + images_per_split - 1) / images_per_split;  // none empty
-  T* out = tiles * splits == 1 ? dw : reinterpret_cast<T*>(split_scratch_address());
-  const dim3 grid(static_cast<unsigned>(s.channels), static_cast<unsigned>(tiles),
-                  static_cast<unsigned>(splits));
+  // A row of blocks a channel, as many as fill the GPU once (but one group each at least), the
+  // partials within split_scratch.
+  const int64_t splits = std::clamp<int64_t>(
+      resident_stream_blocks() / s.channels, 1,
+      std::min<int64_t>(c.groups(), kSplitScratchElements / (s.channels * taps)));
+  const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(s.channels));
+  T* out = splits == 1 ? dw : reinterpret_cast<T*>(split_scratch_address());
   with_filter_size(c.kernel, [&](auto k) {
     depthwise_weight_kernel<k.value>
-        <<<grid, kTiledThreads, 0, stream()>>>(c, images_per_split, x, dy, out);
+        <<<grid, kStreamThreads, stream_shared_bytes<T>(c), stream()>>>(c, x, dy, out);
   });
   NALA_CUDA_CHECK_LAUNCH();
-  if (tiles * splits > 1)
-    reduce_middle_axis_pass<SumOp<T>>(s.channels, tiles * splits, taps, tiles * splits, 1,
-                                      MiddleAxisElement<T>{out, tiles * splits, taps}, dw);
+  if (splits > 1)
+    reduce_middle_axis_pass<SumOp<T>>(s.channels, splits, taps, splits, 1,
+                                      MiddleAxisElement<T>{out, splits, taps}, dw);
   return true;
 }
 
@@ -515,7 +670,7 @@ void depthwise_conv2d_backward_weight(const Conv2dShape& s, const T* x, const T*
   const int64_t taps = s.kernel_h * s.kernel_w, positions = s.batch * s.out_h * s.out_w;
   if (s.channels * taps <= 0) return;
   const Geometry g = geometry_of(s);
-  if (depthwise_weight_tiled(s, g, x, dy, dw)) return;
+  if (depthwise_weight_streamed(s, g, x, dy, dw)) return;
   const int window = s.kernel_h <= 3 && s.kernel_w <= 3 ? 3 : 5;
   WeightGradSplits sp;
   sp.tiles_w = static_cast<int>((s.kernel_w + window - 1) / window);

@@ -50,9 +50,9 @@ TEST_CASE("CUDA reductions split over many blocks agree with the CPU") {
   // Shapes larger than the gradcheck cases, so that the CUDA kernels cut their reductions into
   // splits (batch norm: uneven splits of images; layer norm: many rows per block; depthwise weight
   // gradient: several splits of positions, several windows of taps, planes smaller than a block and
-  // not dividing it), and the tiled depthwise forward / input gradient with several tiles per plane
-  // or several planes per block (the last block's planes running past the batch), checked in
-  // float64 against the CPU.
+  // not dividing it), and the streamed depthwise kernels with bands of rows per plane or several
+  // planes per group (the last group's planes running past the batch), checked in float64 against
+  // the CPU.
   // A case of float64 inputs of these shapes, drawn with seeds seed, seed + 1, ...
   auto make_case = [](std::string name, std::vector<Shape> shapes, uint64_t seed, TensorFn f) {
     auto inputs = [shapes, seed](Device) {
@@ -111,9 +111,19 @@ TEST_CASE("CUDA reductions split over many blocks agree with the CPU") {
       depthwise_case("planes smaller than a block", {300, 6, 2, 2}, 3, 1, 1, 7),
       depthwise_case("several splits of positions", {64, 3, 12, 12}, 5, 1, 2, 13),
       depthwise_case("several tap windows; the per-output kernels", {5, 2, 9, 9}, 7, 2, 3, 16),
-      depthwise_case("several tiles per plane", {2, 3, 40, 37}, 3, 1, 0, 19),
+      depthwise_case("bands of rows, no padding", {2, 3, 40, 37}, 3, 1, 0, 19),
       depthwise_case("a block of planes, all taps but one outside", {300, 5, 1, 1}, 5, 1, 2, 22),
       depthwise_case("planes not dividing a block", {13, 4, 5, 5}, 3, 1, 1, 10),
+      // Planes larger than a staging buffer (10 KiB) go through it in bands of rows, the last
+      // band shorter: 8 rows in the first case's correlations and 4 in its weight gradient (which
+      // stages dy too), 20 and 10 in the second's. 64-wide rows move in 16-byte copies, 37-wide
+      // ones an element at a time.
+      depthwise_case("bands of rows, 16-byte copies", {2, 3, 70, 64}, 5, 1, 2, 40),
+      depthwise_case("bands of rows, a 7 x 7 filter, single-element copies", {2, 2, 83, 37}, 7, 1,
+                     3, 43),
+      // Many channels: a channel's eight groups of 16 images go to one or two blocks (on GPUs
+      // holding up to 600 blocks at once; 528 on an H100), whose ring of four buffers wraps.
+      depthwise_case("a block's groups past its ring of buffers", {128, 300, 6, 6}, 3, 1, 1, 46),
   };
   for (const GradcheckCase& c : cases) {
     CAPTURE(c.name);
