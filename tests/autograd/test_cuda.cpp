@@ -121,8 +121,9 @@ TEST_CASE("CUDA reductions split over many blocks agree with the CPU") {
       depthwise_case("bands of rows, 16-byte copies", {2, 3, 70, 64}, 5, 1, 2, 40),
       depthwise_case("bands of rows, a 7 x 7 filter, single-element copies", {2, 2, 83, 37}, 7, 1,
                      3, 43),
-      // Many channels: a channel's eight groups of 16 images go to one or two blocks (on GPUs
-      // holding up to 600 blocks at once; 528 on an H100), whose ring of four buffers wraps.
+      // Many small planes: blocks take several groups each, so their two buffers are reused (on
+      // an H100, 528 blocks at once: the correlation's 1200 groups of 32 planes go 2-3 to a
+      // block, the weight gradient's 8 groups of 16 images a channel all to one block).
       depthwise_case("a block's groups past its ring of buffers", {128, 300, 6, 6}, 3, 1, 1, 46),
   };
   for (const GradcheckCase& c : cases) {
