@@ -124,7 +124,7 @@ struct Col2im {
 
 // One thread per output pixel: y[n, c, oh, ow] = bias[c] + sum_{i, j} w[c, i, j] x[n, c, .., ..].
 // The threads of a warp share c, so their filter reads hit the same addresses (one broadcast).
-// (Strides other than 1 and filters other than 3 x 3, 5 x 5, 7 x 7; the tiled kernel below does
+// (Strides other than 1 and filters other than 3 x 3, 5 x 5, 7 x 7; the streamed kernels below do
 // the rest.)
 template <typename T>
 struct DepthwiseForward {
