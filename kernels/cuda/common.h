@@ -272,7 +272,15 @@ void launch_per_row(int64_t rows, int64_t cols, Launch launch) {
 // `splits` chunks of `chunk` elements, each reduced on its own into a partial result
 //   partial[o, s, j] = Op over k in [s chunk, min(r, (s + 1) chunk)) of value(o, k, j),
 // so that few but long reductions still fill the GPU; a second pass reduces the partials.
-// With splits == 1 the first pass writes y itself.
+// With splits == 1 the first pass writes y itself. A pass hands each result to a store functor,
+// store(index, value) with index (o * splits + s) * inner + j: StoreAt writes an array, and a
+// caller may send the results elsewhere (layer norm's dgamma and dbeta in one pass).
+
+template <typename T>
+struct StoreAt {
+  T* out;
+  __device__ void operator()(int64_t index, T v) const { out[index] = v; }
+};
 
 template <typename T>
 struct MiddleAxisElement {
@@ -295,45 +303,45 @@ __device__ inline Chunk chunk_of_row(int64_t row, int64_t r, int64_t chunk, int6
 
 // One thread per output, combining its chunk serially. Neighbouring threads have neighbouring j,
 // so their reads are coalesced when inner > 1.
-template <typename Op, typename T, typename Value>
+template <typename Op, typename T, typename Value, typename Store>
 struct ReduceChunkSerially {
   int64_t r, inner, chunk, splits;
   Value value;
-  T* out;
+  Store store;
   __device__ void operator()(int64_t index) const {
     const int64_t row = index / inner;
     const int64_t j = index - row * inner;
     const Chunk c = chunk_of_row(row, r, chunk, splits);
     T acc = Op::identity();
     for (int64_t k = c.begin; k < c.end; ++k) acc = Op::combine(acc, value(c.o, k, j));
-    out[index] = acc;
+    store(index, acc);
   }
 };
 
-// inner == 1: a team per row (o, s), out[o * splits + s] = Op over the chunk of
+// inner == 1: a team per row (o, s), result o * splits + s = Op over the chunk of
 // value(o, k, 0).
-template <typename Op, typename T, typename Team, typename Value>
+template <typename Op, typename T, typename Team, typename Value, typename Store>
 __global__ void reduce_rows_kernel(Team team, int64_t outer, int64_t r, int64_t chunk,
-                                   int64_t splits, Value value, T* out) {
+                                   int64_t splits, Value value, Store store) {
   for (TeamRows rows(team, outer * splits); rows.more(); rows.advance()) {
     const Chunk c = chunk_of_row(rows.row, r, chunk, splits);
     T acc = Op::identity();
     for (int64_t k = c.begin + team.rank(); k < c.end; k += team.size())
       acc = Op::combine(acc, value(c.o, k, 0));
     acc = team_reduce<Op>(team, acc);
-    if (rows.active && team.rank() == 0) out[rows.row] = acc;
+    if (rows.active && team.rank() == 0) store(rows.row, acc);
   }
 }
 
 constexpr int kColumnBlockThreads = 512;
 
 // inner > 1: a block per tile of blockDim.x consecutive columns j of one row (o, s):
-// out[(o * splits + s) * inner + j] = Op over the chunk of value(o, k, j). threadIdx.x walks the
+// result (o * splits + s) * inner + j = Op over the chunk of value(o, k, j). threadIdx.x walks the
 // columns (so a warp reads whole 32-byte sectors), threadIdx.y strides over the chunk, and a tree
 // in shared memory combines the blockDim.y partials of each column (blockDim.y a power of two).
-template <typename Op, typename T, typename Value>
+template <typename Op, typename T, typename Value, typename Store>
 __global__ void reduce_columns_kernel(int64_t outer, int64_t r, int64_t inner, int64_t chunk,
-                                      int64_t splits, Value value, T* out) {
+                                      int64_t splits, Value value, Store store) {
   __shared__ T partials[kColumnBlockThreads];
   const unsigned tx = threadIdx.x, ty = threadIdx.y, width = blockDim.x;
   const int64_t tiles_per_row = (inner + width - 1) / width;
@@ -353,7 +361,7 @@ __global__ void reduce_columns_kernel(int64_t outer, int64_t r, int64_t inner, i
             Op::combine(partials[ty * width + tx], partials[(ty + half) * width + tx]);
       __syncthreads();
     }
-    if (ty == 0 && j < inner) out[row * inner + j] = partials[tx];
+    if (ty == 0 && j < inner) store(row * inner + j, partials[tx]);
     __syncthreads();  // the next tile overwrites partials
   }
 }
@@ -370,26 +378,34 @@ __host__ __device__ inline unsigned pow2_at_least(int64_t n, unsigned cap) {
 constexpr int64_t kSerialMaxChunk = 32;
 constexpr int64_t kSerialMinColumns = int64_t(1) << 17;
 
-// One pass: out (outer, splits, inner) from value over (outer, r, inner), splits = ceil(r / chunk).
-template <typename Op, typename T, typename Value>
+// One pass: results (outer, splits, inner) from value over (outer, r, inner), splits =
+// ceil(r / chunk), each to store(index, result).
+template <typename Op, typename Value, typename Store>
 void reduce_middle_axis_pass(int64_t outer, int64_t r, int64_t inner, int64_t chunk, int64_t splits,
-                             Value value, T* out) {
+                             Value value, Store store) {
+  using T = decltype(value(int64_t(0), int64_t(0), int64_t(0)));
   const int64_t outputs = outer * splits * inner;
   if (chunk <= kSerialMaxChunk || (inner > 1 && outputs >= kSerialMinColumns)) {
-    for_each_index(outputs, ReduceChunkSerially<Op, T, Value>{r, inner, chunk, splits, value, out});
+    for_each_index(outputs,
+                   ReduceChunkSerially<Op, T, Value, Store>{r, inner, chunk, splits, value, store});
   } else if (inner == 1) {
     launch_per_row(outer * splits, chunk, [&](auto team, unsigned blocks, int threads) {
-      reduce_rows_kernel<Op>
-          <<<blocks, threads, 0, stream()>>>(team, outer, r, chunk, splits, value, out);
+      reduce_rows_kernel<Op, T>
+          <<<blocks, threads, 0, stream()>>>(team, outer, r, chunk, splits, value, store);
     });
   } else {
     // A tile row is one 32-byte sector of columns (8 floats, 4 doubles), fewer when inner is
     // small; blockDim.y covers the rest of the block, or the whole chunk when it is shorter.
-    const unsigned width = pow2_at_least(inner, 32 / sizeof(T));
+    // When such tiles would leave multiprocessors idle (few, long columns: layer norm's
+    // parameter gradients), a block takes one column instead: more blocks, each reading a
+    // strided column, which matters little at so few tiles.
+    static const int multiprocessors = device_attribute(cudaDevAttrMultiProcessorCount);
+    unsigned width = pow2_at_least(inner, 32 / sizeof(T));
+    if (outer * splits * ((inner + width - 1) / width) < multiprocessors) width = 1;
     const unsigned height = pow2_at_least(chunk, kColumnBlockThreads / width);
     const int64_t tiles = outer * splits * ((inner + width - 1) / width);
-    reduce_columns_kernel<Op><<<num_blocks(tiles, 1), dim3(width, height), 0, stream()>>>(
-        outer, r, inner, chunk, splits, value, out);
+    reduce_columns_kernel<Op, T><<<num_blocks(tiles, 1), dim3(width, height), 0, stream()>>>(
+        outer, r, inner, chunk, splits, value, store);
     NALA_CUDA_CHECK_LAUNCH();
   }
 }
@@ -422,13 +438,13 @@ void reduce_middle_axis(int64_t outer, int64_t r, int64_t inner, Value value, T*
   const int64_t splits = std::max<int64_t>(
       1, std::min({(r + kMinChunk - 1) / kMinChunk, (kTargetPartials + outputs - 1) / outputs,
                    kSplitScratchElements / outputs}));
-  if (splits == 1) return reduce_middle_axis_pass<Op>(outer, r, inner, r, 1, value, y);
+  if (splits == 1) return reduce_middle_axis_pass<Op>(outer, r, inner, r, 1, value, StoreAt<T>{y});
   T* partials = reinterpret_cast<T*>(split_scratch_address());
   const int64_t chunk = (r + splits - 1) / splits;
   const int64_t used_splits = (r + chunk - 1) / chunk;  // <= splits: no chunk is empty
-  reduce_middle_axis_pass<Op>(outer, r, inner, chunk, used_splits, value, partials);
+  reduce_middle_axis_pass<Op>(outer, r, inner, chunk, used_splits, value, StoreAt<T>{partials});
   reduce_middle_axis_pass<Op>(outer, used_splits, inner, used_splits, 1,
-                              MiddleAxisElement<T>{partials, used_splits, inner}, y);
+                              MiddleAxisElement<T>{partials, used_splits, inner}, StoreAt<T>{y});
 }
 
 }  // namespace nala::kernels::cuda

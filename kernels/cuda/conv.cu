@@ -214,9 +214,9 @@ constexpr int kStagedBytes = 22 * 1024;  // a buffer
 static_assert(kStages * kStagedBytes + 8 * 49 * 8 <= 48 * 1024);
 
 // Where a group's rows of one tensor lie in a buffer: row r of the group's plane q at
-// q * plane_ld + r * row_ld, at most max_rows rows a plane.
+// q * plane_ld + r * row_ld, at most max_rows rows a plane (staged_rows).
 struct StagedRows {
-  int width = 0, max_rows = 0, row_ld = 0, plane_ld = 0;
+  int width = 0, row_ld = 0, plane_ld = 0;
   FastDivisor by_row_pieces, by_plane_pieces;  // copies per row, per plane of max_rows rows
 };
 
@@ -231,7 +231,6 @@ StagedRows staged_rows(int width, int max_rows, int rows_per_thread, int piece) 
   constexpr int kAlign = 16 / sizeof(T);
   StagedRows s;
   s.width = width;
-  s.max_rows = max_rows;
   s.row_ld = (width + kAlign - 1) / kAlign * kAlign;
   if (rows_per_thread * s.row_ld * sizeof(T) % 128 == 0) s.row_ld += kAlign;
   s.plane_ld = ((max_rows * s.row_ld * sizeof(T) + 127) / 128 * 128 + 64) / sizeof(T);
@@ -270,8 +269,8 @@ struct Correlation {
   }
   // The plane of the walk's i-th (the walk of row blockIdx.y of the grid).
   __device__ int64_t plane(int i) const { return int64_t(i) * plane_step + blockIdx.y; }
-  __host__ __device__ int groups() const {
-    return (walked + group_planes - 1) / group_planes * bands;
+  __host__ __device__ int groups() const {  // below 2^31 (plan_correlation)
+    return static_cast<int>((int64_t(walked) + group_planes - 1) / group_planes * bands);
   }
 };
 
@@ -340,7 +339,9 @@ struct GroupThread {
       : q(static_cast<int>(threadIdx.x) / (kStreamThreads / c.group_planes)),
         lane(static_cast<int>(threadIdx.x) % (kStreamThreads / c.group_planes)),
         threads_per_plane(kStreamThreads / c.group_planes) {}
-  // body(first_y, x, valid_rows) for each of the thread's cells in the band.
+  // body(first_y, x, valid_rows) for each of the thread's cells in the band: cells of a grid of
+  // row groups (rows each) by out_w columns. (A division per cell, a multiply-high: GridWalk's
+  // carried row and column held two more registers, which made the 5 x 5 kernel spill.)
   template <typename Body>
   __device__ void for_each_cell(const Correlation& c, const Band& band, Body body) const {
     const int cells = (c.band_h + c.rows - 1) / c.rows * c.out_w;
@@ -353,13 +354,16 @@ struct GroupThread {
   }
 };
 
-// Sweeps a cell's input window in a staged plane (rows y_lo ... of in, row_ld apart): its
-// rows + K - 1 input rows read once each, row r holding in_row[j] = in[first_y - pad_h + r, x + j]
-// for j < K (zero outside the image; x = the column - pad_w), which meets output row k at filter
-// row i = r - k: meet(k, i, in_row). The loops unroll, so i and k are constants in meet's body.
+// Sweeps a cell's input window in a staged plane (the band's rows y_lo ... y_hi - 1 of in,
+// row_ld apart): its rows + K - 1 input rows read once each, row r holding
+// in_row[j] = in[first_y - pad_h + r, x + j] for j < K (zero outside the image; x = the column -
+// pad_w), which meets output row k at filter row i = r - k: meet(k, i, in_row). The loops
+// unroll, so i and k are constants in meet's body. Every row inside the image that it reads is
+// staged (plan_correlation: bands of whole cells, and the last band's rows reach the image's
+// end), so checking the image's bounds is enough.
 template <int K, typename T, typename Meet>
-__device__ void sweep_window(const Correlation& c, const T* staged_plane, int row_ld, int y_lo,
-                             int first_y, int x, Meet meet) {
+__device__ void sweep_window(const Correlation& c, const T* staged_plane, int row_ld,
+                             const Band& band, int first_y, int x, Meet meet) {
   bool column_inside[K];  // the same for every row
 #pragma unroll
   for (int j = 0; j < K; ++j) column_inside[j] = x + j >= 0 && x + j < c.in_w;
@@ -371,7 +375,8 @@ __device__ void sweep_window(const Correlation& c, const T* staged_plane, int ro
     T in_row[K];
 #pragma unroll
     for (int j = 0; j < K; ++j)
-      in_row[j] = row_inside && column_inside[j] ? staged_plane[(y - y_lo) * row_ld + x + j] : T(0);
+      in_row[j] =
+          row_inside && column_inside[j] ? staged_plane[(y - band.y_lo) * row_ld + x + j] : T(0);
 #pragma unroll
     for (int k = 0; k < kRowsPerThread; ++k)
       if (r - k >= 0 && r - k < K) meet(k, r - k, in_row);
@@ -406,7 +411,7 @@ __global__ void __launch_bounds__(kStreamThreads, kStreamBlocksPerSM)
       T acc[kRowsPerThread];
 #pragma unroll
       for (int k = 0; k < kRowsPerThread; ++k) acc[k] = b;
-      sweep_window<K>(c, staged_plane, c.input.row_ld, band.y_lo, first_y, x - c.pad_w,
+      sweep_window<K>(c, staged_plane, c.input.row_ld, band, first_y, x - c.pad_w,
                       [&](int k, int i, const T(&in_row)[K]) {
 #pragma unroll
                         for (int j = 0; j < K; ++j) acc[k] += f[i][j] * in_row[j];
@@ -450,7 +455,7 @@ __global__ void __launch_bounds__(kStreamThreads, kStreamBlocksPerSM)
 #pragma unroll
       for (int k = 0; k < kRowsPerThread; ++k)
         grad[k] = k < valid_rows ? dy_plane[(first_y + k - band.y0) * c.output.row_ld + col] : T(0);
-      sweep_window<K>(c, x_plane, c.input.row_ld, band.y_lo, first_y, col - c.pad_w,
+      sweep_window<K>(c, x_plane, c.input.row_ld, band, first_y, col - c.pad_w,
                       [&](int k, int i, const T(&in_row)[K]) {
 #pragma unroll
                         for (int j = 0; j < K; ++j) sum[i][j] += grad[k] * in_row[j];
@@ -473,8 +478,8 @@ bool plan_correlation(Correlation& c, const Conv2dShape& s, bool with_output,
   // The weight gradient (with_output) walks a channel's images, the correlation all planes.
   if (s.stride_h != 1 || s.stride_w != 1 || s.kernel_h != s.kernel_w ||
       (s.kernel_h != 3 && s.kernel_h != 5 && s.kernel_h != 7) || c.pad_h < 0 || c.pad_w < 0 ||
-      c.out_h <= 0 || c.out_w <= 0 || s.batch <= 0 || s.channels <= 0 || s.channels > 65535 ||
-      s.batch * s.channels > INT_MAX)
+      c.out_h <= 0 || c.out_w <= 0 || s.batch <= 0 || s.channels <= 0 ||
+      (with_output && s.channels > 65535) || s.batch * s.channels > INT_MAX)
     return false;
   c.channels = static_cast<int>(s.channels);
   c.walked = static_cast<int>(with_output ? s.batch : s.batch * s.channels);
@@ -492,6 +497,12 @@ bool plan_correlation(Correlation& c, const Conv2dShape& s, bool with_output,
     if (with_output) c.output = staged_rows<T>(c.out_w, band_h, c.rows, c.piece);
     return int64_t(c.input.plane_ld + c.output.plane_ld) * int64_t(sizeof(T));
   };
+  // sweep_window reads every row of a cell's windows that lies inside the image, also for the
+  // outputs of a last cell that run past the plane; those rows must be staged. So the outputs'
+  // windows reach the image's last row (true of the forward and input-gradient correlations at
+  // stride 1 with padding below K), and bands are whole cells: only the last band ends inside a
+  // cell, and its staged rows run to the image's end.
+  if (c.out_h - 1 - c.pad_h + c.kernel < c.in_h) return false;
   // Whole planes, as many as fit (a power of two, at most one per thread and not more than the
   // walk's); else one plane's bands, the tallest that fit.
   const int64_t plane_bytes = plan_band(c.out_h);
@@ -502,7 +513,8 @@ bool plan_correlation(Correlation& c, const Conv2dShape& s, bool with_output,
       c.group_planes *= 2;
   } else {
     int band_h = c.out_h;
-    while (band_h > 1 && plan_band(band_h) > kStagedBytes) band_h = std::max(1, band_h / 2);
+    while (band_h > c.rows && plan_band(band_h) > kStagedBytes) band_h /= 2;
+    band_h = std::max(c.rows, band_h / c.rows * c.rows);
     if (plan_band(band_h) > kStagedBytes) return false;
   }
   c.bands = (c.out_h + c.band_h - 1) / c.band_h;
@@ -638,39 +650,42 @@ void depthwise_conv2d_backward_input(const Conv2dShape& s, const T* dy, const T*
                  DepthwiseBackwardInput<T>{g, dy, w, dx});
 }
 
-// The streamed weight gradient (stride 1, 3 x 3, 5 x 5, 7 x 7); false when it does not apply.
-// With several splits a channel, their partial sums go to split_scratch and a second pass adds
-// them up in a fixed order.
+// The weight gradient's partial sums, (channel, split, tap) when there are several splits a
+// channel: dw itself for one split, else split_scratch, which a second pass adds up in a fixed
+// order (depthwise_conv2d_backward_weight).
 template <typename T>
-bool depthwise_weight_streamed(const Conv2dShape& s, const Geometry& g, const T* x, const T* dy,
-                               T* dw) {
+T* weight_partials(int64_t splits, T* dw) {
+  return splits == 1 ? dw : reinterpret_cast<T*>(split_scratch_address());
+}
+
+// The streamed weight gradient (stride 1, 3 x 3, 5 x 5, 7 x 7): its splits a channel, or 0 when
+// it does not apply.
+template <typename T>
+int64_t depthwise_weight_streamed(const Conv2dShape& s, const Geometry& g, const T* x, const T* dy,
+                                  T* dw) {
   Correlation c(g.height, g.width, g.out_h, g.out_w, g.pad_h, g.pad_w, false);
-  if (!plan_correlation<T>(c, s, true, {x, dy})) return false;
+  if (!plan_correlation<T>(c, s, true, {x, dy})) return 0;
   const int64_t taps = s.kernel_h * s.kernel_w;
   // A row of blocks a channel, as many as fill the GPU once (but one group each at least), the
   // partials within split_scratch.
   const int64_t splits = std::clamp<int64_t>(
       resident_stream_blocks() / s.channels, 1,
-      std::min<int64_t>(c.groups(), kSplitScratchElements / (s.channels * taps)));
+      std::max<int64_t>(
+          1, std::min<int64_t>(c.groups(), kSplitScratchElements / (s.channels * taps))));
   const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(s.channels));
-  T* out = splits == 1 ? dw : reinterpret_cast<T*>(split_scratch_address());
   with_filter_size(c.kernel, [&](auto k) {
-    depthwise_weight_kernel<k.value>
-        <<<grid, kStreamThreads, stream_shared_bytes<T>(c), stream()>>>(c, x, dy, out);
+    depthwise_weight_kernel<k.value><<<grid, kStreamThreads, stream_shared_bytes<T>(c), stream()>>>(
+        c, x, dy, weight_partials(splits, dw));
   });
   NALA_CUDA_CHECK_LAUNCH();
-  if (splits > 1)
-    reduce_middle_axis_pass<SumOp<T>>(s.channels, splits, taps, splits, 1,
-                                      MiddleAxisElement<T>{out, splits, taps}, dw);
-  return true;
+  return splits;
 }
 
+// Other strides and filters (depthwise_backward_weight_kernel): its splits a channel.
 template <typename T>
-void depthwise_conv2d_backward_weight(const Conv2dShape& s, const T* x, const T* dy, T* dw) {
+int64_t depthwise_weight_by_positions(const Conv2dShape& s, const Geometry& g, const T* x,
+                                      const T* dy, T* dw) {
   const int64_t taps = s.kernel_h * s.kernel_w, positions = s.batch * s.out_h * s.out_w;
-  if (s.channels * taps <= 0) return;
-  const Geometry g = geometry_of(s);
-  if (depthwise_weight_streamed(s, g, x, dy, dw)) return;
   const int window = s.kernel_h <= 3 && s.kernel_w <= 3 ? 3 : 5;
   WeightGradSplits sp;
   sp.tiles_w = static_cast<int>((s.kernel_w + window - 1) / window);
@@ -688,8 +703,7 @@ void depthwise_conv2d_backward_weight(const Conv2dShape& s, const T* x, const T*
     throw std::invalid_argument("depthwise conv2d weight gradient: filter too large for CUDA");
   const dim3 grid(static_cast<unsigned>(s.channels), static_cast<unsigned>(tiles),
                   static_cast<unsigned>(sp.splits));
-  // out is dw itself (one split) or the partials (c, split, tap).
-  T* out = sp.splits == 1 ? dw : reinterpret_cast<T*>(split_scratch_address());
+  T* out = weight_partials(sp.splits, dw);
   if (window == 3)
     depthwise_backward_weight_kernel<3>
         <<<grid, kWeightGradThreads, 0, stream()>>>(g, sp, x, dy, out);
@@ -697,9 +711,20 @@ void depthwise_conv2d_backward_weight(const Conv2dShape& s, const T* x, const T*
     depthwise_backward_weight_kernel<5>
         <<<grid, kWeightGradThreads, 0, stream()>>>(g, sp, x, dy, out);
   NALA_CUDA_CHECK_LAUNCH();
-  if (sp.splits > 1)
-    reduce_middle_axis_pass<SumOp<T>>(s.channels, sp.splits, taps, sp.splits, 1,
-                                      MiddleAxisElement<T>{out, sp.splits, taps}, dw);
+  return sp.splits;
+}
+
+template <typename T>
+void depthwise_conv2d_backward_weight(const Conv2dShape& s, const T* x, const T* dy, T* dw) {
+  const int64_t taps = s.kernel_h * s.kernel_w;
+  if (s.channels * taps <= 0) return;
+  const Geometry g = geometry_of(s);
+  int64_t splits = depthwise_weight_streamed(s, g, x, dy, dw);
+  if (splits == 0) splits = depthwise_weight_by_positions(s, g, x, dy, dw);
+  if (splits > 1)
+    reduce_middle_axis_pass<SumOp<T>>(
+        s.channels, splits, taps, splits, 1,
+        MiddleAxisElement<T>{weight_partials(splits, dw), splits, taps}, StoreAt<T>{dw});
 }
 
 #define NALA_INSTANTIATE(T)                                                                        \

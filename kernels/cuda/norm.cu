@@ -191,22 +191,17 @@ __global__ void __launch_bounds__(kFusedThreads, 1024 / kFusedThreads)
   }
 }
 
-// dgamma[c] and dbeta[c] from the fused kernel's partial rows: block (which, c) adds column c of
-// its `blocks` partial rows in a fixed order (a thread per stride of rows, then block_reduce).
-// One launch for both, each block a short reduction: the generic column reduction gave these
-// 2 x 32 columns 4 blocks in two launches, about 10 us each (ncu).
+// Result (which, c) of the second pass over the fused kernel's partial rows: dgamma[c] (which 0)
+// or dbeta[c] (1), when wanted.
 template <typename T>
-__global__ void layer_norm_param_grads_kernel(int64_t blocks, int cols, const T* partials,
-                                              T* dgamma, T* dbeta) {
-  const int which = static_cast<int>(blockIdx.x) / cols, c = static_cast<int>(blockIdx.x) % cols;
-  T* out = which == 0 ? dgamma : dbeta;
-  if (out == nullptr) return;  // uniform across the block
-  T sum = T(0);
-  for (int64_t b = threadIdx.x; b < blocks; b += blockDim.x)
-    sum += partials[(which * blocks + b) * cols + c];
-  sum = block_reduce<SumOp<T>>(sum);
-  if (threadIdx.x == 0) out[c] = sum;
-}
+struct StoreParamGrads {
+  T *dgamma, *dbeta;
+  int64_t cols;
+  __device__ void operator()(int64_t index, T v) const {
+    T* out = index < cols ? dgamma : dbeta;
+    if (out != nullptr) out[index < cols ? index : index - cols] = v;
+  }
+};
 
 // dy[row, col] xhat[row, col], the terms of dgamma[col], as a (1, rows, cols) value for
 // reduce_middle_axis.
@@ -459,9 +454,10 @@ void layer_norm_backward(int64_t rows, int64_t cols, const T* x, const T* dy, co
                                        stream()>>>(LanesPerRow(lanes), rows, static_cast<int>(cols),
                                                    x, dy, gamma, mean, rstd, dx, partials);
     NALA_CUDA_CHECK_LAUNCH();
-    layer_norm_param_grads_kernel<<<static_cast<unsigned>(2 * cols), kFusedThreads, 0, stream()>>>(
-        fused_blocks, static_cast<int>(cols), partials, dgamma, dbeta);
-    NALA_CUDA_CHECK_LAUNCH();
+    // dgamma and dbeta: the partial rows (2, fused_blocks, cols) summed over the middle axis.
+    reduce_middle_axis_pass<SumOp<T>>(2, fused_blocks, cols, fused_blocks, 1,
+                                      MiddleAxisElement<T>{partials, fused_blocks, cols},
+                                      StoreParamGrads<T>{dgamma, dbeta, cols});
     return;
   }
   launch_per_row(rows, cols, [&](auto team, unsigned blocks, int threads) {

@@ -111,14 +111,16 @@ TEST_CASE("CUDA reductions split over many blocks agree with the CPU") {
       depthwise_case("planes smaller than a block", {300, 6, 2, 2}, 3, 1, 1, 7),
       depthwise_case("several splits of positions", {64, 3, 12, 12}, 5, 1, 2, 13),
       depthwise_case("several tap windows; the per-output kernels", {5, 2, 9, 9}, 7, 2, 3, 16),
-      depthwise_case("bands of rows, no padding", {2, 3, 40, 37}, 3, 1, 0, 19),
+      depthwise_case("37-wide rows copied an element at a time, no padding", {2, 3, 40, 37}, 3, 1,
+                     0, 19),
       depthwise_case("a block of planes, all taps but one outside", {300, 5, 1, 1}, 5, 1, 2, 22),
       depthwise_case("planes not dividing a block", {13, 4, 5, 5}, 3, 1, 1, 10),
-      // Planes larger than a staging buffer (10 KiB) go through it in bands of rows, the last
-      // band shorter: 8 rows in the first case's correlations and 4 in its weight gradient (which
-      // stages dy too), 20 and 10 in the second's. 64-wide rows move in 16-byte copies, 37-wide
-      // ones an element at a time.
-      depthwise_case("bands of rows, 16-byte copies", {2, 3, 70, 64}, 5, 1, 2, 40),
+      // Planes larger than a staging buffer (22 KiB) go through it in bands of rows, whole
+      // groups of a thread's 4 rows, the last band shorter and ending inside a group: 32 rows in
+      // the first case's correlations and 16 in its weight gradient (which stages dy too), 40 and
+      // 20 in the second's. 64-wide rows move in 16-byte copies, 37-wide ones an element at a
+      // time.
+      depthwise_case("bands of rows, 16-byte copies", {2, 3, 71, 64}, 5, 1, 2, 40),
       depthwise_case("bands of rows, a 7 x 7 filter, single-element copies", {2, 2, 83, 37}, 7, 1,
                      3, 43),
       // Many small planes: blocks take several groups each, so their two buffers are reused (on
