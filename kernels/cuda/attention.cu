@@ -139,11 +139,17 @@ int choose_tile(const char* kernel, int preferred, Bytes bytes, int smallest = 4
                               ": head dim too large for the GPU's shared memory");
 }
 
-// kernel<<<grid, kThreads, bytes, stream()>>>(args...), allowed `bytes` of dynamic shared memory.
-template <typename... Params, typename... Args>
-void launch(void (*kernel)(Params...), dim3 grid, size_t bytes, Args... args) {
-  NALA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       static_cast<int>(bytes)));
+// kernel<<<grid, kThreads, bytes, stream()>>>(args...). Past 48 KiB a kernel must opt in to its
+// dynamic shared memory: once per kernel, to the device's limit (a driver call, not one per
+// launch).
+template <auto kernel, typename... Args>
+void launch(dim3 grid, size_t bytes, Args... args) {
+  static const bool allowed = [] {
+    NALA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(max_shared_bytes())));
+    return true;
+  }();
+  (void)allowed;
   kernel<<<grid, kThreads, bytes, stream()>>>(args...);
   NALA_CUDA_CHECK_LAUNCH();
 }
@@ -338,7 +344,7 @@ struct ProductTiling {
 #endif
   }
   __device__ int column_blocks() const { return tensor_cores ? N / (8 * tiles) : N / 4; }
-  // The h-th block this thread holds (h < kHeld), or -1.
+  // The h-th block this thread holds (h < blocks_held), or -1.
   __device__ int held(int h) const {
     const int blocks = (tensor_cores ? M / 16 : M / 4) * column_blocks();
     const int block = tensor_cores ? static_cast<int>(threadIdx.x / 32 + h * (kThreads / 32))
@@ -444,14 +450,14 @@ __device__ void block_product(int M, int N, int K, Operand<T> a, Operand<T> b, E
 
 // A running sum C += A B over tiles of the summed index (the same M x N each time), its blocks
 // held in registers from one tile to the next: kBlocks per thread, so M N <= kBlocks 16 kThreads
-// (sums_blocks_held).
+// (feature_sums picks kBlocks).
 template <typename T, int kBlocks>
 struct ProductSum {
   T acc[kBlocks][16] = {};
 
   __device__ void add(int M, int N, int K, Operand<T> a, Operand<T> b) {
     const ProductTiling<T> tiling(M, N, K, kBlocks);
-    if constexpr (std::is_same_v<T, float>)
+    if constexpr (std::is_same_v<T, float> && kBlocks > 1)  // one block: nothing to share
       if (tiling.held_share_columns())
         return tiling.tiles == 4 ? tiling.template accumulate_held_tf32<4>(a, b, acc)
                                  : tiling.template accumulate_held_tf32<1>(a, b, acc);
@@ -687,8 +693,9 @@ struct PairRows {
 
 // Runs load(j, b) then body(j, b) for this thread's tokens j < tile, kBatch tokens at a time (b <
 // kBatch): a batch's loads are all issued before the first body waits on them. A team's lanes
-// share j, so body may shuffle within the team; with tile a multiple of the teams per block
-// (linear_tile), every team of a warp runs the same steps, so the shuffles span whole warps.
+// share j, so body may shuffle within the team; with tile a multiple of the teams per warp
+// (linear_tile), a warp's teams hold consecutive j from a multiple of that count, so they all
+// run the same steps and the shuffles span whole warps.
 template <int kBatch, typename Load, typename Body>
 __device__ void for_team_tokens(LanesPerRow team, int tile, Load load, Body body) {
   const int teams = kThreads / team.lanes;
@@ -703,10 +710,10 @@ __device__ void for_team_tokens(LanesPerRow team, int tile, Load load, Body body
 }
 
 // The tile of a linear-attention kernel: tiles of 16 tokens preferred (choose_tile), and a
-// multiple of the teams per block (for_team_tokens).
+// multiple of the teams per warp (for_team_tokens).
 template <typename Bytes>
 int linear_tile(const char* kernel, int d, Bytes bytes) {
-  return choose_tile(kernel, 16, bytes, kThreads / pair_lanes(d));
+  return choose_tile(kernel, 16, bytes, kWarpSize / pair_lanes(d));
 }
 
 // ---- linear attention, forward ----
@@ -769,11 +776,12 @@ enum class Side { Key, Query };
 
 struct FeatureSumsLayout {
   int rotated, values, team_sums, size;
-  __host__ __device__ FeatureSumsLayout(int tile, int d, int width) {
+  __host__ __device__ FeatureSumsLayout(Side side, int tile, int d, int width) {
     SharedLayout s;
-    rotated = s.take(tile * k_rows_ld(width));             // F_j, token-major
-    values = s.take(tile * k_rows_ld(d));                  // y_j, token-major
-    team_sums = s.take(kThreads / pair_lanes(d) * width);  // write_team_sums
+    rotated = s.take(tile * k_rows_ld(width));  // F_j, token-major
+    values = s.take(tile * k_rows_ld(d));       // y_j, token-major
+    // write_team_sums (keys only)
+    team_sums = s.take(side == Side::Key ? kThreads / pair_lanes(d) * width : 0);
     size = s.size;
   }
 };
@@ -792,7 +800,7 @@ __global__ void __launch_bounds__(kThreads, kBlocks == 1 ? 6 : 4)
                                const T* sin, const T* cos, const T* z, T* partials) {
   const int width = kHalves<fm> * d, half_d = d / 2;
   const int rotated_ld = k_rows_ld(width), values_ld = k_rows_ld(d);
-  const FeatureSumsLayout layout(tile, d, width);
+  const FeatureSumsLayout layout(side, tile, d, width);
   T* shared = shared_memory<T>();
   T* rotated = shared + layout.rotated;
   T* values = shared + layout.values;
@@ -893,8 +901,7 @@ __global__ void __launch_bounds__(kThreads)
     const auto load = [&](int j, int b) { in[b] = tile_rows.load(live && j < rows, j); };
     for_team_tokens<kPairBatch>(team, tile, load, [&](int j, int b) {
       const PairRow<T>& r = in[b];
-      const QueryScale<T> scale =
-          query_scale<fm>(team_sum(team, r.x[0] * r.x[0] + r.x[1] * r.x[1]));
+      const QueryScale<T> scale = team_query_scale<fm>(team, r);
       const T s0 = query_signed<fm>(r.x[0], scale), s1 = query_signed<fm>(r.x[1], scale);
       T den = 0;
       if (live)
@@ -923,13 +930,13 @@ __global__ void __launch_bounds__(kThreads)
 // ---- linear attention, backward ----
 
 struct QueryBackwardLayout {
-  int state, kbar, z, zdo, drotated, team_sums, size;
+  int state, kbar, z, dout, drotated, team_sums, size;
   __host__ __device__ QueryBackwardLayout(int tile, int d, int width) {
     SharedLayout s;
     state = s.take(width * i_rows_ld(d));                  // S
     kbar = s.take(width);                                  // mean of phiK
     z = s.take(tile);                                      // the tile's z_i
-    zdo = s.take(tile * i_rows_ld(d));                     // do_i, token-major (staged)
+    dout = s.take(tile * i_rows_ld(d));                    // do_i, token-major (staged)
     drotated = s.take(tile * k_rows_ld(width));            // dQ', token-major
     team_sums = s.take(kThreads / pair_lanes(d) * width);  // write_team_sums
     size = s.size;
@@ -952,13 +959,13 @@ __global__ void __launch_bounds__(kThreads, 5)
                                  const T* sin, const T* cos, const T* state, const T* kbar,
                                  const T* z, const T* dout, T* dq, T* partials) {
   const int width = kHalves<fm> * d, half_d = d / 2;
-  const int state_ld = i_rows_ld(d), zdo_ld = i_rows_ld(d), drotated_ld = k_rows_ld(width);
+  const int state_ld = i_rows_ld(d), dout_ld = i_rows_ld(d), drotated_ld = k_rows_ld(width);
   const QueryBackwardLayout layout(tile, d, width);
   T* shared = shared_memory<T>();
   T* state_s = shared + layout.state;
   T* kbar_s = shared + layout.kbar;
   T* z_s = shared + layout.z;
-  T* zdo = shared + layout.zdo;
+  T* dout_s = shared + layout.dout;
   T* drotated = shared + layout.drotated;
   const LanesPerRow team{pair_lanes(d)};
   const int pair = team.rank(), c = 2 * pair;
@@ -974,12 +981,12 @@ __global__ void __launch_bounds__(kThreads, 5)
   for (int64_t t0 = first; t0 < last; t0 += tile) {
     const int rows = static_cast<int>(min(static_cast<int64_t>(tile), last - t0));
     const int64_t row0 = head * n + t0;
-    stage_rows(tile, rows, d, dout + row0 * d, zdo, zdo_ld);
+    stage_rows(tile, rows, d, dout + row0 * d, dout_s, dout_ld);
     for (int j = threadIdx.x; j < tile; j += blockDim.x) z_s[j] = j < rows ? z[row0 + j] : T(0);
     finish_staging();
     __syncthreads();
     // dQ' = (z do) S^T for the tile.
-    block_product(tile, width, d, i_rows(zdo, zdo_ld), i_rows(state_s, state_ld),
+    block_product(tile, width, d, i_rows(dout_s, dout_ld), i_rows(state_s, state_ld),
                   [&](int j, int i, T x0, T x1) {
                     store2(drotated + j * drotated_ld + i, z_s[j] * x0, z_s[j] * x1);
                   });
@@ -1133,22 +1140,24 @@ __global__ void __launch_bounds__(kThreads)
 
 // The feature-sums pass (forward pass 1, backward pass 1b) over x (k or q) and y (v or do), z
 // for queries. Its running sum takes one block of 16 values per thread when D d <= 16 kThreads
-// (d <= 32 for NaLa, 45 for ReLU): half the registers of four held blocks, so that eight blocks
-// share an SM instead of four.
+// (d <= 32 for NaLa, 44 for ReLU): a quarter of the registers of four held blocks, so that six
+// blocks share an SM instead of four (the kernel's launch bounds).
 template <typename T, FeatureMap fm, Side side>
 void feature_sums(const char* name, int64_t bh, int64_t n, int d, const T* x, const T* y,
                   const T* sin, const T* cos, const T* z, T* partials) {
   const int width = kHalves<fm> * d;
   const dim3 grid(static_cast<unsigned>(num_chunks(bh, n)), static_cast<unsigned>(bh));
-  const auto bytes = [&](int tile) { return FeatureSumsLayout(tile, d, width).size * sizeof(T); };
+  const auto bytes = [&](int tile) {
+    return FeatureSumsLayout(side, tile, d, width).size * sizeof(T);
+  };
   const int tile = linear_tile(name, d, bytes);
   const int64_t chunk = chunk_tokens(bh, n);
   if (width * d <= 16 * kThreads)
-    launch(linear_feature_sums_kernel<T, fm, side, 1>, grid, bytes(tile), n, chunk, d, tile, x, y,
-           sin, cos, z, partials);
+    launch<linear_feature_sums_kernel<T, fm, side, 1>>(grid, bytes(tile), n, chunk, d, tile, x, y,
+                                                       sin, cos, z, partials);
   else
-    launch(linear_feature_sums_kernel<T, fm, side, kHeld>, grid, bytes(tile), n, chunk, d, tile, x,
-           y, sin, cos, z, partials);
+    launch<linear_feature_sums_kernel<T, fm, side, kHeld>>(grid, bytes(tile), n, chunk, d, tile, x,
+                                                           y, sin, cos, z, partials);
 }
 
 template <typename T, FeatureMap fm>
@@ -1167,8 +1176,8 @@ void linear_forward(int64_t bh, int64_t n, int d, const T* q, const T* k, const 
 
   const auto out_bytes = [&](int tile) { return OutputLayout(tile, d, width).size * sizeof(T); };
   const int out_tile = linear_tile(name, d, out_bytes);
-  launch(linear_output_kernel<T, fm>, grid, out_bytes(out_tile), n, chunk, d, out_tile, q, sin, cos,
-         state, kbar, o, z);
+  launch<linear_output_kernel<T, fm>>(grid, out_bytes(out_tile), n, chunk, d, out_tile, q, sin, cos,
+                                      state, kbar, o, z);
 }
 
 template <typename T, FeatureMap fm>
@@ -1186,8 +1195,9 @@ void linear_backward(int64_t bh, int64_t n, int d, const T* q, const T* k, const
     return QueryBackwardLayout(tile, d, width).size * sizeof(T);
   };
   const int query_tile = linear_tile(name, d, query_bytes);
-  launch(linear_query_backward_kernel<T, fm>, grid, query_bytes(query_tile), n, chunk, d,
-         query_tile, q, sin, cos, state, kbar, z, dout, dq, workspace);
+  launch<linear_query_backward_kernel<T, fm>>(grid, query_bytes(query_tile), n, chunk, d,
+                                              query_tile, q, sin, cos, state, kbar, z, dout, dq,
+                                              workspace);
   feature_sums<T, fm, Side::Query>(name, bh, n, d, q, dout, sin, cos, z, workspace);
 
   // token_grads holds, per head, the D x d matrix dS / N then the D vector dkbar / N.
@@ -1198,8 +1208,8 @@ void linear_backward(int64_t bh, int64_t n, int d, const T* q, const T* k, const
     return KeyBackwardLayout(tile, d, width).size * sizeof(T);
   };
   const int key_tile = linear_tile(name, d, key_bytes);
-  launch(linear_key_backward_kernel<T, fm>, grid, key_bytes(key_tile), n, chunk, d, key_tile, k, v,
-         sin, cos, token_grads, dk, dv);
+  launch<linear_key_backward_kernel<T, fm>>(grid, key_bytes(key_tile), n, chunk, d, key_tile, k, v,
+                                            sin, cos, token_grads, dk, dv);
 }
 
 // ---- softmax attention ----
@@ -1652,7 +1662,7 @@ void softmax_attention_forward(int64_t bh, int64_t n, int64_t d, const T* q, con
   const auto bytes = [&](int tile) { return SoftmaxForwardLayout(tile, dim).size * sizeof(T); };
   const int tile = choose_tile("softmax_attention_forward", 4, bytes);
   const dim3 grid(static_cast<unsigned>((n + tile - 1) / tile), static_cast<unsigned>(bh));
-  launch(softmax_forward_kernel<T>, grid, bytes(tile), n, dim, tile, q, k, v, sin, cos, o, lse);
+  launch<softmax_forward_kernel<T>>(grid, bytes(tile), n, dim, tile, q, k, v, sin, cos, o, lse);
 }
 
 // The workspace holds D_i = do_i . o_i, (bh, n).
@@ -1677,16 +1687,16 @@ void softmax_attention_backward(int64_t bh, int64_t n, int64_t d, const T* q, co
   const int key_tile = choose_tile(name, 4, key_bytes);
   const dim3 key_grid(static_cast<unsigned>((n + key_tile - 1) / key_tile),
                       static_cast<unsigned>(bh));
-  launch(softmax_key_backward_kernel<T>, key_grid, key_bytes(key_tile), n, dim, key_tile, q, k, v,
-         sin, cos, lse, delta, dout, dk, dv);
+  launch<softmax_key_backward_kernel<T>>(key_grid, key_bytes(key_tile), n, dim, key_tile, q, k, v,
+                                         sin, cos, lse, delta, dout, dk, dv);
   const auto query_bytes = [&](int tile) {
     return SoftmaxQueryBackwardLayout(tile, dim).size * sizeof(T);
   };
   const int query_tile = choose_tile(name, 4, query_bytes);
   const dim3 query_grid(static_cast<unsigned>((n + query_tile - 1) / query_tile),
                         static_cast<unsigned>(bh));
-  launch(softmax_query_backward_kernel<T>, query_grid, query_bytes(query_tile), n, dim, query_tile,
-         q, k, v, sin, cos, lse, delta, dout, dq);
+  launch<softmax_query_backward_kernel<T>>(query_grid, query_bytes(query_tile), n, dim, query_tile,
+                                           q, k, v, sin, cos, lse, delta, dout, dq);
 }
 
 #define NALA_INSTANTIATE(T)                                                                     \

@@ -241,8 +241,7 @@ TEST_CASE("linear attention gradients over several chunks match the composition 
       Tensor outs[2];
       for (int composed = 0; composed < 2; ++composed) {
         std::vector<Tensor> x;
-        for (uint64_t seed : {60, 61, 62})
-          x.push_back(qkv({1, 2, 600, 8}, seed, device).detach().requires_grad_());
+        for (uint64_t seed : {60, 61, 62}) x.push_back(qkv({1, 2, 600, 8}, seed, device));
         Tensor o = composed ? attention_composed(kind, x[0], x[1], x[2], 20, 30)
                             : attention(kind, x[0], x[1], x[2], 20, 30);
         sum(mul(o, qkv({1, 2, 600, 8}, 63, device))).backward();
