@@ -11,16 +11,14 @@ OUT=${OUT:-/tmp/out}
 BASE=$1
 COMMAND=$2
 mkdir -p "$OUT"
-cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 > "$OUT/configure.log" 2>&1
 cmake -S "$BASE" -B build-base -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 > "$OUT/configure_base.log" 2>&1
 (cmake --build build-base -j6 --target nala_cli > "$OUT/build_base.log" 2>&1) &
-cmake --build build-gpu -j10 > "$OUT/build.log" 2>&1 || { grep -B2 -A10 error "$OUT/build.log" | head -40; exit 1; }
+# The working tree: build, all tests and gradcheck on CUDA (gpu_run.sh's `tests`, logs in $OUT).
+bash bench/gpu_run.sh tests
+echo "==== tests (rc $?)"
 wait
+[ -x build-gpu/nala ] || exit 1
 [ -x build-base/nala ] || { tail -20 "$OUT/build_base.log"; exit 1; }
-timeout 150 ctest --test-dir build-gpu -V > "$OUT/ctest.log" 2>&1
-echo "==== ctest (rc $?)"; grep -E "tests passed|Failed|\[doctest\] (test cases|assertions)" "$OUT/ctest.log" | head -12
-timeout 60 build-gpu/nala gradcheck --device cuda > "$OUT/gradcheck_cuda.log" 2>&1
-echo "==== gradcheck cuda (rc $?)"; grep -E "FAIL|failed" "$OUT/gradcheck_cuda.log"
 for i in 1 2; do
   for build in build-base build-gpu; do
     echo "==== $build ($i)"

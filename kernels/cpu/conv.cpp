@@ -244,12 +244,12 @@ void depthwise_conv2d_backward_weight(const Conv2dShape& s, const T* x, const T*
       T* __restrict padded = thread_scratch<PaddedPlaneScratch, T>(p.elements(s.kernel_w));
       T* __restrict dy_spread = thread_scratch<PaddedOutputScratch, T>(spread.elements(1));
       T* __restrict inside = thread_scratch<InsideColumns, T>(run);  // 1 for x < out_w, else 0
+      double* sums = thread_scratch<TapSums, double>(window);
       std::fill(padded, padded + p.elements(s.kernel_w), T(0));
       std::fill(dy_spread, dy_spread + spread.elements(1), T(0));
       for (int64_t t = 0; t < run; ++t) inside[t] = t % p.cols < s.out_w ? T(1) : T(0);
 #pragma omp for
       for (int64_t c = 0; c < s.channels; ++c) {
-        double* sums = thread_scratch<TapSums, double>(window);
         std::fill(sums, sums + window, 0.0);
         for (int64_t b = 0; b < s.batch; ++b) {
           copy_interior(p, x + (b * s.channels + c) * s.height * s.width, padded);

@@ -31,7 +31,7 @@ inline double exp2_branchless(double unclamped) {
 // e^y = 2^(y log2 e), as above (y log2 e clamped to [-1000, 1000]).
 inline double exp_branchless(double y) { return exp2_branchless(y * 1.4426950408889634); }
 
-// erfc(z) for z >= 0 within 1.1e-7 of its value (relative), from the Chebyshev fit of Numerical
+// erfc(z) for z >= 0 within 1.2e-7 of its value (relative), from the Chebyshev fit of Numerical
 // Recipes (2nd ed., section 6.2, erfcc):
 //   t = 1 / (1 + z / 2),  erfc(z) = t exp(-z^2 - 1.26551223 + t (1.00002368 + t (0.37409196 +
 //   ...))).

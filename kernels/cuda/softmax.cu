@@ -97,9 +97,8 @@ template <typename T, typename Team>
 __global__ void cross_entropy_backward_kernel(Team team, int64_t rows, int64_t classes,
                                               const T* logits, const int64_t* labels, T smoothing,
                                               const T* lse, const T* dloss, T* dlogits) {
-  for (TeamRows r(team, rows); r.more(); r.advance()) {
-    if (!r.active) continue;
-    const int64_t row = r.row;
+  // No sums across the team: a plain walk over the rows (TeamRows is for team_reduce).
+  for (int64_t row = team.first_row(); row < rows; row += team.row_stride()) {
     const T* x_row = logits + row * classes;
     T* dx_row = dlogits + row * classes;
     const int64_t label = labels[row];
