@@ -28,54 +28,54 @@ NALA_HOST_DEVICE T sigmoid(T x) {
   return T(1) / (T(1) + std::exp(-x));
 }
 
-template <typename T, typename Math>
+template <typename T>
 struct Neg {
   NALA_HOST_DEVICE static T value(T x) { return -x; }
   NALA_HOST_DEVICE static T derivative(T, T) { return T(-1); }
 };
 
 // (e^x)' = e^x
-template <typename T, typename Math>
+template <typename T>
 struct Exp {
   NALA_HOST_DEVICE static T value(T x) { return std::exp(x); }
   NALA_HOST_DEVICE static T derivative(T, T y) { return y; }
 };
 
-template <typename T, typename Math>
+template <typename T>
 struct Log {
   NALA_HOST_DEVICE static T value(T x) { return std::log(x); }
   NALA_HOST_DEVICE static T derivative(T x, T) { return T(1) / x; }
 };
 
 // (sqrt x)' = 1 / (2 sqrt x)
-template <typename T, typename Math>
+template <typename T>
 struct Sqrt {
   NALA_HOST_DEVICE static T value(T x) { return std::sqrt(x); }
   NALA_HOST_DEVICE static T derivative(T, T y) { return T(0.5) / y; }
 };
 
 // |x|' = sign(x), 0 at 0
-template <typename T, typename Math>
+template <typename T>
 struct Abs {
   NALA_HOST_DEVICE static T value(T x) { return std::abs(x); }
   NALA_HOST_DEVICE static T derivative(T x, T) { return T((x > T(0)) - (x < T(0))); }
 };
 
-template <typename T, typename Math>
+template <typename T>
 struct Tanh {
   NALA_HOST_DEVICE static T value(T x) { return std::tanh(x); }
   NALA_HOST_DEVICE static T derivative(T, T y) { return T(1) - y * y; }
 };
 
 // s' = s (1 - s)
-template <typename T, typename Math>
+template <typename T>
 struct Sigmoid {
   NALA_HOST_DEVICE static T value(T x) { return sigmoid(x); }
   NALA_HOST_DEVICE static T derivative(T, T y) { return y * (T(1) - y); }
 };
 
 // max(x, 0) written x < 0 ? 0 : x so that NaN passes through; the derivative is 0 at 0.
-template <typename T, typename Math>
+template <typename T>
 struct Relu {
   NALA_HOST_DEVICE static T value(T x) { return x < T(0) ? T(0) : x; }
   NALA_HOST_DEVICE static T derivative(T x, T) { return x > T(0) ? T(1) : T(0); }
@@ -83,7 +83,7 @@ struct Relu {
 
 // f = x/2 (1 + t),  t = tanh u,  u = sqrt(2/pi) (x + 0.044715 x^3)
 // f' = (1 + t)/2 + x/2 (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2)
-template <typename T, typename Math>
+template <typename T>
 struct GeluTanh {
   NALA_HOST_DEVICE static T tanh_u(T x) {
     return std::tanh(T(kSqrt2OverPi) * (x + T(kGeluCubic) * x * x * x));
@@ -106,7 +106,7 @@ struct GeluErf {
 };
 
 // f = x s = x / (1 + e^-x),  s = sigmoid(x);  f' = s (1 + x (1 - s))
-template <typename T, typename Math>
+template <typename T>
 struct Silu {
   NALA_HOST_DEVICE static T value(T x) { return x / (T(1) + std::exp(-x)); }
   NALA_HOST_DEVICE static T derivative(T x, T) {
@@ -115,32 +115,33 @@ struct Silu {
   }
 };
 
-// Calls visit(Op<T, Math>{}) with the functor of `op` (on the host).
+// Calls visit(Op<T>{}) with the functor of `op` (GeluErf<T, Math>, which needs the backend's
+// Phi and phi), on the host.
 template <typename T, typename Math, typename Visit>
 void visit_unary_op(UnaryOp op, Visit visit) {
   switch (op) {
     case UnaryOp::Neg:
-      return visit(Neg<T, Math>{});
+      return visit(Neg<T>{});
     case UnaryOp::Exp:
-      return visit(Exp<T, Math>{});
+      return visit(Exp<T>{});
     case UnaryOp::Log:
-      return visit(Log<T, Math>{});
+      return visit(Log<T>{});
     case UnaryOp::Sqrt:
-      return visit(Sqrt<T, Math>{});
+      return visit(Sqrt<T>{});
     case UnaryOp::Abs:
-      return visit(Abs<T, Math>{});
+      return visit(Abs<T>{});
     case UnaryOp::Tanh:
-      return visit(Tanh<T, Math>{});
+      return visit(Tanh<T>{});
     case UnaryOp::Sigmoid:
-      return visit(Sigmoid<T, Math>{});
+      return visit(Sigmoid<T>{});
     case UnaryOp::Relu:
-      return visit(Relu<T, Math>{});
+      return visit(Relu<T>{});
     case UnaryOp::GeluTanh:
-      return visit(GeluTanh<T, Math>{});
+      return visit(GeluTanh<T>{});
     case UnaryOp::GeluErf:
       return visit(GeluErf<T, Math>{});
     case UnaryOp::Silu:
-      return visit(Silu<T, Math>{});
+      return visit(Silu<T>{});
   }
   throw std::invalid_argument("unary op: unknown UnaryOp");
 }
