@@ -114,15 +114,23 @@ static int bench_attention(const BenchOptions& o, std::ostream& os) {
       Tensor q = randn({B, H, N, d}, opt).requires_grad_(),
              k = randn({B, H, N, d}, opt).requires_grad_();
       Tensor v = randn({B, H, N, d}, opt).requires_grad_(), g = randn({B, H, N, d}, opt);
+      // "nala" runs with the default allow_tf32 (one TF32 product on the tensor cores, like
+      // cuBLAS's GEMMs), "nala-fp32" with it off (3xTF32: float32's accuracy; CUDA only).
       struct Variant {
         const char* name;
         AttentionKind kind;
-        bool composed;
+        bool composed, full_float32;
       };
-      for (const Variant& var : {Variant{"nala", AttentionKind::Nala, false},
-                                 Variant{"composed", AttentionKind::Nala, true},
-                                 Variant{"softmax", AttentionKind::Softmax, false}}) {
+      for (const Variant& var : {Variant{"nala", AttentionKind::Nala, false, false},
+                                 Variant{"nala-fp32", AttentionKind::Nala, false, true},
+                                 Variant{"composed", AttentionKind::Nala, true, false},
+                                 Variant{"softmax", AttentionKind::Softmax, false, false}}) {
         if (!o.kind.empty() && o.kind != var.name) continue;
+        if (var.full_float32 && device != Device::CUDA) continue;
+#ifdef NALA_WITH_CUDA
+        const bool tf32_before = kernels::cuda::allow_tf32();
+        kernels::cuda::set_allow_tf32(tf32_before && !var.full_float32);
+#endif
         if (var.composed && N > 16384) continue;  // materialises 2d-wide features
         // O(N^2): seconds per call beyond these sizes.
         if (var.kind == AttentionKind::Softmax && N > (device == Device::CUDA ? 16384 : 4096))
@@ -150,6 +158,9 @@ static int bench_attention(const BenchOptions& o, std::ostream& os) {
         os << std::setw(10) << var.name << std::setw(4) << d << std::setw(8) << N << std::fixed
            << std::setprecision(3) << std::setw(11) << fwd * 1e3 << std::setw(12) << both * 1e3
            << std::setw(11) << std::setprecision(1) << peak / (1 << 20) << std::endl;
+#ifdef NALA_WITH_CUDA
+        kernels::cuda::set_allow_tf32(tf32_before);
+#endif
       }
     }
   os << "forward floor: 16 B*H*N*d bytes (q, k, v read, o written once) at `nala bench copy` "

@@ -40,8 +40,9 @@ inline std::vector<Device> devices() {
   return d;
 }
 
-// Full float32 GEMMs on CUDA for its scope (TF32 tensor cores, on by default, round operands to
-// 10 mantissa bits: ~5e-4 relative, too coarse for comparisons with the CPU at 1e-4).
+// Full float32 GEMMs and attention products on CUDA for its scope (TF32 tensor cores, on by
+// default, cut operands to 10 mantissa bits: ~5e-4 relative, too coarse for comparisons with the
+// CPU at 1e-4).
 class FullFloat32Guard {
  public:
 #ifndef NALA_WITH_CUDA

@@ -28,13 +28,13 @@
 // flight at once), sum over a row by shuffles within the team, and write the features (Q', K')
 // token-major into shared memory (the query backward stages do with asynchronous copies).
 // The D x d products then read the feature arrays in either orientation (Operand), on the tensor
-// cores in 3xTF32 for float32 (ProductTiling) and on the FP units in 4 x 4 register blocks for
-// float64; a running sum over the tiles (S, dS) stays in registers (ProductSum). Leading dims are
-// padded so that the tensor cores' fragment loads are free of bank conflicts (k_rows_ld,
-// i_rows_ld). The softmax kernels stage rows with an odd row stride (d + 1), which puts the
-// elements that a warp reads at one time in distinct banks.
-// Linear attention takes head dims up to 64 on CUDA (check_linear_head_dim); pointers must be
-// 16-byte aligned.
+// cores for float32 (ProductTiling: one TF32 product while allow_tf32(), the default, else
+// 3xTF32) and on the FP units in 4 x 4 register blocks for float64; a running sum over the tiles
+// (S, dS) stays in registers (ProductSum). Leading dims are padded so that the tensor cores'
+// fragment loads are free of bank conflicts (k_rows_ld, i_rows_ld). The softmax kernels stage rows
+// with an odd row stride (d + 1), which puts the elements that a warp reads at one time in distinct
+// banks. Linear attention takes head dims up to 64 on CUDA (check_linear_head_dim); pointers must
+// be 16-byte aligned.
 #include <cuda_pipeline.h>
 
 #include <algorithm>
@@ -266,10 +266,12 @@ __host__ __device__ inline int i_rows_ld(int count) { return count % 8 == 0 ? co
 // float32 runs on the tensor cores when the shape allows (M % 16, N % 8, K % 8 all 0, sm_80 or
 // later): mma.sync m16n8k8 in TF32, which reads the top 19 bits of each operand (10 of float32's
 // 23 mantissa bits). Each operand is split as x = big + small: big is x cut to those bits and
-// small = x - big is exact; C accumulates small_a big_b + big_a small_b + big_a big_b ("3xTF32").
-// The dropped small_a small_b and the bits the tensor cores cut from small are each at most
-// 2^-20 of the product, against float32's 2^-24 rounding per operation. (The cut is one AND;
-// cvt.rna.tf32.f32, rounding instead, compiles to about five instructions on sm_90.)
+// small = x - big is exact; C accumulates small_a big_b + big_a small_b + big_a big_b ("3xTF32",
+// kPasses = 3). The dropped small_a small_b and the bits the tensor cores cut from small are each
+// at most 2^-20 of the product, against float32's 2^-24 rounding per operation. With
+// allow_tf32() (on by default, as for cuBLAS's GEMMs) C accumulates big_a big_b alone (kPasses =
+// 1): a third of the mma's and no splits, each term within 2^-9 of the exact product. (The cut is
+// one AND; cvt.rna.tf32.f32, rounding instead, compiles to about five instructions on sm_90.)
 // Fragments of one m16n8k8 (lane = 4 g + t, g < 8, t < 4; PTX ISA, "Matrix fragments for
 // mma.m16n8k8", .tf32): A register r holds A(g + 8 (r % 2), t + 4 (r / 2)), B register r holds
 // B(t + 4 r, g), C register r holds C(g + 8 (r / 2), 2 t + r % 2). A warp holds 16 x 32 blocks
@@ -278,9 +280,10 @@ __host__ __device__ inline int i_rows_ld(int count) { return count % 8 == 0 ? co
 // Otherwise (float64, or other shapes) thread x holds the 4 x 4 blocks x, x + kThreads, ... and
 // multiplies on the FP units. Either way a thread holds at most kHeld blocks of 16 values.
 
-__device__ inline void split_tf32(float x, uint32_t& big, uint32_t& small) {
+template <int kPasses>
+__device__ void split_tf32(float x, uint32_t& big, uint32_t& small) {
   big = __float_as_uint(x) & 0xffffe000u;
-  small = __float_as_uint(x - __uint_as_float(big));
+  if constexpr (kPasses == 3) small = __float_as_uint(x - __uint_as_float(big));
 }
 
 // c[0..3] += A B for one m16n8k8 tile.
@@ -296,9 +299,11 @@ __device__ inline void mma_tf32(float* c, const uint32_t (&a)[4], const uint32_t
 
 // One step over k (k0 .. k0 + 7) of a 16 x 8 kTiles block of C on the tensor cores: the B
 // fragments of its kTiles m16n8 tiles (columns n0 ...), split once, then multiplied with the A
-// fragment of rows m0 ... m0 + 15 (split in turn) in 3xTF32.
-template <int kTiles>
+// fragment of rows m0 ... m0 + 15 (split in turn): in 3xTF32 (kPasses 3), or with only the big
+// parts, one TF32 product (kPasses 1; the small parts are never computed).
+template <int kTiles, int kPasses>
 struct Fragments {
+  static_assert(kPasses == 1 || kPasses == 3);
   uint32_t b_big[kTiles][2], b_small[kTiles][2];
 
   __device__ Fragments(Operand<float> b, int n0, int k0) {
@@ -307,7 +312,7 @@ struct Fragments {
     for (int tile = 0; tile < kTiles; ++tile)
 #pragma unroll
       for (int r = 0; r < 2; ++r)
-        split_tf32(b(n0 + 8 * tile + g, k0 + t + 4 * r), b_big[tile][r], b_small[tile][r]);
+        split_tf32<kPasses>(b(n0 + 8 * tile + g, k0 + t + 4 * r), b_big[tile][r], b_small[tile][r]);
   }
 
   __device__ void multiply(Operand<float> a, int m0, int k0, float (&acc)[16]) const {
@@ -315,12 +320,14 @@ struct Fragments {
     uint32_t a_big[4], a_small[4];
 #pragma unroll
     for (int r = 0; r < 4; ++r)
-      split_tf32(a(m0 + g + 8 * (r % 2), k0 + t + 4 * (r / 2)), a_big[r], a_small[r]);
-      // Three sweeps over the tiles, so that consecutive mma's add to different accumulators.
+      split_tf32<kPasses>(a(m0 + g + 8 * (r % 2), k0 + t + 4 * (r / 2)), a_big[r], a_small[r]);
+    // Three sweeps over the tiles, so that consecutive mma's add to different accumulators.
+    if constexpr (kPasses == 3) {
 #pragma unroll
-    for (int tile = 0; tile < kTiles; ++tile) mma_tf32(acc + 4 * tile, a_small, b_big[tile]);
+      for (int tile = 0; tile < kTiles; ++tile) mma_tf32(acc + 4 * tile, a_small, b_big[tile]);
 #pragma unroll
-    for (int tile = 0; tile < kTiles; ++tile) mma_tf32(acc + 4 * tile, a_big, b_small[tile]);
+      for (int tile = 0; tile < kTiles; ++tile) mma_tf32(acc + 4 * tile, a_big, b_small[tile]);
+    }
 #pragma unroll
     for (int tile = 0; tile < kTiles; ++tile) mma_tf32(acc + 4 * tile, a_big, b_big[tile]);
   }
@@ -329,7 +336,7 @@ struct Fragments {
 // Which blocks of C a thread holds and how it computes one (see above). A block has room for 16
 // values: on the tensor cores its m16n8 tiles (four, or one when N % 32 != 0), acc[4 tile + r]
 // their C registers; on the FP units a 4 x 4 block, acc[4 r + c].
-template <typename T>
+template <typename T, int kPasses>
 struct ProductTiling {
   int M, N, K;
   bool tensor_cores;
@@ -380,7 +387,7 @@ struct ProductTiling {
     const int m0 = 16 * (block / column_blocks()), n0 = 8 * kTiles * (block % column_blocks());
 #pragma unroll 2
     for (int k0 = 0; k0 < K; k0 += 8) {
-      const Fragments<kTiles> f(b, n0, k0);
+      const Fragments<kTiles, kPasses> f(b, n0, k0);
       f.multiply(a, m0, k0, acc);
     }
   }
@@ -404,7 +411,7 @@ struct ProductTiling {
     const int n0 = 8 * kTiles * (static_cast<int>(threadIdx.x / 32) % column_blocks());
 #pragma unroll 2
     for (int k0 = 0; k0 < K; k0 += 8) {
-      const Fragments<kTiles> f(b, n0, k0);
+      const Fragments<kTiles, kPasses> f(b, n0, k0);
 #pragma unroll
       for (int h = 0; h < kBlocks; ++h)
         if (m0[h] >= 0) f.multiply(a, m0[h], k0, acc[h]);
@@ -436,9 +443,9 @@ struct ProductTiling {
 };
 
 // C = A B handed to an epilogue, one held block at a time (a product used once).
-template <typename T, typename Epilogue>
+template <typename T, int kPasses, typename Epilogue>
 __device__ void block_product(int M, int N, int K, Operand<T> a, Operand<T> b, Epilogue epilogue) {
-  const ProductTiling<T> tiling(M, N, K);
+  const ProductTiling<T, kPasses> tiling(M, N, K);
   for (int h = 0; h < kHeld; ++h) {
     const int block = tiling.held(h);
     if (block < 0) break;
@@ -451,12 +458,12 @@ __device__ void block_product(int M, int N, int K, Operand<T> a, Operand<T> b, E
 // A running sum C += A B over tiles of the summed index (the same M x N each time), its blocks
 // held in registers from one tile to the next: kBlocks per thread, so M N <= kBlocks 16 kThreads
 // (feature_sums picks kBlocks).
-template <typename T, int kBlocks>
+template <typename T, int kBlocks, int kPasses>
 struct ProductSum {
   T acc[kBlocks][16] = {};
 
   __device__ void add(int M, int N, int K, Operand<T> a, Operand<T> b) {
-    const ProductTiling<T> tiling(M, N, K, kBlocks);
+    const ProductTiling<T, kPasses> tiling(M, N, K, kBlocks);
     if constexpr (std::is_same_v<T, float> && kBlocks > 1)  // one block: nothing to share
       if (tiling.held_share_columns())
         return tiling.tiles == 4 ? tiling.template accumulate_held_tf32<4>(a, b, acc)
@@ -471,7 +478,7 @@ struct ProductSum {
 
   template <typename Epilogue>
   __device__ void hand_out(int M, int N, int K, Epilogue epilogue) const {
-    const ProductTiling<T> tiling(M, N, K, kBlocks);
+    const ProductTiling<T, kPasses> tiling(M, N, K, kBlocks);
 #pragma unroll
     for (int h = 0; h < kBlocks; ++h) {
       const int block = tiling.held(h);
@@ -794,7 +801,7 @@ struct FeatureSumsLayout {
 // a pair per lane, builds F_j (and, for queries, the row's NaLa scale by a team sum) and writes
 // F_j and y_j token-major into shared memory; the block adds F^T Y to its running sum (held in
 // registers, ProductSum), and each lane adds its pair's phiK_j to its own sums.
-template <typename T, FeatureMap fm, Side side, int kBlocks>
+template <typename T, FeatureMap fm, int kPasses, Side side, int kBlocks>
 __global__ void __launch_bounds__(kThreads, kBlocks == 1 ? 6 : 4)
     linear_feature_sums_kernel(int64_t n, int64_t chunk, int d, int tile, const T* x, const T* y,
                                const T* sin, const T* cos, const T* z, T* partials) {
@@ -807,7 +814,7 @@ __global__ void __launch_bounds__(kThreads, kBlocks == 1 ? 6 : 4)
   const LanesPerRow team{pair_lanes(d)};
   const int pair = team.rank(), c = 2 * pair;
   const bool live = pair < half_d;
-  ProductSum<T, kBlocks> sums;
+  ProductSum<T, kBlocks, kPasses> sums;
   T phi_sums[2][2] = {};  // keys: this lane's share of sum_j phiK_j
 
   const int64_t head = blockIdx.y;
@@ -870,7 +877,7 @@ struct OutputLayout {
 // head. Per tile: a team of lanes per token reads q, sin, cos from global memory a pair per
 // lane, sums the row's squares (the NaLa scale) and its terms of phiQ . kbar (z) across the
 // team, and writes Q' token-major; the block multiplies Q' S (block_product) and writes o.
-template <typename T, FeatureMap fm>
+template <typename T, FeatureMap fm, int kPasses>
 __global__ void __launch_bounds__(kThreads)
     linear_output_kernel(int64_t n, int64_t chunk, int d, int tile, const T* q, const T* sin,
                          const T* cos, const T* state, const T* kbar, T* o, T* z) {
@@ -919,10 +926,11 @@ __global__ void __launch_bounds__(kThreads)
       }
     });
     __syncthreads();
-    block_product(tile, d, width, i_rows(rotated, rotated_ld), k_rows(state_s, state_ld),
-                  [&](int j, int e, T x0, T x1) {
-                    if (j < rows) store2(o + (row0 + j) * d + e, z_s[j] * x0, z_s[j] * x1);
-                  });
+    block_product<T, kPasses>(tile, d, width, i_rows(rotated, rotated_ld),
+                              k_rows(state_s, state_ld), [&](int j, int e, T x0, T x1) {
+                                if (j < rows)
+                                  store2(o + (row0 + j) * d + e, z_s[j] * x0, z_s[j] * x1);
+                              });
     __syncthreads();
   }
 }
@@ -953,7 +961,7 @@ struct QueryBackwardLayout {
 // each lane adding its pair's dden_i phiQ_i to its share of dkbar. Without dS (pass 1b) the block
 // holds no running sum: its registers and shared memory leave room for four blocks per SM at
 // d = 64, five at d <= 32 (at most 102 registers).
-template <typename T, FeatureMap fm>
+template <typename T, FeatureMap fm, int kPasses>
 __global__ void __launch_bounds__(kThreads, 5)
     linear_query_backward_kernel(int64_t n, int64_t chunk, int d, int tile, const T* q,
                                  const T* sin, const T* cos, const T* state, const T* kbar,
@@ -986,10 +994,10 @@ __global__ void __launch_bounds__(kThreads, 5)
     finish_staging();
     __syncthreads();
     // dQ' = (z do) S^T for the tile.
-    block_product(tile, width, d, i_rows(dout_s, dout_ld), i_rows(state_s, state_ld),
-                  [&](int j, int i, T x0, T x1) {
-                    store2(drotated + j * drotated_ld + i, z_s[j] * x0, z_s[j] * x1);
-                  });
+    block_product<T, kPasses>(tile, width, d, i_rows(dout_s, dout_ld), i_rows(state_s, state_ld),
+                              [&](int j, int i, T x0, T x1) {
+                                store2(drotated + j * drotated_ld + i, z_s[j] * x0, z_s[j] * x1);
+                              });
     __syncthreads();
     const PairRows<T> tile_rows(d, c, row0, t0, q, nullptr, sin, cos);
     PairRow<T> in[kPairBatch];
@@ -1060,7 +1068,7 @@ struct KeyBackwardLayout {
 // read from global memory; the block multiplies dv = K' dstate_token (written out) and
 // dK' = v dstate_token^T; the teams then take dK' back through the rotary, the sign split and
 // the cube, and write dk.
-template <typename T, FeatureMap fm>
+template <typename T, FeatureMap fm, int kPasses>
 __global__ void __launch_bounds__(kThreads)
     linear_key_backward_kernel(int64_t n, int64_t chunk, int d, int tile, const T* k, const T* v,
                                const T* sin, const T* cos, const T* token_grads, T* dk, T* dv) {
@@ -1107,12 +1115,13 @@ __global__ void __launch_bounds__(kThreads)
       }
     });
     __syncthreads();
-    block_product(tile, d, width, i_rows(rotated, rotated_ld), k_rows(dstate, dstate_ld),
-                  [&](int j, int e, T x0, T x1) {
-                    if (j < rows) store2(dv + (row0 + j) * d + e, x0, x1);
-                  });
-    block_product(tile, width, d, i_rows(values, values_ld), i_rows(dstate, dstate_ld),
-                  [&](int j, int i, T x0, T x1) { store2(drotated + j * rotated_ld + i, x0, x1); });
+    block_product<T, kPasses>(tile, d, width, i_rows(rotated, rotated_ld),
+                              k_rows(dstate, dstate_ld), [&](int j, int e, T x0, T x1) {
+                                if (j < rows) store2(dv + (row0 + j) * d + e, x0, x1);
+                              });
+    block_product<T, kPasses>(
+        tile, width, d, i_rows(values, values_ld), i_rows(dstate, dstate_ld),
+        [&](int j, int i, T x0, T x1) { store2(drotated + j * rotated_ld + i, x0, x1); });
     __syncthreads();
     for_team_tokens<kPairBatch>(team, tile, load(keys_only), [&](int j, int b) {
       const PairRow<T>& r = in[b];
@@ -1142,7 +1151,7 @@ __global__ void __launch_bounds__(kThreads)
 // for queries. Its running sum takes one block of 16 values per thread when D d <= 16 kThreads
 // (d <= 32 for NaLa, 44 for ReLU): a quarter of the registers of four held blocks, so that six
 // blocks share an SM instead of four (the kernel's launch bounds).
-template <typename T, FeatureMap fm, Side side>
+template <typename T, FeatureMap fm, int kPasses, Side side>
 void feature_sums(const char* name, int64_t bh, int64_t n, int d, const T* x, const T* y,
                   const T* sin, const T* cos, const T* z, T* partials) {
   const int width = kHalves<fm> * d;
@@ -1153,14 +1162,14 @@ void feature_sums(const char* name, int64_t bh, int64_t n, int d, const T* x, co
   const int tile = linear_tile(name, d, bytes);
   const int64_t chunk = chunk_tokens(bh, n);
   if (width * d <= 16 * kThreads)
-    launch<linear_feature_sums_kernel<T, fm, side, 1>>(grid, bytes(tile), n, chunk, d, tile, x, y,
-                                                       sin, cos, z, partials);
+    launch<linear_feature_sums_kernel<T, fm, kPasses, side, 1>>(grid, bytes(tile), n, chunk, d,
+                                                                tile, x, y, sin, cos, z, partials);
   else
-    launch<linear_feature_sums_kernel<T, fm, side, kHeld>>(grid, bytes(tile), n, chunk, d, tile, x,
-                                                           y, sin, cos, z, partials);
+    launch<linear_feature_sums_kernel<T, fm, kPasses, side, kHeld>>(
+        grid, bytes(tile), n, chunk, d, tile, x, y, sin, cos, z, partials);
 }
 
-template <typename T, FeatureMap fm>
+template <typename T, FeatureMap fm, int kPasses>
 void linear_forward(int64_t bh, int64_t n, int d, const T* q, const T* k, const T* v, const T* sin,
                     const T* cos, T* o, T* state, T* kbar, T* z, T* workspace) {
   const int width = kHalves<fm> * d;
@@ -1168,7 +1177,7 @@ void linear_forward(int64_t bh, int64_t n, int d, const T* q, const T* k, const 
   const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>(bh));
   const char* name = "linear_attention_forward";
 
-  feature_sums<T, fm, Side::Key>(name, bh, n, d, k, v, sin, cos, nullptr, workspace);
+  feature_sums<T, fm, kPasses, Side::Key>(name, bh, n, d, k, v, sin, cos, nullptr, workspace);
 
   const int64_t matrix_size = int64_t(width) * d;
   for_each_index(bh * (matrix_size + width),
@@ -1176,11 +1185,11 @@ void linear_forward(int64_t bh, int64_t n, int d, const T* q, const T* k, const 
 
   const auto out_bytes = [&](int tile) { return OutputLayout(tile, d, width).size * sizeof(T); };
   const int out_tile = linear_tile(name, d, out_bytes);
-  launch<linear_output_kernel<T, fm>>(grid, out_bytes(out_tile), n, chunk, d, out_tile, q, sin, cos,
-                                      state, kbar, o, z);
+  launch<linear_output_kernel<T, fm, kPasses>>(grid, out_bytes(out_tile), n, chunk, d, out_tile, q,
+                                               sin, cos, state, kbar, o, z);
 }
 
-template <typename T, FeatureMap fm>
+template <typename T, FeatureMap fm, int kPasses>
 void linear_backward(int64_t bh, int64_t n, int d, const T* q, const T* k, const T* v, const T* sin,
                      const T* cos, const T* state, const T* kbar, const T* z, const T* dout, T* dq,
                      T* dk, T* dv, T* workspace) {
@@ -1195,10 +1204,10 @@ void linear_backward(int64_t bh, int64_t n, int d, const T* q, const T* k, const
     return QueryBackwardLayout(tile, d, width).size * sizeof(T);
   };
   const int query_tile = linear_tile(name, d, query_bytes);
-  launch<linear_query_backward_kernel<T, fm>>(grid, query_bytes(query_tile), n, chunk, d,
-                                              query_tile, q, sin, cos, state, kbar, z, dout, dq,
-                                              workspace);
-  feature_sums<T, fm, Side::Query>(name, bh, n, d, q, dout, sin, cos, z, workspace);
+  launch<linear_query_backward_kernel<T, fm, kPasses>>(grid, query_bytes(query_tile), n, chunk, d,
+                                                       query_tile, q, sin, cos, state, kbar, z,
+                                                       dout, dq, workspace);
+  feature_sums<T, fm, kPasses, Side::Query>(name, bh, n, d, q, dout, sin, cos, z, workspace);
 
   // token_grads holds, per head, the D x d matrix dS / N then the D vector dkbar / N.
   for_each_index(bh * partial_size, SumPartials<T>{workspace, chunks, partial_size, 0, T(1) / T(n),
@@ -1208,8 +1217,8 @@ void linear_backward(int64_t bh, int64_t n, int d, const T* q, const T* k, const
     return KeyBackwardLayout(tile, d, width).size * sizeof(T);
   };
   const int key_tile = linear_tile(name, d, key_bytes);
-  launch<linear_key_backward_kernel<T, fm>>(grid, key_bytes(key_tile), n, chunk, d, key_tile, k, v,
-                                            sin, cos, token_grads, dk, dv);
+  launch<linear_key_backward_kernel<T, fm, kPasses>>(grid, key_bytes(key_tile), n, chunk, d,
+                                                     key_tile, k, v, sin, cos, token_grads, dk, dv);
 }
 
 // ---- softmax attention ----
@@ -1618,6 +1627,24 @@ int64_t linear_attention_workspace_size(FeatureMap fm, int64_t bh, int64_t n, in
   return bh * (num_chunks(bh, n) + 1) * (width * d + width);
 }
 
+// Calls run(map, passes) with the feature map and the tensor cores' passes as compile-time
+// constants: one TF32 product for float32 while allow_tf32() (the default, as for the GEMMs),
+// else 3xTF32; float64 never reaches the tensor cores, so it has one instantiation.
+template <typename T, typename Run>
+void with_map_and_passes(FeatureMap fm, Run run) {
+  using Nala = std::integral_constant<FeatureMap, FeatureMap::Nala>;
+  using Relu = std::integral_constant<FeatureMap, FeatureMap::Relu>;
+  const auto with_passes = [&](auto map) {
+    if constexpr (std::is_same_v<T, float>)
+      if (allow_tf32()) return run(map, std::integral_constant<int, 1>{});
+    run(map, std::integral_constant<int, 3>{});
+  };
+  if (fm == FeatureMap::Nala)
+    with_passes(Nala{});
+  else
+    with_passes(Relu{});
+}
+
 template <typename T>
 void linear_attention_forward(FeatureMap fm, int64_t bh, int64_t n, int64_t d, const T* q,
                               const T* k, const T* v, const T* sin, const T* cos, T* o, T* state,
@@ -1626,12 +1653,10 @@ void linear_attention_forward(FeatureMap fm, int64_t bh, int64_t n, int64_t d, c
   check_aligned("linear_attention_forward", {q, k, v, sin, cos, o, state, kbar, z, workspace});
   if (bh == 0 || n == 0) return;
   const int dim = static_cast<int>(d);
-  if (fm == FeatureMap::Nala)
-    linear_forward<T, FeatureMap::Nala>(bh, n, dim, q, k, v, sin, cos, o, state, kbar, z,
-                                        workspace);
-  else
-    linear_forward<T, FeatureMap::Relu>(bh, n, dim, q, k, v, sin, cos, o, state, kbar, z,
-                                        workspace);
+  with_map_and_passes<T>(fm, [&](auto map, auto passes) {
+    linear_forward<T, decltype(map)::value, decltype(passes)::value>(bh, n, dim, q, k, v, sin, cos,
+                                                                     o, state, kbar, z, workspace);
+  });
 }
 
 template <typename T>
@@ -1644,12 +1669,10 @@ void linear_attention_backward(FeatureMap fm, int64_t bh, int64_t n, int64_t d, 
                 {q, k, v, sin, cos, state, kbar, z, dout, dq, dk, dv, workspace});
   if (bh == 0 || n == 0) return;
   const int dim = static_cast<int>(d);
-  if (fm == FeatureMap::Nala)
-    linear_backward<T, FeatureMap::Nala>(bh, n, dim, q, k, v, sin, cos, state, kbar, z, dout, dq,
-                                         dk, dv, workspace);
-  else
-    linear_backward<T, FeatureMap::Relu>(bh, n, dim, q, k, v, sin, cos, state, kbar, z, dout, dq,
-                                         dk, dv, workspace);
+  with_map_and_passes<T>(fm, [&](auto map, auto passes) {
+    linear_backward<T, decltype(map)::value, decltype(passes)::value>(
+        bh, n, dim, q, k, v, sin, cos, state, kbar, z, dout, dq, dk, dv, workspace);
+  });
 }
 
 template <typename T>

@@ -256,13 +256,35 @@ TEST_CASE("linear attention gradients over several chunks match the composition 
     }
 }
 
+// Output and gradients of linear attention in float32 on `device` against the CPU in float64 on
+// the same inputs (2 x 2 heads, 200 tokens: a partial last tile), each as test::scaled_max_diff,
+// relative to the largest magnitude of the result.
+static std::vector<double> float32_against_float64(Device device, AttentionKind kind, int64_t d) {
+  const Shape shape{2, 2, 200, d};
+  std::vector<Tensor> results[2];  // float64 on the CPU, float32 on `device`
+  for (int single = 0; single < 2; ++single) {
+    const DType dtype = single ? DType::Float32 : DType::Float64;
+    const Device on = single ? device : Device::CPU;
+    std::vector<Tensor> x;
+    for (uint64_t seed : {40, 41, 42})
+      x.push_back(copy_tensor(test::random_tensor(shape, seed + d, DType::Float64), on, dtype)
+                      .requires_grad_());
+    Tensor o = attention(kind, x[0], x[1], x[2], 10, 20);
+    sum(mul(o, copy_tensor(test::random_tensor(shape, 99, DType::Float64), on, dtype))).backward();
+    for (const Tensor& t : {o, x[0].grad(), x[1].grad(), x[2].grad()})
+      results[single].push_back(t.cpu().to(DType::Float64));
+  }
+  std::vector<double> diffs;
+  for (size_t i = 0; i < results[0].size(); ++i)
+    diffs.push_back(test::scaled_max_diff(results[1][i], results[0][i]));
+  return diffs;
+}
+
 TEST_CASE("float32 linear attention stays within float32 rounding of float64") {
-  // Output and gradients in float32 against the CPU in float64 on the same inputs, relative to
-  // the largest magnitude of each result. 1e-5 is float32-level for sums over 200 tokens: the
-  // float32 kernels' own shortcuts must stay inside it (the CPU's power m^p as 2^(p log2 m) by
-  // series; CUDA's products on the tensor cores in 3xTF32 where the shapes allow, d = 32 and 64,
-  // and on the FP32 units for d = 12), while one TF32 product alone (rounding 2^-11 = 4.9e-4 per
-  // operand) would miss it by orders of magnitude. 200 tokens leave a partial last tile.
+  // 1e-5 is float32-level for sums over 200 tokens: the float32 kernels' own shortcuts must stay
+  // inside it (the CPU's power m^p as 2^(p log2 m) by series; CUDA's products on the tensor cores
+  // in 3xTF32 where the shapes allow, d = 32 and 64, and on the FP32 units for d = 12), while one
+  // TF32 product alone (2^-10 of each operand cut) misses it by orders of magnitude (next test).
   test::FullFloat32Guard full_float32;
   for (Device device : test::devices())
     for (AttentionKind kind : {AttentionKind::Nala, AttentionKind::Relu})
@@ -270,26 +292,36 @@ TEST_CASE("float32 linear attention stays within float32 rounding of float64") {
         CAPTURE(std::string(device_name(device)));
         CAPTURE(int(kind));
         CAPTURE(d);
-        const Shape shape{2, 2, 200, d};
-        std::vector<Tensor> results[2];  // float64 on the CPU, float32 on `device`
-        for (int single = 0; single < 2; ++single) {
-          const DType dtype = single ? DType::Float32 : DType::Float64;
-          const Device on = single ? device : Device::CPU;
-          std::vector<Tensor> x;
-          for (uint64_t seed : {40, 41, 42})
-            x.push_back(copy_tensor(test::random_tensor(shape, seed + d, DType::Float64), on, dtype)
-                            .requires_grad_());
-          Tensor o = attention(kind, x[0], x[1], x[2], 10, 20);
-          sum(mul(o, copy_tensor(test::random_tensor(shape, 99, DType::Float64), on, dtype)))
-              .backward();
-          for (const Tensor& t : {o, x[0].grad(), x[1].grad(), x[2].grad()})
-            results[single].push_back(t.cpu().to(DType::Float64));
-        }
-        for (size_t i = 0; i < results[0].size(); ++i) {
+        const std::vector<double> diffs = float32_against_float64(device, kind, d);
+        for (size_t i = 0; i < diffs.size(); ++i) {
           CAPTURE(i);
-          CHECK(test::scaled_max_diff(results[1][i], results[0][i]) < 1e-5);
+          CHECK(diffs[i] < 1e-5);
         }
       }
+}
+
+TEST_CASE("with TF32 allowed, CUDA linear attention takes one TF32 product, within its rounding") {
+  // allow_tf32 (on by default) lets the tensor cores' products (d = 32 and 64) take one TF32
+  // pass: each operand cut to 10 mantissa bits (relative error below 2^-10), a product's terms
+  // within 2^-9. Every result passes through two products (S = K'^T v then Q' S; dS then its
+  // uses), 2^-8 = 3.9e-3 of the terms' magnitudes, and sums of signed terms (the rotary) can
+  // exceed their results' largest magnitude by a few times: 1e-2. Above 1e-5 (the 3xTF32 level
+  // of the test before): the switch does reach the attention kernels.
+  if (!test::cuda_available()) return;
+#ifdef NALA_WITH_CUDA
+  REQUIRE(kernels::cuda::allow_tf32());
+#endif
+  for (AttentionKind kind : {AttentionKind::Nala, AttentionKind::Relu})
+    for (int64_t d : {32, 64}) {
+      CAPTURE(int(kind));
+      CAPTURE(d);
+      const std::vector<double> diffs = float32_against_float64(Device::CUDA, kind, d);
+      for (size_t i = 0; i < diffs.size(); ++i) {
+        CAPTURE(i);
+        CHECK(diffs[i] < 1e-2);
+        CHECK(diffs[i] > 1e-5);
+      }
+    }
 }
 
 TEST_CASE("a NaN in a query reaches that token's output") {
