@@ -31,14 +31,15 @@ Tensor log_softmax(const Tensor& x, int64_t dim) {
   return softmax_impl(x, dim, true, "log_softmax");
 }
 
-// Per-row losses (rows); the public op takes their mean.
-static Tensor cross_entropy_rows(const Tensor& logits_in, const Tensor& labels_in,
+// The mean over rows of the per-row losses, one node: the kernels take the mean themselves, so
+// the backward reads the scalar gradient and needs no broadcast of it to the rows.
+static Tensor cross_entropy_mean(const Tensor& logits_in, const Tensor& labels_in,
                                  double smoothing) {
   Tensor logits = logits_in.detach().contiguous();
   Tensor labels = labels_in.contiguous();
   int64_t rows = logits.size(0), classes = logits.size(1);
-  Tensor loss = empty({rows}, TensorOptions{logits.dtype(), logits.device()}),
-         lse = empty_like(loss);
+  Tensor loss = empty({}, TensorOptions{logits.dtype(), logits.device()}),
+         lse = empty({rows}, TensorOptions{logits.dtype(), logits.device()});
   NALA_KERNEL(logits, cross_entropy_forward, rows, classes, logits.data<T>(),
               labels.data<int64_t>(), T(smoothing), loss.data<T>(), lse.data<T>());
   record(loss, "cross_entropy", {logits_in}, [=](const Tensor& dloss_in) {
@@ -68,7 +69,7 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& labels, double label_sm
   if (label_smoothing < 0.0 || label_smoothing > 1.0)
     throw std::invalid_argument("cross_entropy: label_smoothing must be in [0, 1]");
   if (logits.size(0) == 0) throw std::invalid_argument("cross_entropy: empty batch");
-  return mean(cross_entropy_rows(logits, labels, label_smoothing));
+  return cross_entropy_mean(logits, labels, label_smoothing);
 }
 
 // mean_r of -sum_c target_rc log_softmax(x)_rc, composed (its gradient comes from the parts).

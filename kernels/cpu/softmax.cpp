@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <vector>
 
 #include "kernels/kernels.h"
 
@@ -88,33 +89,39 @@ void softmax_backward(int64_t rows, int64_t cols, const T* y, const T* dy, T* dx
 }
 
 // loss_r = lse_r - sum_c q_c x_c with q = (1 - eps) onehot(label) + eps / classes, so
-// sum_c q_c x_c = (1 - eps) x_label + eps mean_c(x_c).
+// sum_c q_c x_c = (1 - eps) x_label + eps mean_c(x_c); loss = mean_r loss_r, summed in row order
+// (the same result for any number of threads).
 template <typename T>
 void cross_entropy_forward(int64_t rows, int64_t classes, const T* logits, const int64_t* labels,
                            T smoothing, T* loss, T* lse) {
+  std::vector<double> row_loss(rows);
 #pragma omp parallel for if (rows * classes >= kParallelWork)
   for (int64_t r = 0; r < rows; ++r) {
     const T* x_row = logits + r * classes;
     const int64_t label = labels[r];
     lse[r] = log_sum_exp(x_row, classes);
     if (label < 0 || label >= classes) {
-      loss[r] = std::numeric_limits<T>::quiet_NaN();
+      row_loss[r] = std::numeric_limits<double>::quiet_NaN();
       continue;
     }
     double sum_x = 0;
 #pragma omp simd reduction(+ : sum_x)
     for (int64_t c = 0; c < classes; ++c) sum_x += x_row[c];
     const double target_dot_x = (1 - smoothing) * x_row[label] + smoothing * sum_x / classes;
-    loss[r] = static_cast<T>(lse[r] - target_dot_x);
+    row_loss[r] = lse[r] - target_dot_x;
   }
+  double sum = 0;
+  for (double l : row_loss) sum += l;
+  *loss = static_cast<T>(sum / static_cast<double>(rows));
 }
 
-// dlogits_rc = dloss_r (e^(x_rc - lse_r) - q_rc). A row with a label outside [0, classes) had
-// a NaN loss, and gets a NaN gradient.
+// dlogits_rc = (dloss / rows) (e^(x_rc - lse_r) - q_rc). A row with a label outside
+// [0, classes) had a NaN loss, and gets a NaN gradient.
 template <typename T>
 void cross_entropy_backward(int64_t rows, int64_t classes, const T* logits, const int64_t* labels,
                             T smoothing, const T* lse, const T* dloss, T* dlogits) {
   const T smoothing_per_class = smoothing / static_cast<T>(classes);
+  const T row_dloss = *dloss / static_cast<T>(rows);
 #pragma omp parallel for if (rows * classes >= kParallelWork)
   for (int64_t r = 0; r < rows; ++r) {
     const T* x_row = logits + r * classes;
@@ -125,9 +132,9 @@ void cross_entropy_backward(int64_t rows, int64_t classes, const T* logits, cons
       continue;
     }
     for (int64_t c = 0; c < classes; ++c) {
-      dx_row[c] = dloss[r] * (std::exp(x_row[c] - lse[r]) - smoothing_per_class);
+      dx_row[c] = row_dloss * (std::exp(x_row[c] - lse[r]) - smoothing_per_class);
     }
-    dx_row[label] -= dloss[r] * (1 - smoothing);
+    dx_row[label] -= row_dloss * (1 - smoothing);
   }
 }
 

@@ -67,13 +67,21 @@ __device__ T smoothed_target(int64_t c, int64_t label, T smoothing, int64_t clas
   return (c == label ? T(1) - smoothing : T(0)) + smoothing / T(classes);
 }
 
+// How many blocks of cross_entropy_forward_kernel have written their partial sum; the last block
+// sets it back to 0 (one stream: launches never overlap).
+__device__ unsigned int cross_entropy_blocks_done = 0;
+
 // Per row, lse = m + log s and
-//   loss = lse - sum_c q_c x_c = lse - (1 - eps) x_label - (eps / classes) sum_c x_c,
-// NaN when the label is outside [0, classes).
+//   loss_r = lse - sum_c q_c x_c = lse - (1 - eps) x_label - (eps / classes) sum_c x_c,
+// NaN when the label is outside [0, classes); loss = mean_r loss_r in the same launch: each
+// block writes the sum over its rows to partials[block], and the block that finishes last (the
+// count of finished blocks, bumped after a block's partial is visible to all: __threadfence)
+// sums the partials in block order, so the mean is the same whichever block is last.
 template <typename T, typename Team>
 __global__ void cross_entropy_forward_kernel(Team team, int64_t rows, int64_t classes,
                                              const T* logits, const int64_t* labels, T smoothing,
-                                             T* loss, T* lse) {
+                                             T* lse, T* partials, T* loss) {
+  T thread_loss = T(0);  // the rows this thread stores (a team's rank 0)
   for (TeamRows r(team, rows); r.more(); r.advance()) {
     const T* x_row = logits + r.row * classes;
     const MaxAndSumExp<T> stats = row_max_and_sum_exp(team, classes, x_row);
@@ -85,25 +93,42 @@ __global__ void cross_entropy_forward_kernel(Team team, int64_t rows, int64_t cl
       const int64_t label = labels[r.row];
       const bool valid = label >= 0 && label < classes;
       lse[r.row] = row_lse;
-      loss[r.row] = valid
-                        ? row_lse - (T(1) - smoothing) * x_row[label] - smoothing / T(classes) * sum
-                        : T(NAN);
+      thread_loss +=
+          valid ? row_lse - (T(1) - smoothing) * x_row[label] - smoothing / T(classes) * sum
+                : T(NAN);
     }
+  }
+  const T block_loss = block_reduce<SumOp<T>>(thread_loss);
+  __shared__ bool last;
+  if (threadIdx.x == 0) {
+    partials[blockIdx.x] = block_loss;
+    __threadfence();
+    last = atomicAdd(&cross_entropy_blocks_done, 1u) == gridDim.x - 1;
+  }
+  __syncthreads();
+  if (!last) return;
+  T sum = T(0);
+  for (unsigned b = threadIdx.x; b < gridDim.x; b += blockDim.x) sum += __ldcg(partials + b);
+  sum = block_reduce<SumOp<T>>(sum);
+  if (threadIdx.x == 0) {
+    *loss = sum / T(rows);
+    cross_entropy_blocks_done = 0;
   }
 }
 
-// dlogits = dloss (e^(x - lse) - q); NaN for a row whose label is outside [0, classes).
+// dlogits = (dloss / rows) (e^(x - lse) - q); NaN for a row whose label is outside [0, classes).
 template <typename T, typename Team>
 __global__ void cross_entropy_backward_kernel(Team team, int64_t rows, int64_t classes,
                                               const T* logits, const int64_t* labels, T smoothing,
                                               const T* lse, const T* dloss, T* dlogits) {
+  const T row_dloss = *dloss / T(rows);
   // No sums across the team: a plain walk over the rows (TeamRows is for team_reduce).
   for (int64_t row = team.first_row(); row < rows; row += team.row_stride()) {
     const T* x_row = logits + row * classes;
     T* dx_row = dlogits + row * classes;
     const int64_t label = labels[row];
     const bool valid = label >= 0 && label < classes;
-    const T row_lse = lse[row], row_dloss = dloss[row];
+    const T row_lse = lse[row];
     for (int64_t c = team.rank(); c < classes; c += team.size()) {
       const T q = smoothed_target(c, label, smoothing, classes);
       dx_row[c] = valid ? row_dloss * (exp(x_row[c] - row_lse) - q) : T(NAN);
@@ -132,9 +157,12 @@ void softmax_backward(int64_t rows, int64_t cols, const T* y, const T* dy, T* dx
 template <typename T>
 void cross_entropy_forward(int64_t rows, int64_t classes, const T* logits, const int64_t* labels,
                            T smoothing, T* loss, T* lse) {
+  // One partial per block (at most kMaxBlocks of them) in the split-reduction scratch.
+  static_assert(kMaxBlocks <= kSplitScratchElements && sizeof(T) <= sizeof(double));
+  T* partials = reinterpret_cast<T*>(split_scratch_address());
   launch_per_row(rows, classes, [&](auto team, unsigned blocks, int threads) {
-    cross_entropy_forward_kernel<<<blocks, threads, 0, stream()>>>(team, rows, classes, logits,
-                                                                   labels, smoothing, loss, lse);
+    cross_entropy_forward_kernel<<<blocks, threads, 0, stream()>>>(
+        team, rows, classes, logits, labels, smoothing, lse, partials, loss);
   });
 }
 

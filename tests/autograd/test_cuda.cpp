@@ -74,6 +74,15 @@ TEST_CASE("CUDA reductions split over many blocks agree with the CPU") {
         "layer_norm " + shape_str({rows, cols}), {{rows, cols}, {cols}, {cols}}, seed,
         [](const std::vector<Tensor>& t) { return layer_norm(t[0], t[1], t[2], 1e-5); });
   };
+  // Labels cycling through the classes, label smoothing 0.1.
+  auto cross_entropy_case = [&](int64_t rows, int64_t classes, uint64_t seed) {
+    return make_case("cross_entropy " + shape_str({rows, classes}), {{rows, classes}}, seed,
+                     [rows, classes](const std::vector<Tensor>& t) {
+                       std::vector<int64_t> labels(rows);
+                       for (int64_t i = 0; i < rows; ++i) labels[i] = i * 7 % classes;
+                       return cross_entropy(t[0], from_data(labels, {rows}, t[0].device()), 0.1);
+                     });
+  };
   // Depthwise k x k convolution of x (N, C, H, W) with bias.
   auto depthwise_case = [&](const std::string& why, const Shape& x, int64_t k, int64_t stride,
                             int64_t pad, uint64_t seed) {
@@ -96,18 +105,17 @@ TEST_CASE("CUDA reductions split over many blocks agree with the CPU") {
       layer_norm_case(40001, 20, 25),
       layer_norm_case(37, 300, 28),
       layer_norm_case(4, 1500, 31),
-      // Row kernels with a group of lanes per row: 16 lanes over 37 columns, 4 over 10, rows
-      // that do not fill the last block, nor the last warp (2 and 8 rows a warp).
+      // Row kernels with a group of lanes per row (16 lanes over 37 columns, 2 rows a warp) or
+      // a lane per row (10 columns), rows that do not fill the last block, nor the last warp.
       make_case("softmax (333, 37)", {{333, 37}}, 34,
                 [](const std::vector<Tensor>& t) { return softmax(t[0]); }),
       make_case("log_softmax (1003, 10)", {{1003, 10}}, 35,
                 [](const std::vector<Tensor>& t) { return log_softmax(t[0]); }),
-      make_case("cross_entropy (1003, 10)", {{1003, 10}}, 36,
-                [](const std::vector<Tensor>& t) {
-                  std::vector<int64_t> labels(1003);
-                  for (int64_t i = 0; i < 1003; ++i) labels[i] = i * 7 % 10;
-                  return cross_entropy(t[0], from_data(labels, {1003}, t[0].device()), 0.1);
-                }),
+      // Cross-entropy's mean in one launch (the last block sums the blocks' partials): 274
+      // blocks of a lane per row, 47 blocks of 16 lanes per row, 7 blocks of a block per row.
+      cross_entropy_case(70001, 10, 36),
+      cross_entropy_case(3001, 40, 37),
+      cross_entropy_case(7, 1500, 38),
       depthwise_case("planes smaller than a block", {300, 6, 2, 2}, 3, 1, 1, 7),
       depthwise_case("several splits of positions", {64, 3, 12, 12}, 5, 1, 2, 13),
       depthwise_case("several tap windows; the per-output kernels", {5, 2, 9, 9}, 7, 2, 3, 16),
@@ -139,6 +147,21 @@ TEST_CASE("CUDA reductions split over many blocks agree with the CPU") {
       CHECK(test::max_rel_diff(gpu[i], cpu[i]) < 1e-11);
     }
   }
+}
+
+TEST_CASE("CUDA cross-entropy gives the same mean on every call") {
+  // The forward's last block sums the blocks' partials in block order and resets the count of
+  // finished blocks: a second call must find the count at 0 and give the same bits.
+  if (!test::cuda_available()) return;
+  const int64_t rows = 70001;
+  std::vector<int64_t> labels(rows);
+  for (int64_t i = 0; i < rows; ++i) labels[i] = i % 10;
+  Tensor logits = test::random_tensor({rows, 10}, 50, DType::Float32, Device::CUDA);
+  Tensor y = from_data(labels, {rows}, Device::CUDA);
+  const float first = cross_entropy(logits, y).item();
+  for (int call = 0; call < 3; ++call) CHECK(cross_entropy(logits, y).item() == first);
+  // float32 tree sums of 70001 positive terms against the CPU's double sum: within 1e-6.
+  CHECK(first == doctest::Approx(cross_entropy(logits.cpu(), y.cpu()).item()).epsilon(1e-5));
 }
 
 TEST_CASE("CUDA linear attention: head dims past the kernels' 64 are a clear error") {
