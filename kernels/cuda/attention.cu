@@ -51,7 +51,10 @@
 namespace nala::kernels::cuda {
 namespace {
 
-constexpr int kThreads = 128;  // threads per block of every kernel below
+constexpr int kThreads = 128;  // threads per block of every kernel below but one:
+// the linear-attention output kernel's 256 threads share one copy of S in shared memory (at
+// d = 64, S takes 36 KiB of a block's 54: 128-thread blocks would leave an SM 16 warps).
+constexpr int kOutputThreads = 256;
 // Each thread holds at most kHeld blocks of 16 values of a product (ProductTiling below), so a
 // block of threads computes products of at most kMaxProduct elements.
 constexpr int kHeld = 4;
@@ -139,10 +142,10 @@ int choose_tile(const char* kernel, int preferred, Bytes bytes, int smallest = 4
                               ": head dim too large for the GPU's shared memory");
 }
 
-// kernel<<<grid, kThreads, bytes, stream()>>>(args...). Past 48 KiB a kernel must opt in to its
-// dynamic shared memory: once per kernel, to the device's limit (a driver call, not one per
+// kernel<<<grid, kBlockThreads, bytes, stream()>>>(args...). Past 48 KiB a kernel must opt in to
+// its dynamic shared memory: once per kernel, to the device's limit (a driver call, not one per
 // launch).
-template <auto kernel, typename... Args>
+template <auto kernel, int kBlockThreads = kThreads, typename... Args>
 void launch(dim3 grid, size_t bytes, Args... args) {
   static const bool allowed = [] {
     NALA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -150,7 +153,7 @@ void launch(dim3 grid, size_t bytes, Args... args) {
     return true;
   }();
   (void)allowed;
-  kernel<<<grid, kThreads, bytes, stream()>>>(args...);
+  kernel<<<grid, kBlockThreads, bytes, stream()>>>(args...);
   NALA_CUDA_CHECK_LAUNCH();
 }
 
@@ -336,8 +339,9 @@ struct Fragments {
 // Which blocks of C a thread holds and how it computes one (see above). A block has room for 16
 // values: on the tensor cores its m16n8 tiles (four, or one when N % 32 != 0), acc[4 tile + r]
 // their C registers; on the FP units a 4 x 4 block, acc[4 r + c].
-template <typename T, int kPasses>
+template <typename T, int kPasses, int kBlockThreads = kThreads>
 struct ProductTiling {
+  static constexpr int kWarps = kBlockThreads / 32;
   int M, N, K;
   bool tensor_cores;
   int tiles;  // m16n8 tiles per block on the tensor cores: 4, or 1 when N % 32 != 0
@@ -347,15 +351,15 @@ struct ProductTiling {
       : M(m), N(n), K(k), tensor_cores(false), tiles(n % 32 == 0 ? 4 : 1) {
 #if __CUDA_ARCH__ >= 800
     tensor_cores = std::is_same_v<T, float> && M % 16 == 0 && N % 8 == 0 && K % 8 == 0 &&
-                   M / 16 * (N / (8 * tiles)) <= blocks_held * (kThreads / 32);
+                   M / 16 * (N / (8 * tiles)) <= blocks_held * kWarps;
 #endif
   }
   __device__ int column_blocks() const { return tensor_cores ? N / (8 * tiles) : N / 4; }
   // The h-th block this thread holds (h < blocks_held), or -1.
   __device__ int held(int h) const {
     const int blocks = (tensor_cores ? M / 16 : M / 4) * column_blocks();
-    const int block = tensor_cores ? static_cast<int>(threadIdx.x / 32 + h * (kThreads / 32))
-                                   : static_cast<int>(threadIdx.x + h * kThreads);
+    const int block = tensor_cores ? static_cast<int>(threadIdx.x / 32 + h * kWarps)
+                                   : static_cast<int>(threadIdx.x + h * kBlockThreads);
     return block < blocks ? block : -1;
   }
 
@@ -396,8 +400,7 @@ struct ProductTiling {
   // divides the warps per block; when it holds more than one, acc[h] += held block h of A B
   // then loads and splits that column's B fragments once per step over k for all of them.
   __device__ bool held_share_columns() const {
-    return tensor_cores && (kThreads / 32) % column_blocks() == 0 &&
-           M / 16 * column_blocks() > kThreads / 32;
+    return tensor_cores && kWarps % column_blocks() == 0 && M / 16 * column_blocks() > kWarps;
   }
   template <int kTiles, int kBlocks>
   __device__ void accumulate_held_tf32(Operand<float> a, Operand<float> b,
@@ -443,9 +446,9 @@ struct ProductTiling {
 };
 
 // C = A B handed to an epilogue, one held block at a time (a product used once).
-template <typename T, int kPasses, typename Epilogue>
+template <typename T, int kPasses, int kBlockThreads = kThreads, typename Epilogue>
 __device__ void block_product(int M, int N, int K, Operand<T> a, Operand<T> b, Epilogue epilogue) {
-  const ProductTiling<T, kPasses> tiling(M, N, K);
+  const ProductTiling<T, kPasses, kBlockThreads> tiling(M, N, K);
   for (int h = 0; h < kHeld; ++h) {
     const int block = tiling.held(h);
     if (block < 0) break;
@@ -703,9 +706,9 @@ struct PairRows {
 // share j, so body may shuffle within the team; with tile a multiple of the teams per warp
 // (linear_tile), a warp's teams hold consecutive j from a multiple of that count, so they all
 // run the same steps and the shuffles span whole warps.
-template <int kBatch, typename Load, typename Body>
+template <int kBatch, int kBlockThreads = kThreads, typename Load, typename Body>
 __device__ void for_team_tokens(LanesPerRow team, int tile, Load load, Body body) {
-  const int teams = kThreads / team.lanes;
+  const int teams = kBlockThreads / team.lanes;
   for (int j0 = threadIdx.x / team.lanes; j0 < tile; j0 += kBatch * teams) {
 #pragma unroll
     for (int b = 0; b < kBatch; ++b)
@@ -877,8 +880,10 @@ struct OutputLayout {
 // head. Per tile: a team of lanes per token reads q, sin, cos from global memory a pair per
 // lane, sums the row's squares (the NaLa scale) and its terms of phiQ . kbar (z) across the
 // team, and writes Q' token-major; the block multiplies Q' S (block_product) and writes o.
+// Four float32 blocks share an SM (64 registers a thread); float64, which only the gradient
+// checks run, takes the registers of two, where at 64 it would spill.
 template <typename T, FeatureMap fm, int kPasses>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kOutputThreads, sizeof(T) == 4 ? 4 : 2)
     linear_output_kernel(int64_t n, int64_t chunk, int d, int tile, const T* q, const T* sin,
                          const T* cos, const T* state, const T* kbar, T* o, T* z) {
   const int width = kHalves<fm> * d, half_d = d / 2;
@@ -906,7 +911,7 @@ __global__ void __launch_bounds__(kThreads)
     const PairRows<T> tile_rows(d, c, row0, t0, q, nullptr, sin, cos);
     PairRow<T> in[kPairBatch];
     const auto load = [&](int j, int b) { in[b] = tile_rows.load(live && j < rows, j); };
-    for_team_tokens<kPairBatch>(team, tile, load, [&](int j, int b) {
+    for_team_tokens<kPairBatch, kOutputThreads>(team, tile, load, [&](int j, int b) {
       const PairRow<T>& r = in[b];
       const QueryScale<T> scale = team_query_scale<fm>(team, r);
       const T s0 = query_signed<fm>(r.x[0], scale), s1 = query_signed<fm>(r.x[1], scale);
@@ -926,11 +931,11 @@ __global__ void __launch_bounds__(kThreads)
       }
     });
     __syncthreads();
-    block_product<T, kPasses>(tile, d, width, i_rows(rotated, rotated_ld),
-                              k_rows(state_s, state_ld), [&](int j, int e, T x0, T x1) {
-                                if (j < rows)
-                                  store2(o + (row0 + j) * d + e, z_s[j] * x0, z_s[j] * x1);
-                              });
+    block_product<T, kPasses, kOutputThreads>(
+        tile, d, width, i_rows(rotated, rotated_ld), k_rows(state_s, state_ld),
+        [&](int j, int e, T x0, T x1) {
+          if (j < rows) store2(o + (row0 + j) * d + e, z_s[j] * x0, z_s[j] * x1);
+        });
     __syncthreads();
   }
 }
@@ -1185,8 +1190,8 @@ void linear_forward(int64_t bh, int64_t n, int d, const T* q, const T* k, const 
 
   const auto out_bytes = [&](int tile) { return OutputLayout(tile, d, width).size * sizeof(T); };
   const int out_tile = linear_tile(name, d, out_bytes);
-  launch<linear_output_kernel<T, fm, kPasses>>(grid, out_bytes(out_tile), n, chunk, d, out_tile, q,
-                                               sin, cos, state, kbar, o, z);
+  launch<linear_output_kernel<T, fm, kPasses>, kOutputThreads>(
+      grid, out_bytes(out_tile), n, chunk, d, out_tile, q, sin, cos, state, kbar, o, z);
 }
 
 template <typename T, FeatureMap fm, int kPasses>
