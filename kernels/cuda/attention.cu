@@ -570,6 +570,36 @@ __device__ T key_signed_backward(T k, T dkappa) {
   return dkappa;
 }
 
+// The maps' arithmetic. In float, the MUFU unit's approximations, an instruction or two each
+// where the accurate functions take 8 to 25 with branches for rare inputs; in double (which the
+// gradient checks run) the accurate ones.
+//   map_log2, map_exp2: lg2 / ex2.approx.ftz, within 2^-22 of log2 m for m in [0.5, 2] and 2
+//     ulp elsewhere; subnormal inputs and results flush to 0. The error e in log2 m becomes a
+//     relative error p ln2 e in m^p (p <= 4.5): below 8e-7 for m >= 0.5, 1.5e-6 at m = 1/8 (a
+//     d = 64 row of equal elements), growing with |log2 m| only where m^p is small. An m below
+//     2^-126 (|q_c| that far below the row's norm) has m^p below float's normal range anyway.
+//   map_rsqrt: rsqrtf, 2 ulp (1 / n from the sum of squares, without a square root and a
+//     division).
+//   map_divide: __fdividef, 2 ulp; 0 where |b| > 2^126, whose exact quotient (|a| at most a
+//     few times 1 here: z's numerator, sigma's |m^p| <= 1) is below float's normal range.
+// The float32 test against float64 (1e-5 of the largest value) covers them.
+__device__ inline float map_log2(float m) {
+  float y;
+  asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(m));
+  return y;
+}
+__device__ inline double map_log2(double m) { return log2(m); }
+__device__ inline float map_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+__device__ inline double map_exp2(double x) { return exp2(x); }
+__device__ inline float map_rsqrt(float x) { return rsqrtf(x); }
+__device__ inline double map_rsqrt(double x) { return 1 / sqrt(x); }
+__device__ inline float map_divide(float a, float b) { return __fdividef(a, b); }
+__device__ inline double map_divide(double a, double b) { return a / b; }
+
 // What the NaLa query map needs of a whole row: n = ||q||, 1/n (0 for an all-zero row, whose
 // direction is taken as 0) and the power p = 3 (0.5 + tanh n).
 template <typename T>
@@ -582,8 +612,8 @@ template <FeatureMap fm, typename T>
 __device__ QueryScale<T> query_scale(T sum_of_squares) {
   QueryScale<T> s{T(0), T(0), T(1)};
   if constexpr (fm == FeatureMap::Nala) {
-    s.norm = sqrt(sum_of_squares);
-    s.inv_norm = s.norm > 0 ? 1 / s.norm : T(0);
+    s.inv_norm = sum_of_squares > 0 ? map_rsqrt(sum_of_squares) : T(0);
+    s.norm = sum_of_squares * s.inv_norm;
     s.power = 3 * (T(0.5) + tanh(s.norm));
   }
   return s;
@@ -597,20 +627,11 @@ struct QuerySigned {
   T sigma, log2_m;
 };
 
-// log2 for the query map: in float the MUFU.LG2 unit (__log2f: within 2^-22 of log2 m for m in
-// [0.5, 2], 2 ulp elsewhere), where log2f's accurate series costs about 25 instructions. The
-// error e in log2 m becomes a relative error p ln2 e in m^p (p <= 4.5): below 8e-7 for m >= 0.5,
-// 1.5e-6 at m = 1/8 (a d = 64 row of equal elements), growing with |log2 m| only where m^p is
-// small. The float32 test against float64 (1e-5 of the largest value) covers it. In double, the
-// accurate log2 (the gradient checks run in double).
-__device__ inline float map_log2(float m) { return __log2f(m); }
-__device__ inline double map_log2(double m) { return log2(m); }
-
 template <FeatureMap fm, typename T>
 __device__ QuerySigned<T> query_signed_parts(T q, const QueryScale<T>& s) {
   if constexpr (fm == FeatureMap::Nala) {
     const T log2_m = map_log2(fabs(q) * s.inv_norm);
-    return {copysign(exp2(s.power * log2_m), q), log2_m};
+    return {copysign(map_exp2(s.power * log2_m), q), log2_m};
   }
   return {q, T(0)};
 }
@@ -640,7 +661,7 @@ __device__ T query_norm_grad(const QueryScale<T>& s, T power_sum, T scale_sum) {
 template <FeatureMap fm, typename T>
 __device__ T query_signed_backward(T q, T sigma, T dsigma, const QueryScale<T>& s, T dnorm) {
   if constexpr (fm == FeatureMap::Nala) {
-    const T direct = q != 0 ? s.power * dsigma * sigma / q : T(0);
+    const T direct = q != 0 ? s.power * map_divide(dsigma * sigma, q) : T(0);
     return direct + dnorm * q * s.inv_norm;
   }
   return dsigma;
@@ -926,7 +947,7 @@ __global__ void __launch_bounds__(kOutputThreads, sizeof(T) == 4 ? 4 : 2)
         }
       den = team_sum(team, den);
       if (pair == 0) {
-        z_s[j] = 1 / (den + T(kDenominatorEps));
+        z_s[j] = map_divide(T(1), den + T(kDenominatorEps));
         if (j < rows) z[row0 + j] = z_s[j];
       }
     });
