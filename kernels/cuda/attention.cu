@@ -351,13 +351,22 @@ struct ProductTiling {
       : M(m), N(n), K(k), tensor_cores(false), tiles(n % 32 == 0 ? 4 : 1) {
 #if __CUDA_ARCH__ >= 800
     tensor_cores = std::is_same_v<T, float> && M % 16 == 0 && N % 8 == 0 && K % 8 == 0 &&
-                   M / 16 * (N / (8 * tiles)) <= blocks_held * kWarps;
+                   (M >> 4) * (N >> (tiles == 4 ? 5 : 3)) <= blocks_held * kWarps;
 #endif
   }
-  __device__ int column_blocks() const { return tensor_cores ? N / (8 * tiles) : N / 4; }
+  // Rows and columns of blocks, as shifts: M and N are multiples of the blocks' sides (16 x 8
+  // tiles, or 4 x 4), and a block's row and column by unsigned division (no sign fix-ups).
+  __device__ int row_blocks() const { return tensor_cores ? M >> 4 : M >> 2; }
+  __device__ int column_blocks() const { return tensor_cores ? N >> (tiles == 4 ? 5 : 3) : N >> 2; }
+  __device__ int block_row(int block) const {
+    return static_cast<int>(static_cast<unsigned>(block) / static_cast<unsigned>(column_blocks()));
+  }
+  __device__ int block_column(int block) const {
+    return static_cast<int>(static_cast<unsigned>(block) % static_cast<unsigned>(column_blocks()));
+  }
   // The h-th block this thread holds (h < blocks_held), or -1.
   __device__ int held(int h) const {
-    const int blocks = (tensor_cores ? M / 16 : M / 4) * column_blocks();
+    const int blocks = row_blocks() * column_blocks();
     const int block = tensor_cores ? static_cast<int>(threadIdx.x / 32 + h * kWarps)
                                    : static_cast<int>(threadIdx.x + h * kBlockThreads);
     return block < blocks ? block : -1;
@@ -369,7 +378,7 @@ struct ProductTiling {
       if (tensor_cores)
         return tiles == 4 ? accumulate_tf32<4>(block, a, b, acc)
                           : accumulate_tf32<1>(block, a, b, acc);
-    const int m0 = 4 * (block / column_blocks()), n0 = 4 * (block % column_blocks());
+    const int m0 = 4 * block_row(block), n0 = 4 * block_column(block);
 #pragma unroll 4
     for (int k = 0; k < K; ++k) {
       T x[4], y[4];
@@ -388,7 +397,7 @@ struct ProductTiling {
   template <int kTiles>
   __device__ void accumulate_tf32(int block, Operand<float> a, Operand<float> b,
                                   float (&acc)[16]) const {
-    const int m0 = 16 * (block / column_blocks()), n0 = 8 * kTiles * (block % column_blocks());
+    const int m0 = 16 * block_row(block), n0 = 8 * kTiles * block_column(block);
 #pragma unroll 2
     for (int k0 = 0; k0 < K; k0 += 8) {
       const Fragments<kTiles, kPasses> f(b, n0, k0);
@@ -400,7 +409,7 @@ struct ProductTiling {
   // divides the warps per block; when it holds more than one, acc[h] += held block h of A B
   // then loads and splits that column's B fragments once per step over k for all of them.
   __device__ bool held_share_columns() const {
-    return tensor_cores && kWarps % column_blocks() == 0 && M / 16 * column_blocks() > kWarps;
+    return tensor_cores && kWarps % column_blocks() == 0 && row_blocks() * column_blocks() > kWarps;
   }
   template <int kTiles, int kBlocks>
   __device__ void accumulate_held_tf32(Operand<float> a, Operand<float> b,
@@ -409,9 +418,9 @@ struct ProductTiling {
 #pragma unroll
     for (int h = 0; h < kBlocks; ++h) {
       const int block = held(h);
-      m0[h] = block < 0 ? -1 : 16 * (block / column_blocks());
+      m0[h] = block < 0 ? -1 : 16 * block_row(block);
     }
-    const int n0 = 8 * kTiles * (static_cast<int>(threadIdx.x / 32) % column_blocks());
+    const int n0 = 8 * kTiles * block_column(static_cast<int>(threadIdx.x / 32));
 #pragma unroll 2
     for (int k0 = 0; k0 < K; k0 += 8) {
       const Fragments<kTiles, kPasses> f(b, n0, k0);
@@ -426,7 +435,7 @@ struct ProductTiling {
   __device__ void hand_out(int block, const T (&acc)[16], Epilogue epilogue) const {
     if (tensor_cores) {
       const int g = threadIdx.x % 32 / 4, t = threadIdx.x % 4;
-      const int m0 = 16 * (block / column_blocks()), n0 = 8 * tiles * (block % column_blocks());
+      const int m0 = 16 * block_row(block), n0 = 8 * tiles * block_column(block);
 #pragma unroll
       for (int tile = 0; tile < 4; ++tile) {
         if (tile >= tiles) break;
@@ -436,7 +445,7 @@ struct ProductTiling {
       }
       return;
     }
-    const int m0 = 4 * (block / column_blocks()), n0 = 4 * (block % column_blocks());
+    const int m0 = 4 * block_row(block), n0 = 4 * block_column(block);
 #pragma unroll
     for (int r = 0; r < 4; ++r) {
       epilogue(m0 + r, n0, acc[4 * r], acc[4 * r + 1]);
@@ -696,15 +705,16 @@ struct PairRow {
 };
 
 // The rows of a tile (first row row0 of x and y, first token t0 of sin and cos) at a lane's pair
-// c: pointers set once per tile, so that a token's loads cost a 32-bit offset j d each.
-template <typename T>
+// c: pointers set once per tile, so that a token's loads cost a 32-bit offset j d each. y is
+// read only with kWithY (a compile-time choice: no test of the pointer per token).
+template <typename T, bool kWithY>
 struct PairRows {
   const T *x, *y, *sin, *cos;
   int d;
   __device__ PairRows(int d, int c, int64_t row0, int64_t t0, const T* x, const T* y, const T* sin,
                       const T* cos)
       : x(x + row0 * d + c),
-        y(y != nullptr ? y + row0 * d + c : nullptr),
+        y(kWithY ? y + row0 * d + c : nullptr),
         sin(sin + t0 * d + c),
         cos(cos + t0 * d + c),
         d(d) {}
@@ -714,7 +724,7 @@ struct PairRows {
     if (valid) {
       const int at = j * d;
       load2(x + at, r.x[0], r.x[1]);
-      if (y != nullptr) load2(y + at, r.y[0], r.y[1]);
+      if constexpr (kWithY) load2(y + at, r.y[0], r.y[1]);
       load2(sin + at, r.sin[0], r.sin[1]);
       load2(cos + at, r.cos[0], r.cos[1]);
     }
@@ -844,9 +854,9 @@ __global__ void __launch_bounds__(kThreads, kBlocks == 1 ? 6 : 4)
   const int64_t head = blockIdx.y;
   const int64_t first = blockIdx.x * chunk, last = min(n, first + chunk);
   for (int64_t t0 = first; t0 < last; t0 += tile) {
-    const int rows = static_cast<int>(min(static_cast<int64_t>(tile), last - t0));
+    const int rows = min(tile, static_cast<int>(last - t0));  // last - t0 <= chunk
     const int64_t row0 = head * n + t0;
-    const PairRows<T> tile_rows(d, c, row0, t0, x, y, sin, cos);
+    const PairRows<T, true> tile_rows(d, c, row0, t0, x, y, sin, cos);
     PairRow<T> in[kPairBatch];
     T row_scale[kPairBatch];  // 1 (keys) or z_j (queries)
     const auto load = [&](int j, int b) {
@@ -927,9 +937,9 @@ __global__ void __launch_bounds__(kOutputThreads, sizeof(T) == 4 ? 4 : 2)
 
   const int64_t first = blockIdx.x * chunk, last = min(n, first + chunk);
   for (int64_t t0 = first; t0 < last; t0 += tile) {
-    const int rows = static_cast<int>(min(static_cast<int64_t>(tile), last - t0));
+    const int rows = min(tile, static_cast<int>(last - t0));  // last - t0 <= chunk
     const int64_t row0 = head * n + t0;
-    const PairRows<T> tile_rows(d, c, row0, t0, q, nullptr, sin, cos);
+    const PairRows<T, false> tile_rows(d, c, row0, t0, q, nullptr, sin, cos);
     PairRow<T> in[kPairBatch];
     const auto load = [&](int j, int b) { in[b] = tile_rows.load(live && j < rows, j); };
     for_team_tokens<kPairBatch, kOutputThreads>(team, tile, load, [&](int j, int b) {
@@ -1013,7 +1023,7 @@ __global__ void __launch_bounds__(kThreads, 5)
 
   const int64_t first = blockIdx.x * chunk, last = min(n, first + chunk);
   for (int64_t t0 = first; t0 < last; t0 += tile) {
-    const int rows = static_cast<int>(min(static_cast<int64_t>(tile), last - t0));
+    const int rows = min(tile, static_cast<int>(last - t0));  // last - t0 <= chunk
     const int64_t row0 = head * n + t0;
     stage_rows(tile, rows, d, dout + row0 * d, dout_s, dout_ld);
     for (int j = threadIdx.x; j < tile; j += blockDim.x) z_s[j] = j < rows ? z[row0 + j] : T(0);
@@ -1025,7 +1035,7 @@ __global__ void __launch_bounds__(kThreads, 5)
                                 store2(drotated + j * drotated_ld + i, z_s[j] * x0, z_s[j] * x1);
                               });
     __syncthreads();
-    const PairRows<T> tile_rows(d, c, row0, t0, q, nullptr, sin, cos);
+    const PairRows<T, false> tile_rows(d, c, row0, t0, q, nullptr, sin, cos);
     PairRow<T> in[kPairBatch];
     const auto load = [&](int j, int b) { in[b] = tile_rows.load(live && j < rows, j); };
     for_team_tokens<kPairBatch>(team, tile, load, [&](int j, int b) {
@@ -1120,13 +1130,13 @@ __global__ void __launch_bounds__(kThreads)
 
   const int64_t first = blockIdx.x * chunk, last = min(n, first + chunk);
   for (int64_t t0 = first; t0 < last; t0 += tile) {
-    const int rows = static_cast<int>(min(static_cast<int64_t>(tile), last - t0));
+    const int rows = min(tile, static_cast<int>(last - t0));  // last - t0 <= chunk
     const int64_t row0 = head * n + t0;
     // k, sin, cos (and v in the first sweep) of this thread's tokens, a batch at a time.
-    const PairRows<T> with_values(d, c, row0, t0, k, v, sin, cos);
-    const PairRows<T> keys_only(d, c, row0, t0, k, nullptr, sin, cos);
+    const PairRows<T, true> with_values(d, c, row0, t0, k, v, sin, cos);
+    const PairRows<T, false> keys_only(d, c, row0, t0, k, nullptr, sin, cos);
     PairRow<T> in[kPairBatch];
-    const auto load = [&](const PairRows<T>& tile_rows) {
+    const auto load = [&](const auto& tile_rows) {
       return [&](int j, int b) { in[b] = tile_rows.load(live && j < rows, j); };
     };
     for_team_tokens<kPairBatch>(team, tile, load(with_values), [&](int j, int b) {
