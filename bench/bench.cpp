@@ -114,8 +114,8 @@ static int bench_attention(const BenchOptions& o, std::ostream& os) {
       Tensor q = randn({B, H, N, d}, opt).requires_grad_(),
              k = randn({B, H, N, d}, opt).requires_grad_();
       Tensor v = randn({B, H, N, d}, opt).requires_grad_(), g = randn({B, H, N, d}, opt);
-      // "nala" runs with the default allow_tf32 (one TF32 product on the tensor cores, like
-      // cuBLAS's GEMMs), "nala-fp32" with it off (3xTF32: float32's accuracy; CUDA only).
+      // "nala" runs with the default allow_tf32 (one TF32 product on the tensor cores, as the
+      // GEMMs take), "nala-fp32" with it off (3xTF32: float32's accuracy; CUDA only).
       struct Variant {
         const char* name;
         AttentionKind kind;
@@ -127,14 +127,14 @@ static int bench_attention(const BenchOptions& o, std::ostream& os) {
                                  Variant{"softmax", AttentionKind::Softmax, false, false}}) {
         if (!o.kind.empty() && o.kind != var.name) continue;
         if (var.full_float32 && device != Device::CUDA) continue;
-#ifdef NALA_WITH_CUDA
-        const bool tf32_before = kernels::cuda::allow_tf32();
-        kernels::cuda::set_allow_tf32(tf32_before && !var.full_float32);
-#endif
         if (var.composed && N > 16384) continue;  // materialises 2d-wide features
         // O(N^2): seconds per call beyond these sizes.
         if (var.kind == AttentionKind::Softmax && N > (device == Device::CUDA ? 16384 : 4096))
           continue;
+#ifdef NALA_WITH_CUDA
+        const bool tf32_before = kernels::cuda::allow_tf32();
+        kernels::cuda::set_allow_tf32(tf32_before && !var.full_float32);
+#endif
         auto run = [&](bool backward) {
           Tensor out = var.composed ? attention_composed(var.kind, q, k, v, side, side)
                                     : attention(var.kind, q, k, v, side, side);

@@ -271,22 +271,52 @@ __host__ __device__ inline int i_rows_ld(int count) { return count % 8 == 0 ? co
 // 23 mantissa bits). Each operand is split as x = big + small: big is x cut to those bits and
 // small = x - big is exact; C accumulates small_a big_b + big_a small_b + big_a big_b ("3xTF32",
 // kPasses = 3). The dropped small_a small_b and the bits the tensor cores cut from small are each
-// at most 2^-20 of the product, against float32's 2^-24 rounding per operation. With
-// allow_tf32() (on by default, as for cuBLAS's GEMMs) C accumulates big_a big_b alone (kPasses =
-// 1): a third of the mma's and no splits, each term within 2^-9 of the exact product. (The cut is
-// one AND; cvt.rna.tf32.f32, rounding instead, compiles to about five instructions on sm_90.)
+// at most 2^-20 of the product, against float32's 2^-24 rounding per operation. (The cut is one
+// AND; cvt.rna.tf32.f32, rounding instead, compiles to about five instructions on sm_90.) With
+// allow_tf32() (on by default, like the GEMMs') C accumulates one TF32 product (kPasses = 1): the
+// kernels store each operand already rounded to TF32 (operand_value, once per element where a
+// fragment load would round it at every use), so the fragments take its bits as they are; each
+// operand is within 2^-11 of its value and each term within 2^-10 of the exact product, with
+// no bias (a cut would shrink every term).
 // Fragments of one m16n8k8 (lane = 4 g + t, g < 8, t < 4; PTX ISA, "Matrix fragments for
 // mma.m16n8k8", .tf32): A register r holds A(g + 8 (r % 2), t + 4 (r / 2)), B register r holds
 // B(t + 4 r, g), C register r holds C(g + 8 (r / 2), 2 t + r % 2). A warp holds 16 x 32 blocks
 // of C (four m16n8 tiles sharing A's fragments) when N % 32 is 0, else 16 x 8 blocks: warp w
-// the blocks w, w + 4, ...
-// Otherwise (float64, or other shapes) thread x holds the 4 x 4 blocks x, x + kThreads, ... and
-// multiplies on the FP units. Either way a thread holds at most kHeld blocks of 16 values.
+// the blocks w, w + kWarps, ...
+// Otherwise (float64, or other shapes) thread x holds the 4 x 4 blocks x, x + kBlockThreads, ...
+// and multiplies on the FP units. Either way a thread holds at most kHeld blocks of 16 values.
 
+// x rounded to the nearest TF32 value (ties away from zero): half of the last kept bit is added,
+// carrying into it, and the 13 bits below are cleared. That carry would turn a NaN whose
+// mantissa is all ones into zero, so x * 0 is added: 0 for a finite x, NaN for a NaN or an
+// infinity (which the products would turn into NaN or infinity anyway).
+__device__ inline float round_tf32(float x) {
+  const float rounded = __uint_as_float((__float_as_uint(x) + 0x1000u) & 0xffffe000u);
+  return fmaf(x, 0.0f, rounded);
+}
+
+// A value as the kernels store it into a product's operand array: rounded to TF32 for one pass
+// on the tensor cores (float, kPasses = 1), as it is for 3xTF32 (split at the product) and float64.
+template <int kPasses, typename T>
+__device__ T operand_value(T x) {
+  if constexpr (kPasses == 1 && std::is_same_v<T, float>) return round_tf32(x);
+  return x;
+}
+template <int kPasses, typename T>
+__device__ void store_operand2(T* p, T x0, T x1) {
+  store2(p, operand_value<kPasses>(x0), operand_value<kPasses>(x1));
+}
+
+// An operand's fragment registers: for 3xTF32 its big part (cut to TF32) and the exact rest; for
+// one pass its bits as stored (operand_value has rounded them).
 template <int kPasses>
 __device__ void split_tf32(float x, uint32_t& big, uint32_t& small) {
-  big = __float_as_uint(x) & 0xffffe000u;
-  if constexpr (kPasses == 3) small = __float_as_uint(x - __uint_as_float(big));
+  if constexpr (kPasses == 3) {
+    big = __float_as_uint(x) & 0xffffe000u;
+    small = __float_as_uint(x - __uint_as_float(big));
+  } else {
+    big = __float_as_uint(x);
+  }
 }
 
 // c[0..3] += A B for one m16n8k8 tile.
@@ -589,8 +619,10 @@ __device__ T key_signed_backward(T k, T dkappa) {
 //     2^-126 (|q_c| that far below the row's norm) has m^p below float's normal range anyway.
 //   map_rsqrt: rsqrtf, 2 ulp (1 / n from the sum of squares, without a square root and a
 //     division).
-//   map_divide: __fdividef, 2 ulp; 0 where |b| > 2^126, whose exact quotient (|a| at most a
-//     few times 1 here: z's numerator, sigma's |m^p| <= 1) is below float's normal range.
+//   map_divide: __fdividef, 2 ulp, for z = 1 / (phiQ . kbar + eps) and sigma / q; it gives 0
+//     where |b| > 2^126, which z's denominator reaches only when kbar is near float's range
+//     (z is then below it anyway) and q only in a row whose sum of squares has overflowed
+//     (NaN, query_scale).
 // The float32 test against float64 (1e-5 of the largest value) covers them.
 __device__ inline float map_log2(float m) {
   float y;
@@ -610,7 +642,9 @@ __device__ inline float map_divide(float a, float b) { return __fdividef(a, b); 
 __device__ inline double map_divide(double a, double b) { return a / b; }
 
 // What the NaLa query map needs of a whole row: n = ||q||, 1/n (0 for an all-zero row, whose
-// direction is taken as 0) and the power p = 3 (0.5 + tanh n).
+// direction is taken as 0) and the power p = 3 (0.5 + tanh n). In float a row whose sum of
+// squares overflows (||q|| past 1.8e19) gets n = inf * 0 = NaN, and so a NaN output, not a
+// finite wrong one.
 template <typename T>
 struct QueryScale {
   T norm, inv_norm, power;
@@ -653,7 +687,7 @@ __device__ T query_signed(T q, const QueryScale<T>& s) {
 // The NaLa query backward (docs/nala_backward.md, step 6), with m_c = |q_c| / n:
 //   A = sum_c dsigma_c sigma_c ln m_c,  B = sum_c dsigma_c sigma_c,
 //   dn = 3 sech^2(n) A - (p / n) B,
-//   dq_c = p dsigma_c sigma_c / q_c + dn q_c / n   (0 where q_c = 0).
+//   dq_c = p dsigma_c sigma_c / q_c + dn q_c / n   (its first term 0 where sigma_c = 0).
 // One element's term of A, with ln m_c = ln 2 log2 m_c.
 template <typename T>
 __device__ T norm_power_term(const QuerySigned<T>& f, T dsigma) {
@@ -670,7 +704,8 @@ __device__ T query_norm_grad(const QueryScale<T>& s, T power_sum, T scale_sum) {
 template <FeatureMap fm, typename T>
 __device__ T query_signed_backward(T q, T sigma, T dsigma, const QueryScale<T>& s, T dnorm) {
   if constexpr (fm == FeatureMap::Nala) {
-    const T direct = q != 0 ? s.power * map_divide(dsigma * sigma, q) : T(0);
+    // sigma = 0 where q = 0, and where m^p flushed to 0 (a q so small that 1 / q is infinite).
+    const T direct = sigma != 0 ? s.power * map_divide(dsigma * sigma, q) : T(0);
     return direct + dnorm * q * s.inv_norm;
   }
   return dsigma;
@@ -873,7 +908,8 @@ __global__ void __launch_bounds__(kThreads, kBlocks == 1 ? 6 : 4)
         for (int e = 0; e < 2; ++e) s[e] = query_signed<fm>(r.x[e], scale);
       }
       if (!live) return;
-      store2(values + j * values_ld + c, row_scale[b] * r.y[0], row_scale[b] * r.y[1]);
+      store_operand2<kPasses>(values + j * values_ld + c, row_scale[b] * r.y[0],
+                              row_scale[b] * r.y[1]);
       for (int half = 0; half < kHalves<fm>; ++half) {
         const T f0 = split_sign(half, s[0]), f1 = split_sign(half, s[1]);
         if constexpr (side == Side::Key) {
@@ -882,7 +918,7 @@ __global__ void __launch_bounds__(kThreads, kBlocks == 1 ? 6 : 4)
         }
         T y0, y1;
         rotary_pair(f0, f1, r.sin, r.cos, y0, y1);
-        store2(rotated + j * rotated_ld + half * d + c, y0, y1);
+        store_operand2<kPasses>(rotated + j * rotated_ld + half * d + c, y0, y1);
       }
     });
     __syncthreads();
@@ -931,7 +967,8 @@ __global__ void __launch_bounds__(kOutputThreads, sizeof(T) == 4 ? 4 : 2)
 
   const int64_t head = blockIdx.y;
   for (GridWalk w(d); w.row < width; w.next())
-    state_s[w.row * state_ld + w.col] = state[(head * width + w.row) * d + w.col];
+    state_s[w.row * state_ld + w.col] =
+        operand_value<kPasses>(state[(head * width + w.row) * d + w.col]);
   for (int i = threadIdx.x; i < width; i += blockDim.x) kbar_s[i] = kbar[head * width + i];
   __syncthreads();
 
@@ -953,7 +990,7 @@ __global__ void __launch_bounds__(kOutputThreads, sizeof(T) == 4 ? 4 : 2)
           den += f0 * kbar_s[half * d + c] + f1 * kbar_s[half * d + c + 1];
           T y0, y1;
           rotary_pair(f0, f1, r.sin, r.cos, y0, y1);
-          store2(rotated + j * rotated_ld + half * d + c, y0, y1);
+          store_operand2<kPasses>(rotated + j * rotated_ld + half * d + c, y0, y1);
         }
       den = team_sum(team, den);
       if (pair == 0) {
@@ -1017,7 +1054,8 @@ __global__ void __launch_bounds__(kThreads, 5)
 
   const int64_t head = blockIdx.y;
   for (GridWalk w(d); w.row < width; w.next())
-    state_s[w.row * state_ld + w.col] = state[(head * width + w.row) * d + w.col];
+    state_s[w.row * state_ld + w.col] =
+        operand_value<kPasses>(state[(head * width + w.row) * d + w.col]);
   for (int i = threadIdx.x; i < width; i += blockDim.x) kbar_s[i] = kbar[head * width + i];
   T dkbar[2][2] = {};  // this lane's share of dkbar at columns half d + c + e
 
@@ -1029,6 +1067,11 @@ __global__ void __launch_bounds__(kThreads, 5)
     for (int j = threadIdx.x; j < tile; j += blockDim.x) z_s[j] = j < rows ? z[row0 + j] : T(0);
     finish_staging();
     __syncthreads();
+    if constexpr (kPasses == 1 && std::is_same_v<T, float>) {  // do as a product operand
+      for (GridWalk w(d); w.row < tile; w.next())
+        dout_s[w.row * dout_ld + w.col] = round_tf32(dout_s[w.row * dout_ld + w.col]);
+      __syncthreads();
+    }
     // dQ' = (z do) S^T for the tile.
     block_product<T, kPasses>(tile, width, d, i_rows(dout_s, dout_ld), i_rows(state_s, state_ld),
                               [&](int j, int i, T x0, T x1) {
@@ -1124,7 +1167,7 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t head = blockIdx.y;
   const T* grads = token_grads + head * (width * d + width);
   for (GridWalk w(d); w.row < width; w.next())
-    dstate[w.row * dstate_ld + w.col] = grads[w.row * d + w.col];
+    dstate[w.row * dstate_ld + w.col] = operand_value<kPasses>(grads[w.row * d + w.col]);
   for (int i = threadIdx.x; i < width; i += blockDim.x) dkbar[i] = grads[width * d + i];
   __syncthreads();
 
@@ -1142,12 +1185,12 @@ __global__ void __launch_bounds__(kThreads)
     for_team_tokens<kPairBatch>(team, tile, load(with_values), [&](int j, int b) {
       const PairRow<T>& r = in[b];
       if (!live) return;
-      store2(values + j * values_ld + c, r.y[0], r.y[1]);
+      store_operand2<kPasses>(values + j * values_ld + c, r.y[0], r.y[1]);
       const T kappa0 = key_signed<fm>(r.x[0]), kappa1 = key_signed<fm>(r.x[1]);
       for (int half = 0; half < kHalves<fm>; ++half) {
         T y0, y1;
         rotary_pair(split_sign(half, kappa0), split_sign(half, kappa1), r.sin, r.cos, y0, y1);
-        store2(rotated + j * rotated_ld + half * d + c, y0, y1);
+        store_operand2<kPasses>(rotated + j * rotated_ld + half * d + c, y0, y1);
       }
     });
     __syncthreads();

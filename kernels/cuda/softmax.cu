@@ -76,7 +76,8 @@ __device__ unsigned int cross_entropy_blocks_done = 0;
 // NaN when the label is outside [0, classes); loss = mean_r loss_r in the same launch: each
 // block writes the sum over its rows to partials[block], and the block that finishes last (the
 // count of finished blocks, bumped after a block's partial is visible to all: __threadfence)
-// sums the partials in block order, so the mean is the same whichever block is last.
+// sums the partials in a fixed order (strided, then a tree), so the mean is the same whichever
+// block is last.
 template <typename T, typename Team>
 __global__ void cross_entropy_forward_kernel(Team team, int64_t rows, int64_t classes,
                                              const T* logits, const int64_t* labels, T smoothing,
@@ -107,6 +108,7 @@ __global__ void cross_entropy_forward_kernel(Team team, int64_t rows, int64_t cl
   }
   __syncthreads();
   if (!last) return;
+  __threadfence();  // the other blocks' partials, seen through the count, before reading them
   T sum = T(0);
   for (unsigned b = threadIdx.x; b < gridDim.x; b += blockDim.x) sum += __ldcg(partials + b);
   sum = block_reduce<SumOp<T>>(sum);

@@ -103,6 +103,7 @@ TEST_CASE("CUDA reductions split over many blocks agree with the CPU") {
       // must not add the last row to dgamma / dbeta again), or column reductions after it
       // (wider rows; a block per row beyond 1024).
       layer_norm_case(40001, 20, 25),
+      layer_norm_case(40001, 12, 32),  // a lane per row: loops over the row, no held columns
       layer_norm_case(37, 300, 28),
       layer_norm_case(4, 1500, 31),
       // Row kernels with a group of lanes per row (16 lanes over 37 columns, 2 rows a warp) or
@@ -112,7 +113,7 @@ TEST_CASE("CUDA reductions split over many blocks agree with the CPU") {
       make_case("log_softmax (1003, 10)", {{1003, 10}}, 35,
                 [](const std::vector<Tensor>& t) { return log_softmax(t[0]); }),
       // Cross-entropy's mean in one launch (the last block sums the blocks' partials): 274
-      // blocks of a lane per row, 47 blocks of 16 lanes per row, 7 blocks of a block per row.
+      // blocks of a lane per row, 188 blocks of 16 lanes per row, 7 blocks of a block per row.
       cross_entropy_case(70001, 10, 36),
       cross_entropy_case(3001, 40, 37),
       cross_entropy_case(7, 1500, 38),
@@ -149,19 +150,36 @@ TEST_CASE("CUDA reductions split over many blocks agree with the CPU") {
   }
 }
 
-TEST_CASE("CUDA cross-entropy gives the same mean on every call") {
-  // The forward's last block sums the blocks' partials in block order and resets the count of
-  // finished blocks: a second call must find the count at 0 and give the same bits.
+TEST_CASE("CUDA cross-entropy: the mean of each call, over many blocks, and NaN for a bad label") {
+  // The forward's last block sums the blocks' partials and resets the count of finished blocks.
+  // Calls alternate between two inputs: a call that found the count left over would not write
+  // its loss, and would show the other input's (the caching allocator hands back its memory).
   if (!test::cuda_available()) return;
-  const int64_t rows = 70001;
+  const int64_t rows = 70001;  // 274 blocks
   std::vector<int64_t> labels(rows);
   for (int64_t i = 0; i < rows; ++i) labels[i] = i % 10;
-  Tensor logits = test::random_tensor({rows, 10}, 50, DType::Float32, Device::CUDA);
   Tensor y = from_data(labels, {rows}, Device::CUDA);
-  const float first = cross_entropy(logits, y).item();
-  for (int call = 0; call < 3; ++call) CHECK(cross_entropy(logits, y).item() == first);
-  // float32 tree sums of 70001 positive terms against the CPU's double sum: within 1e-6.
-  CHECK(first == doctest::Approx(cross_entropy(logits.cpu(), y.cpu()).item()).epsilon(1e-5));
+  Tensor logits[2] = {test::random_tensor({rows, 10}, 50, DType::Float32, Device::CUDA),
+                      test::random_tensor({rows, 10}, 51, DType::Float32, Device::CUDA, -3, 3)};
+  double expected[2];
+  for (int i = 0; i < 2; ++i) expected[i] = cross_entropy(logits[i].cpu(), y.cpu()).item();
+  REQUIRE(std::abs(expected[0] - expected[1]) > 1e-2);
+  for (int call = 0; call < 4; ++call) {
+    CAPTURE(call);
+    // float32 tree sums of 70001 positive terms against the CPU's double sum: about 1e-6 apart.
+    CHECK(cross_entropy(logits[call % 2], y).item() ==
+          doctest::Approx(expected[call % 2]).epsilon(1e-5));
+  }
+  labels[40000] = 10;  // outside [0, 10): that row's loss, and so the mean, is NaN
+  Tensor bad = from_data(labels, {rows}, Device::CUDA);
+  Tensor x = logits[0].detach().requires_grad_();
+  Tensor loss = cross_entropy(x, bad);
+  CHECK(std::isnan(loss.item()));
+  loss.backward();
+  std::vector<float> grad = x.grad().cpu().to_vector<float>();
+  CHECK(std::isnan(grad[40000 * 10]));
+  CHECK(std::isfinite(grad[39999 * 10]));
+  CHECK(cross_entropy(logits[0], y).item() == doctest::Approx(expected[0]).epsilon(1e-5));
 }
 
 TEST_CASE("CUDA linear attention: head dims past the kernels' 64 are a clear error") {
