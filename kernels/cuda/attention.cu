@@ -731,38 +731,43 @@ __device__ T team_sum(LanesPerRow team, T x) {
 // Tokens per batch of loads in the element-wise passes.
 constexpr int kPairBatch = 4;
 
-// One token's values at a lane's pair of columns c, c + 1: a row of x (q or k), optionally the
-// same row of y (do or v), and the token's sin and cos; zeros unless `valid` (past the chunk's
-// rows, or a lane past the row's pairs).
-template <typename T>
+// One token's values at a lane's kPairs pairs of columns (c, c + 1), (c + stride, c + stride +
+// 1), ...: a row of x (q or k), optionally the same row of y (do or v), and the token's sin and
+// cos, pair p at [2 p] and [2 p + 1]; zeros past the pairs that load() is asked for (past the
+// chunk's rows, or past the row's pairs).
+template <typename T, int kPairs = 1>
 struct PairRow {
-  T x[2] = {}, y[2] = {}, sin[2] = {}, cos[2] = {};
+  T x[2 * kPairs] = {}, y[2 * kPairs] = {}, sin[2 * kPairs] = {}, cos[2 * kPairs] = {};
 };
 
-// The rows of a tile (first row row0 of x and y, first token t0 of sin and cos) at a lane's pair
-// c: pointers set once per tile, so that a token's loads cost a 32-bit offset j d each. y is
-// read only with kWithY (a compile-time choice: no test of the pointer per token).
-template <typename T, bool kWithY>
+// The rows of a tile (first row row0 of x and y, first token t0 of sin and cos) at a lane's
+// pairs, c and then every `stride` columns: pointers set once per tile, so that a token's loads
+// cost a 32-bit offset j d each. y is read only with kWithY (a compile-time choice: no test of
+// the pointer per token).
+template <typename T, bool kWithY, int kPairs = 1>
 struct PairRows {
   const T *x, *y, *sin, *cos;
-  int d;
+  int d, stride;
   __device__ PairRows(int d, int c, int64_t row0, int64_t t0, const T* x, const T* y, const T* sin,
-                      const T* cos)
+                      const T* cos, int stride = 0)
       : x(x + row0 * d + c),
         y(kWithY ? y + row0 * d + c : nullptr),
         sin(sin + t0 * d + c),
         cos(cos + t0 * d + c),
-        d(d) {}
-  // Row j of the tile.
-  __device__ PairRow<T> load(bool valid, int j) const {
-    PairRow<T> r;
-    if (valid) {
-      const int at = j * d;
-      load2(x + at, r.x[0], r.x[1]);
-      if constexpr (kWithY) load2(y + at, r.y[0], r.y[1]);
-      load2(sin + at, r.sin[0], r.sin[1]);
-      load2(cos + at, r.cos[0], r.cos[1]);
-    }
+        d(d),
+        stride(stride) {}
+  // Row j of the tile at the lane's first `pairs` pairs (a bool: all or none of one pair).
+  __device__ PairRow<T, kPairs> load(int pairs, int j) const {
+    PairRow<T, kPairs> r;
+#pragma unroll
+    for (int p = 0; p < kPairs; ++p)
+      if (p < pairs) {
+        const int at = j * d + p * stride;
+        load2(x + at, r.x[2 * p], r.x[2 * p + 1]);
+        if constexpr (kWithY) load2(y + at, r.y[2 * p], r.y[2 * p + 1]);
+        load2(sin + at, r.sin[2 * p], r.sin[2 * p + 1]);
+        load2(cos + at, r.cos[2 * p], r.cos[2 * p + 1]);
+      }
     return r;
   }
 };
@@ -786,10 +791,10 @@ __device__ void for_team_tokens(LanesPerRow team, int tile, Load load, Body body
 }
 
 // The tile of a linear-attention kernel: tiles of 16 tokens preferred (choose_tile), and a
-// multiple of the teams per warp (for_team_tokens).
+// multiple of the teams per warp (for_team_tokens), with `pairs` pairs of columns a lane.
 template <typename Bytes>
-int linear_tile(const char* kernel, int d, Bytes bytes) {
-  return choose_tile(kernel, 16, bytes, kWarpSize / pair_lanes(d));
+int linear_tile(const char* kernel, int d, Bytes bytes, int pairs = 1) {
+  return choose_tile(kernel, 16, bytes, kWarpSize * pairs / pair_lanes(d));
 }
 
 // ---- linear attention, forward ----
@@ -819,10 +824,14 @@ struct SumPartials {
 
 // The NaLa scale of a token's row, summed over its team (all of the team's lanes call it); the
 // ReLU map needs none.
-template <FeatureMap fm, typename T>
-__device__ QueryScale<T> team_query_scale(LanesPerRow team, const PairRow<T>& r) {
-  if constexpr (fm == FeatureMap::Nala)
-    return query_scale<fm>(team_sum(team, r.x[0] * r.x[0] + r.x[1] * r.x[1]));
+template <FeatureMap fm, typename T, int kPairs>
+__device__ QueryScale<T> team_query_scale(LanesPerRow team, const PairRow<T, kPairs>& r) {
+  if constexpr (fm == FeatureMap::Nala) {
+    T squares = 0;
+#pragma unroll
+    for (int e = 0; e < 2 * kPairs; ++e) squares += r.x[e] * r.x[e];
+    return query_scale<fm>(team_sum(team, squares));
+  }
   return query_scale<fm>(T(0));
 }
 
@@ -949,7 +958,7 @@ struct OutputLayout {
 // team, and writes Q' token-major; the block multiplies Q' S (block_product) and writes o.
 // Four float32 blocks share an SM (64 registers a thread); float64, which only the gradient
 // checks run, takes the registers of two, where at 64 it would spill.
-template <typename T, FeatureMap fm, int kPasses>
+template <typename T, FeatureMap fm, int kPasses, int kPairs>
 __global__ void __launch_bounds__(kOutputThreads, sizeof(T) == 4 ? 4 : 2)
     linear_output_kernel(int64_t n, int64_t chunk, int d, int tile, const T* q, const T* sin,
                          const T* cos, const T* state, const T* kbar, T* o, T* z) {
@@ -961,9 +970,12 @@ __global__ void __launch_bounds__(kOutputThreads, sizeof(T) == 4 ? 4 : 2)
   T* kbar_s = shared + layout.kbar;
   T* z_s = shared + layout.z;
   T* rotated = shared + layout.rotated;
-  const LanesPerRow team{pair_lanes(d)};
-  const int pair = team.rank(), c = 2 * pair;
-  const bool live = pair < half_d;
+  const LanesPerRow team{pair_lanes(d) / kPairs};
+  // A lane's pairs of columns start at 2 rank, 2 rank + stride, ...; live_pairs of them lie
+  // inside the row (d = 48: 16 lanes, the second pair only for the first 8).
+  const int rank = team.rank(), stride = 2 * team.lanes;
+  int live_pairs = 0;
+  for (int p = 0; p < kPairs; ++p) live_pairs += p * team.lanes + rank < half_d;
 
   const int64_t head = blockIdx.y;
   for (GridWalk w(d); w.row < width; w.next())
@@ -976,24 +988,30 @@ __global__ void __launch_bounds__(kOutputThreads, sizeof(T) == 4 ? 4 : 2)
   for (int64_t t0 = first; t0 < last; t0 += tile) {
     const int rows = min(tile, static_cast<int>(last - t0));  // last - t0 <= chunk
     const int64_t row0 = head * n + t0;
-    const PairRows<T, false> tile_rows(d, c, row0, t0, q, nullptr, sin, cos);
-    PairRow<T> in[kPairBatch];
-    const auto load = [&](int j, int b) { in[b] = tile_rows.load(live && j < rows, j); };
-    for_team_tokens<kPairBatch, kOutputThreads>(team, tile, load, [&](int j, int b) {
-      const PairRow<T>& r = in[b];
+    const PairRows<T, false, kPairs> tile_rows(d, 2 * rank, row0, t0, q, nullptr, sin, cos, stride);
+    constexpr int kBatch = kPairBatch / kPairs;  // the same loads in flight
+    PairRow<T, kPairs> in[kBatch];
+    const auto load = [&](int j, int b) { in[b] = tile_rows.load(j < rows ? live_pairs : 0, j); };
+    for_team_tokens<kBatch, kOutputThreads>(team, tile, load, [&](int j, int b) {
+      const PairRow<T, kPairs>& r = in[b];
       const QueryScale<T> scale = team_query_scale<fm>(team, r);
-      const T s0 = query_signed<fm>(r.x[0], scale), s1 = query_signed<fm>(r.x[1], scale);
       T den = 0;
-      if (live)
-        for (int half = 0; half < kHalves<fm>; ++half) {
-          const T f0 = split_sign(half, s0), f1 = split_sign(half, s1);
-          den += f0 * kbar_s[half * d + c] + f1 * kbar_s[half * d + c + 1];
-          T y0, y1;
-          rotary_pair(f0, f1, r.sin, r.cos, y0, y1);
-          store_operand2<kPasses>(rotated + j * rotated_ld + half * d + c, y0, y1);
+#pragma unroll
+      for (int p = 0; p < kPairs; ++p)
+        if (p < live_pairs) {
+          const int c = 2 * rank + p * stride;
+          const T s0 = query_signed<fm>(r.x[2 * p], scale),
+                  s1 = query_signed<fm>(r.x[2 * p + 1], scale);
+          for (int half = 0; half < kHalves<fm>; ++half) {
+            const T f0 = split_sign(half, s0), f1 = split_sign(half, s1);
+            den += f0 * kbar_s[half * d + c] + f1 * kbar_s[half * d + c + 1];
+            T y0, y1;
+            rotary_pair(f0, f1, r.sin + 2 * p, r.cos + 2 * p, y0, y1);
+            store_operand2<kPasses>(rotated + j * rotated_ld + half * d + c, y0, y1);
+          }
         }
       den = team_sum(team, den);
-      if (pair == 0) {
+      if (rank == 0) {
         z_s[j] = map_divide(T(1), den + T(kDenominatorEps));
         if (j < rows) z[row0 + j] = z_s[j];
       }
@@ -1262,10 +1280,17 @@ void linear_forward(int64_t bh, int64_t n, int d, const T* q, const T* k, const 
   for_each_index(bh * (matrix_size + width),
                  SumPartials<T>{workspace, chunks, matrix_size, width, T(1) / T(n), state, kbar});
 
+  // A lane per two pairs of columns where a whole warp would hold one token (d > 32): its
+  // per-token work (the norm, tanh, z, two team sums) then serves two tokens a warp.
   const auto out_bytes = [&](int tile) { return OutputLayout(tile, d, width).size * sizeof(T); };
-  const int out_tile = linear_tile(name, d, out_bytes);
-  launch<linear_output_kernel<T, fm, kPasses>, kOutputThreads>(
-      grid, out_bytes(out_tile), n, chunk, d, out_tile, q, sin, cos, state, kbar, o, z);
+  const int pairs = pair_lanes(d) == kWarpSize ? 2 : 1;
+  const int out_tile = linear_tile(name, d, out_bytes, pairs);
+  if (pairs == 2)
+    launch<linear_output_kernel<T, fm, kPasses, 2>, kOutputThreads>(
+        grid, out_bytes(out_tile), n, chunk, d, out_tile, q, sin, cos, state, kbar, o, z);
+  else
+    launch<linear_output_kernel<T, fm, kPasses, 1>, kOutputThreads>(
+        grid, out_bytes(out_tile), n, chunk, d, out_tile, q, sin, cos, state, kbar, o, z);
 }
 
 template <typename T, FeatureMap fm, int kPasses>
