@@ -227,7 +227,6 @@ struct TeamRows {
 // is no branch per step.
 template <typename Op, typename T>
 __device__ T team_reduce(LanesPerRow team, T v) {
-  if (team.lanes == 1) return v;  // the same for every lane of the warp
 #pragma unroll
   for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
     const T partner = __shfl_xor_sync(0xffffffffu, v, offset);
@@ -242,17 +241,12 @@ __device__ T team_reduce(BlockPerRow, T v) {
 }
 
 // Calls launch(team, blocks, threads), which launches a row kernel on stream(), with a group of
-// lanes per row when rows have at most kWarpRowMaxCols columns (lanes_per_row: one lane for
-// short rows, else about a quarter as many lanes as columns, 4 to 32) and a block per row
-// otherwise.
+// lanes per row when rows have at most kWarpRowMaxCols columns (about a quarter as many lanes
+// as columns, 4 to 32) and a block per row otherwise.
 constexpr int64_t kWarpRowMaxCols = 1024;
 
-// A lane per row up to kLaneRowMaxCols columns: below that a team's shuffles (every step of
-// team_reduce, however small the team) cost more than the columns it would share. Longer rows
-// take about a quarter as many lanes as columns, a power of two from 4 to 32.
-constexpr int64_t kLaneRowMaxCols = 16;
+// About a quarter as many lanes as columns, a power of two from 4 to 32.
 inline int lanes_per_row(int64_t cols) {
-  if (cols <= kLaneRowMaxCols) return 1;
   int lanes = 4;
   while (lanes < kWarpSize && 4 * lanes < cols) lanes *= 2;
   return lanes;

@@ -103,17 +103,17 @@ TEST_CASE("CUDA reductions split over many blocks agree with the CPU") {
       // must not add the last row to dgamma / dbeta again), or column reductions after it
       // (wider rows; a block per row beyond 1024).
       layer_norm_case(40001, 20, 25),
-      layer_norm_case(40001, 12, 32),  // a lane per row: loops over the row, no held columns
+      layer_norm_case(40001, 12, 32),  // teams of 4 lanes, 8 rows a warp
       layer_norm_case(37, 300, 28),
       layer_norm_case(4, 1500, 31),
-      // Row kernels with a group of lanes per row (16 lanes over 37 columns, 2 rows a warp) or
-      // a lane per row (10 columns), rows that do not fill the last block, nor the last warp.
+      // Row kernels with a group of lanes per row: 16 lanes over 37 columns, 4 over 10, rows
+      // that do not fill the last block, nor the last warp (2 and 8 rows a warp).
       make_case("softmax (333, 37)", {{333, 37}}, 34,
                 [](const std::vector<Tensor>& t) { return softmax(t[0]); }),
       make_case("log_softmax (1003, 10)", {{1003, 10}}, 35,
                 [](const std::vector<Tensor>& t) { return log_softmax(t[0]); }),
-      // Cross-entropy's mean in one launch (the last block sums the blocks' partials): 274
-      // blocks of a lane per row, 188 blocks of 16 lanes per row, 7 blocks of a block per row.
+      // Cross-entropy's mean in one launch (the last block sums the blocks' partials): 1094
+      // blocks of 4 lanes per row, 188 blocks of 16 lanes per row, 7 blocks of a block per row.
       cross_entropy_case(70001, 10, 36),
       cross_entropy_case(3001, 40, 37),
       cross_entropy_case(7, 1500, 38),
@@ -155,7 +155,7 @@ TEST_CASE("CUDA cross-entropy: the mean of each call, over many blocks, and NaN 
   // Calls alternate between two inputs: a call that found the count left over would not write
   // its loss, and would show the other input's (the caching allocator hands back its memory).
   if (!test::cuda_available()) return;
-  const int64_t rows = 70001;  // 274 blocks
+  const int64_t rows = 70001;  // 1094 blocks
   std::vector<int64_t> labels(rows);
   for (int64_t i = 0; i < rows; ++i) labels[i] = i % 10;
   Tensor y = from_data(labels, {rows}, Device::CUDA);
