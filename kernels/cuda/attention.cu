@@ -23,7 +23,8 @@
 // gradient has one writer (no atomics, deterministic).
 //
 // How the linear-attention kernels work on a tile of tokens. Every pass runs a team of lanes per
-// token, a lane per pair of columns (pair_lanes): the lanes read q, k, v, sin, cos straight from
+// token, a lane per pair of columns (pair_lanes; the output pass at d > 32 a lane per two pairs,
+// 16 lanes a token): the lanes read q, k, v, sin, cos straight from
 // global memory (consecutive lanes, consecutive pairs: coalesced; a batch of tokens' loads in
 // flight at once), sum over a row by shuffles within the team, and write the features (Q', K')
 // token-major into shared memory (the query backward stages do with asynchronous copies).
@@ -70,7 +71,8 @@ int64_t chunk_tokens(int64_t bh, int64_t n) {
 }
 // Added to the normaliser's denominator: z_i = 1 / (phiQ_i . kbar + eps).
 constexpr double kDenominatorEps = 1e-6;
-// The largest tile of tokens a block works on (tiles are powers of two, at least 4).
+// The largest tile of tokens a block works on (tiles are powers of two, at least the teams per
+// warp: linear_tile).
 constexpr int kMaxTile = 64;
 
 int64_t num_chunks(int64_t bh, int64_t n) {
@@ -716,7 +718,8 @@ __device__ T query_signed_backward(T q, T sigma, T dsigma, const QueryScale<T>& 
 // c + 1), the lanes of a token side by side in one warp: pair_lanes(d), the power of two at or
 // above d / 2 (d <= 64: at most a warp; lanes past d / 2 idle), so that sums over a token's row
 // are shuffles within the team (team_reduce) and a thread keeps the same pair from one token to
-// the next. Consecutive lanes read consecutive pairs of a row: global rows load coalesced.
+// the next. Consecutive lanes read consecutive pairs of a row: global rows load coalesced. (The
+// output pass at d > 32 halves the team: a lane holds pairs c and c + 2 lanes, PairRow's kPairs.)
 __host__ __device__ inline int pair_lanes(int d) {
   return static_cast<int>(pow2_at_least(d / 2, kWarpSize));
 }
@@ -728,7 +731,8 @@ __device__ T team_sum(LanesPerRow team, T x) {
   return team_reduce<SumOp<T>>(team, x);
 }
 
-// Tokens per batch of loads in the element-wise passes.
+// Tokens per batch of loads in the element-wise passes, at a pair of columns a lane (a lane with
+// kPairs pairs takes kPairBatch / kPairs tokens a batch: the same loads in flight).
 constexpr int kPairBatch = 4;
 
 // One token's values at a lane's kPairs pairs of columns (c, c + 1), (c + stride, c + stride +
@@ -954,10 +958,10 @@ struct OutputLayout {
 
 // Pass 3: o_i = z_i Q'_i S and z_i = 1 / (phiQ_i . kbar + eps) for a chunk of queries of one
 // head. Per tile: a team of lanes per token reads q, sin, cos from global memory a pair per
-// lane, sums the row's squares (the NaLa scale) and its terms of phiQ . kbar (z) across the
-// team, and writes Q' token-major; the block multiplies Q' S (block_product) and writes o.
-// Four float32 blocks share an SM (64 registers a thread); float64, which only the gradient
-// checks run, takes the registers of two, where at 64 it would spill.
+// lane (two pairs at d > 32: kPairs), sums the row's squares (the NaLa scale) and its terms of phiQ
+// . kbar (z) across the team, and writes Q' token-major; the block multiplies Q' S (block_product)
+// and writes o. Four float32 blocks share an SM (64 registers a thread); float64, which only the
+// gradient checks run, takes the registers of two, where at 64 it would spill.
 template <typename T, FeatureMap fm, int kPasses, int kPairs>
 __global__ void __launch_bounds__(kOutputThreads, sizeof(T) == 4 ? 4 : 2)
     linear_output_kernel(int64_t n, int64_t chunk, int d, int tile, const T* q, const T* sin,
@@ -989,6 +993,7 @@ __global__ void __launch_bounds__(kOutputThreads, sizeof(T) == 4 ? 4 : 2)
     const int rows = min(tile, static_cast<int>(last - t0));  // last - t0 <= chunk
     const int64_t row0 = head * n + t0;
     const PairRows<T, false, kPairs> tile_rows(d, 2 * rank, row0, t0, q, nullptr, sin, cos, stride);
+    static_assert(kPairBatch % kPairs == 0);
     constexpr int kBatch = kPairBatch / kPairs;  // the same loads in flight
     PairRow<T, kPairs> in[kBatch];
     const auto load = [&](int j, int b) { in[b] = tile_rows.load(j < rows ? live_pairs : 0, j); };

@@ -283,8 +283,9 @@ static std::vector<double> float32_against_float64(Device device, AttentionKind 
 TEST_CASE("float32 linear attention stays within float32 rounding of float64") {
   // 1e-5 is float32-level for sums over 200 tokens: the float32 kernels' own shortcuts must stay
   // inside it (the CPU's power m^p as 2^(p log2 m) by series; CUDA's products on the tensor cores
-  // in 3xTF32 where the shapes allow, d = 32, 48 and 64, and on the FP32 units for d = 12; at
-  // d = 48 the output pass's lanes hold two pairs of columns, the second of them only for half
+  // in 3xTF32 where the shapes allow: d = 32 and 64, at d = 48 the output's product but not the
+  // feature sums' (96 x 48 and 48 x 48 do not fit the held tiles), and on the FP32 units for
+  // d = 12; at d = 48 the output pass's lanes hold two pairs of columns, the second only on half
   // the lanes), while one TF32 product alone (each operand rounded to 2^-11) does not (next
   // test).
   test::FullFloat32Guard full_float32;
