@@ -135,7 +135,8 @@ void copy_host_to_device(void* dst, const void* src, size_t bytes);
 void copy_device_to_host(void* dst, const void* src, size_t bytes);
 void copy_device_to_device(void* dst, const void* src, size_t bytes);
 
-// TF32 tensor cores for float32 GEMMs (on by default), like torch.backends.cuda.matmul.allow_tf32.
+// TF32 tensor cores for float32 GEMMs and the linear-attention products (on by default), like
+// torch.backends.cuda.matmul.allow_tf32.
 void set_allow_tf32(bool allow);
 bool allow_tf32();
 }  // namespace cuda

@@ -2,11 +2,11 @@
 // a functor with the value f(x) and the derivative f'(x) given x and y = f(x) side by side.
 // visit_unary_op chooses one per call, so that each op's loop is its own (it vectorises on the
 // CPU where the function allows). The elementary functions are std's, which CUDA provides in
-// device code too; GELU's Phi and phi come from the backend's Math, because the CPU computes them
-// in float by branch-free series that vectorise (kernels/cpu/elementwise.cpp) and CUDA by the
-// device library (kernels/cuda/elementwise.cu):
+// device code too; GELU's Phi and phi come from the backend's Math:
 //   Math::gelu_cdf(x) = Phi(x) = (1 + erf(x / sqrt 2)) / 2,
-//   Math::gelu_density(x) = phi(x) = e^(-x^2/2) / sqrt(2 pi).
+//   Math::gelu_density(x) = phi(x) = e^(-x^2/2) / sqrt(2 pi),
+// StdMath's (below) on CUDA and for double on the CPU, which computes them in float by
+// branch-free series that vectorise (CpuMath, kernels/cpu/elementwise.cpp).
 #pragma once
 
 #include <cmath>
@@ -21,6 +21,18 @@ constexpr double kSqrt2OverPi = 0.79788456080286535588;  // sqrt(2 / pi)
 constexpr double kInvSqrt2 = 0.70710678118654752440;     // 1 / sqrt(2)
 constexpr double kInvSqrt2Pi = 0.39894228040143267794;   // 1 / sqrt(2 pi)
 constexpr double kGeluCubic = 0.044715;                  // GELU's tanh approximation
+
+// Phi and phi by std's erf and exp.
+struct StdMath {
+  template <typename T>
+  NALA_HOST_DEVICE static T gelu_cdf(T x) {
+    return T(0.5) * (T(1) + std::erf(x * T(kInvSqrt2)));
+  }
+  template <typename T>
+  NALA_HOST_DEVICE static T gelu_density(T x) {
+    return T(kInvSqrt2Pi) * std::exp(T(-0.5) * x * x);
+  }
+};
 
 // 1 / (1 + e^-x)
 template <typename T>

@@ -152,27 +152,25 @@ void random_normal(int64_t n, uint64_t seed, uint64_t offset, T mean, T std, T* 
 }
 
 // ---- unary ----
-// The ops themselves are kernels/unary_ops.h; CpuMath gives them GELU's Phi and phi.
-
-// GELU's Phi and phi for kernels/unary_ops.h.
-struct CpuMath {
-  // Phi(x) = (1 + erf(x / sqrt 2)) / 2 in float through vector_math.h: with z = |x| / sqrt 2,
+// The ops themselves are kernels/unary_ops.h; CpuMath gives them GELU's Phi and phi: in double
+// std's (StdMath, gradcheck's precision), in float through vector_math.h.
+struct CpuMath : unary::StdMath {
+  using StdMath::gelu_cdf;
+  using StdMath::gelu_density;
+  // Phi(x) = (1 + erf(x / sqrt 2)) / 2: with z = |x| / sqrt 2,
   //   1 + erf(x / sqrt 2) = x >= 0 ? 2 - erfc(z) : erfc(z),
-  // erfc taken at z >= 0 only, so neither branch cancels: within 1.2e-7 relative, about two
-  // float ulps, and the loop over the elements vectorises (std::erf is a call per element, which
-  // made GELU the slowest CPU op). Double keeps std::erf (gradcheck's precision).
+  // erfc taken at z >= 0 only, so neither branch cancels: within 1.2e-7 relative (the erfc
+  // fit's bound, Numerical Recipes), about two float ulps, and the loop over the elements
+  // vectorises (std::erf is a call per element, which made GELU the slowest CPU op).
   static float gelu_cdf(float x) {
     const double erfc_z = erfc_nonnegative(std::abs(static_cast<double>(x)) * unary::kInvSqrt2);
     return static_cast<float>(0.5 * (x >= 0 ? 2 - erfc_z : erfc_z));
   }
-  static double gelu_cdf(double x) { return 0.5 * (1 + std::erf(x * unary::kInvSqrt2)); }
-
   // phi(x) = e^(-x^2 / 2) / sqrt(2 pi), the same way.
   static float gelu_density(float x) {
     const double xd = x;
     return static_cast<float>(unary::kInvSqrt2Pi * exp_branchless(-0.5 * xd * xd));
   }
-  static double gelu_density(double x) { return unary::kInvSqrt2Pi * std::exp(-0.5 * x * x); }
 };
 
 template <typename T>

@@ -2,7 +2,9 @@
 // (kernels/kernels.h). A kernel whose scratch depends on the work it is given, per thread and
 // inside its parallel loop (the GEMM's packed panels, attention's chunk of feature rows, a
 // depthwise weight gradient's per-pixel sums), takes it here: allocated on a thread's first
-// call, grown when a call needs more, reused by every later call, never shrunk.
+// call, grown when a call needs more, reused by every later call, never shrunk. Taken on the
+// calling thread before a parallel loop, it is shared by the loop's threads (cross-entropy's
+// per-row losses, summed in row order after the loop).
 #pragma once
 
 #include <cstdint>

@@ -7,8 +7,8 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#include <vector>
 
+#include "kernels/cpu/scratch.h"
 #include "kernels/kernels.h"
 
 namespace nala::kernels::cpu {
@@ -88,13 +88,15 @@ void softmax_backward(int64_t rows, int64_t cols, const T* y, const T* dy, T* dx
   }
 }
 
+struct RowLosses {};  // thread_scratch's tag
+
 // loss_r = lse_r - sum_c q_c x_c with q = (1 - eps) onehot(label) + eps / classes, so
 // sum_c q_c x_c = (1 - eps) x_label + eps mean_c(x_c); loss = mean_r loss_r, summed in row order
 // (the same result for any number of threads).
 template <typename T>
 void cross_entropy_forward(int64_t rows, int64_t classes, const T* logits, const int64_t* labels,
                            T smoothing, T* loss, T* lse) {
-  std::vector<double> row_loss(rows);
+  double* row_loss = thread_scratch<RowLosses, double>(rows);
 #pragma omp parallel for if (rows * classes >= kParallelWork)
   for (int64_t r = 0; r < rows; ++r) {
     const T* x_row = logits + r * classes;
@@ -111,7 +113,7 @@ void cross_entropy_forward(int64_t rows, int64_t classes, const T* logits, const
     row_loss[r] = lse[r] - target_dot_x;
   }
   double sum = 0;
-  for (double l : row_loss) sum += l;
+  for (int64_t r = 0; r < rows; ++r) sum += row_loss[r];
   *loss = static_cast<T>(sum / static_cast<double>(rows));
 }
 

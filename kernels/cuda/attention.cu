@@ -54,7 +54,7 @@ namespace {
 
 constexpr int kThreads = 128;  // threads per block of every kernel below but one:
 // the linear-attention output kernel's 256 threads share one copy of S in shared memory (at
-// d = 64, S takes 36 KiB of a block's 54: 128-thread blocks would leave an SM 16 warps).
+// d = 64, S takes 36 KiB of a block's 53: 128-thread blocks would leave an SM 16 warps).
 constexpr int kOutputThreads = 256;
 // Each thread holds at most kHeld blocks of 16 values of a product (ProductTiling below), so a
 // block of threads computes products of at most kMaxProduct elements.
@@ -71,8 +71,8 @@ int64_t chunk_tokens(int64_t bh, int64_t n) {
 }
 // Added to the normaliser's denominator: z_i = 1 / (phiQ_i . kbar + eps).
 constexpr double kDenominatorEps = 1e-6;
-// The largest tile of tokens a block works on (tiles are powers of two, at least the teams per
-// warp: linear_tile).
+// The largest tile of tokens a block works on (tiles are powers of two, at least 4; linear
+// attention's also a multiple of the teams per warp: linear_tile).
 constexpr int kMaxTile = 64;
 
 int64_t num_chunks(int64_t bh, int64_t n) {
@@ -101,9 +101,8 @@ void check_linear_head_dim(const char* kernel, int64_t d) {
 
 // The kernels move rows with 16-byte vector accesses.
 void check_aligned(const char* kernel, std::initializer_list<const void*> pointers) {
-  for (const void* p : pointers)
-    if (reinterpret_cast<uintptr_t>(p) % 16 != 0)
-      throw std::invalid_argument(std::string(kernel) + ": pointers must be 16-byte aligned");
+  if (!aligned16(pointers))
+    throw std::invalid_argument(std::string(kernel) + ": pointers must be 16-byte aligned");
 }
 
 // ---- shared memory ----
@@ -277,7 +276,8 @@ __host__ __device__ inline int i_rows_ld(int count) { return count % 8 == 0 ? co
 // AND; cvt.rna.tf32.f32, rounding instead, compiles to about five instructions on sm_90.) With
 // allow_tf32() (on by default, like the GEMMs') C accumulates one TF32 product (kPasses = 1): the
 // kernels store each operand already rounded to TF32 (operand_value, once per element where a
-// fragment load would round it at every use), so the fragments take its bits as they are; each
+// fragment load would round it at every use; the query backward's do, staged by cp.async, in a
+// pass of its own), so the fragments take its bits as they are; each
 // operand is within 2^-11 of its value and each term within 2^-10 of the exact product, with
 // no bias (a cut would shrink every term).
 // Fragments of one m16n8k8 (lane = 4 g + t, g < 8, t < 4; PTX ISA, "Matrix fragments for
@@ -286,7 +286,8 @@ __host__ __device__ inline int i_rows_ld(int count) { return count % 8 == 0 ? co
 // of C (four m16n8 tiles sharing A's fragments) when N % 32 is 0, else 16 x 8 blocks: warp w
 // the blocks w, w + kWarps, ...
 // Otherwise (float64, or other shapes) thread x holds the 4 x 4 blocks x, x + kBlockThreads, ...
-// and multiplies on the FP units. Either way a thread holds at most kHeld blocks of 16 values.
+// and multiplies on the FP units. Either way a thread holds at most blocks_held blocks of 16
+// values (kHeld, or ProductSum's kBlocks).
 
 // x rounded to the nearest TF32 value (ties away from zero): half of the last kept bit is added,
 // carrying into it, and the 13 bits below are cleared. That carry would turn a NaN whose
@@ -309,16 +310,14 @@ __device__ void store_operand2(T* p, T x0, T x1) {
   store2(p, operand_value<kPasses>(x0), operand_value<kPasses>(x1));
 }
 
-// An operand's fragment registers: for 3xTF32 its big part (cut to TF32) and the exact rest; for
-// one pass its bits as stored (operand_value has rounded them).
+// An operand's TF32 parts in fragment registers: its big part, x cut to TF32 for 3xTF32 and x's
+// bits as stored for one pass (operand_value has rounded them), and for 3xTF32 the exact rest.
 template <int kPasses>
-__device__ void split_tf32(float x, uint32_t& big, uint32_t& small) {
-  if constexpr (kPasses == 3) {
-    big = __float_as_uint(x) & 0xffffe000u;
-    small = __float_as_uint(x - __uint_as_float(big));
-  } else {
-    big = __float_as_uint(x);
-  }
+__device__ uint32_t tf32_big(float x) {
+  return kPasses == 3 ? __float_as_uint(x) & 0xffffe000u : __float_as_uint(x);
+}
+__device__ inline uint32_t tf32_small(float x, uint32_t big) {
+  return __float_as_uint(x - __uint_as_float(big));
 }
 
 // c[0..3] += A B for one m16n8k8 tile.
@@ -334,37 +333,44 @@ __device__ inline void mma_tf32(float* c, const uint32_t (&a)[4], const uint32_t
 
 // One step over k (k0 .. k0 + 7) of a 16 x 8 kTiles block of C on the tensor cores: the B
 // fragments of its kTiles m16n8 tiles (columns n0 ...), split once, then multiplied with the A
-// fragment of rows m0 ... m0 + 15 (split in turn): in 3xTF32 (kPasses 3), or with only the big
-// parts, one TF32 product (kPasses 1; the small parts are never computed).
+// fragment of rows m0 ... m0 + 15 (split in turn): in 3xTF32 (kPasses 3: parts [0] big and [1]
+// small), or one TF32 product (kPasses 1: part [0] only).
 template <int kTiles, int kPasses>
 struct Fragments {
   static_assert(kPasses == 1 || kPasses == 3);
-  uint32_t b_big[kTiles][2], b_small[kTiles][2];
+  static constexpr int kParts = kPasses == 3 ? 2 : 1;
+  uint32_t b[kParts][kTiles][2];
 
-  __device__ Fragments(Operand<float> b, int n0, int k0) {
+  __device__ Fragments(Operand<float> b_op, int n0, int k0) {
     const int g = threadIdx.x % 32 / 4, t = threadIdx.x % 4;
 #pragma unroll
     for (int tile = 0; tile < kTiles; ++tile)
 #pragma unroll
-      for (int r = 0; r < 2; ++r)
-        split_tf32<kPasses>(b(n0 + 8 * tile + g, k0 + t + 4 * r), b_big[tile][r], b_small[tile][r]);
+      for (int r = 0; r < 2; ++r) {
+        const float x = b_op(n0 + 8 * tile + g, k0 + t + 4 * r);
+        b[0][tile][r] = tf32_big<kPasses>(x);
+        if constexpr (kPasses == 3) b[1][tile][r] = tf32_small(x, b[0][tile][r]);
+      }
   }
 
-  __device__ void multiply(Operand<float> a, int m0, int k0, float (&acc)[16]) const {
+  __device__ void multiply(Operand<float> a_op, int m0, int k0, float (&acc)[16]) const {
     const int g = threadIdx.x % 32 / 4, t = threadIdx.x % 4;
-    uint32_t a_big[4], a_small[4];
+    uint32_t a[kParts][4];
 #pragma unroll
-    for (int r = 0; r < 4; ++r)
-      split_tf32<kPasses>(a(m0 + g + 8 * (r % 2), k0 + t + 4 * (r / 2)), a_big[r], a_small[r]);
-    // Three sweeps over the tiles, so that consecutive mma's add to different accumulators.
+    for (int r = 0; r < 4; ++r) {
+      const float x = a_op(m0 + g + 8 * (r % 2), k0 + t + 4 * (r / 2));
+      a[0][r] = tf32_big<kPasses>(x);
+      if constexpr (kPasses == 3) a[1][r] = tf32_small(x, a[0][r]);
+    }
     if constexpr (kPasses == 3) {
+      // Three sweeps over the tiles, so that consecutive mma's add to different accumulators.
 #pragma unroll
-      for (int tile = 0; tile < kTiles; ++tile) mma_tf32(acc + 4 * tile, a_small, b_big[tile]);
+      for (int tile = 0; tile < kTiles; ++tile) mma_tf32(acc + 4 * tile, a[1], b[0][tile]);
 #pragma unroll
-      for (int tile = 0; tile < kTiles; ++tile) mma_tf32(acc + 4 * tile, a_big, b_small[tile]);
+      for (int tile = 0; tile < kTiles; ++tile) mma_tf32(acc + 4 * tile, a[0], b[1][tile]);
     }
 #pragma unroll
-    for (int tile = 0; tile < kTiles; ++tile) mma_tf32(acc + 4 * tile, a_big, b_big[tile]);
+    for (int tile = 0; tile < kTiles; ++tile) mma_tf32(acc + 4 * tile, a[0], b[0][tile]);
   }
 };
 
@@ -437,7 +443,7 @@ struct ProductTiling {
     }
   }
 
-  // The blocks a warp holds (w, w + 4, ...) lie in one column of blocks when column_blocks()
+  // The blocks a warp holds (w, w + kWarps, ...) lie in one column of blocks when column_blocks()
   // divides the warps per block; when it holds more than one, acc[h] += held block h of A B
   // then loads and splits that column's B fragments once per step over k for all of them.
   __device__ bool held_share_columns() const {
@@ -719,7 +725,7 @@ __device__ T query_signed_backward(T q, T sigma, T dsigma, const QueryScale<T>& 
 // above d / 2 (d <= 64: at most a warp; lanes past d / 2 idle), so that sums over a token's row
 // are shuffles within the team (team_reduce) and a thread keeps the same pair from one token to
 // the next. Consecutive lanes read consecutive pairs of a row: global rows load coalesced. (The
-// output pass at d > 32 halves the team: a lane holds pairs c and c + 2 lanes, PairRow's kPairs.)
+// output pass at d > 32 halves the team: a lane holds pairs c and c + 32, PairRow's kPairs.)
 __host__ __device__ inline int pair_lanes(int d) {
   return static_cast<int>(pow2_at_least(d / 2, kWarpSize));
 }
@@ -736,9 +742,9 @@ __device__ T team_sum(LanesPerRow team, T x) {
 constexpr int kPairBatch = 4;
 
 // One token's values at a lane's kPairs pairs of columns (c, c + 1), (c + stride, c + stride +
-// 1), ...: a row of x (q or k), optionally the same row of y (do or v), and the token's sin and
-// cos, pair p at [2 p] and [2 p + 1]; zeros past the pairs that load() is asked for (past the
-// chunk's rows, or past the row's pairs).
+// 1), ...: a row of x (q or k), optionally the same row of y (do or v), and
+// the token's sin and cos, pair p at [2 p] and [2 p + 1]; zeros past the pairs that load() is asked
+// for (past the chunk's rows, or past the row's pairs).
 template <typename T, int kPairs = 1>
 struct PairRow {
   T x[2 * kPairs] = {}, y[2 * kPairs] = {}, sin[2 * kPairs] = {}, cos[2 * kPairs] = {};
@@ -751,7 +757,7 @@ struct PairRow {
 template <typename T, bool kWithY, int kPairs = 1>
 struct PairRows {
   const T *x, *y, *sin, *cos;
-  int d, stride;
+  int d, stride;  // stride: columns between a lane's pairs (unused with one pair a lane)
   __device__ PairRows(int d, int c, int64_t row0, int64_t t0, const T* x, const T* y, const T* sin,
                       const T* cos, int stride = 0)
       : x(x + row0 * d + c),
@@ -798,7 +804,7 @@ __device__ void for_team_tokens(LanesPerRow team, int tile, Load load, Body body
 // multiple of the teams per warp (for_team_tokens), with `pairs` pairs of columns a lane.
 template <typename Bytes>
 int linear_tile(const char* kernel, int d, Bytes bytes, int pairs = 1) {
-  return choose_tile(kernel, 16, bytes, kWarpSize * pairs / pair_lanes(d));
+  return choose_tile(kernel, 16, bytes, std::max(4, kWarpSize * pairs / pair_lanes(d)));
 }
 
 // ---- linear attention, forward ----

@@ -1,9 +1,13 @@
 // Building blocks shared by the CUDA kernels:
 // - for_each_index: run a functor once per index of a flat range (the elementwise kernels);
-// - warp_reduce / block_reduce: tree reductions with warp shuffles;
-// - launch_per_row: a group of a warp's lanes (short rows) or a block (long rows) per row;
-// - reduce_middle_axis: a reduction over the middle axis of an (outer, r, inner) array;
-// - GridWalk: a thread's cells of a 2-d grid, without a division per step.
+// - warp_reduce / block_reduce / block_sum_each: tree reductions with warp shuffles;
+// - launch_per_row: a group of a warp's lanes (short rows) or a block (long rows) per row, its
+//   rows walked by TeamRows and combined by team_reduce;
+// - reduce_middle_axis: a reduction over the middle axis of an (outer, r, inner) array, its
+//   results handed to a store functor (StoreAt);
+// - GridWalk: a thread's cells of a 2-d grid, without a division per step;
+// - device_attribute, multiprocessor_count, aligned16: host-side facts about the device and
+//   the pointers a launch gets.
 // What a kernel is handed from the host is a functor (a struct with a __device__ operator()),
 // never a lambda; lambdas appear only inside device code (a kernel's loop bodies).
 #pragma once
@@ -11,6 +15,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <initializer_list>
 
 #include "kernels/cuda/cuda_check.h"
 
@@ -26,6 +31,19 @@ inline int device_attribute(cudaDeviceAttr attribute) {
   NALA_CUDA_CHECK(cudaGetDevice(&device));
   NALA_CUDA_CHECK(cudaDeviceGetAttribute(&value, attribute, device));
   return value;
+}
+
+// The current device's multiprocessor count, asked of the driver once.
+inline int multiprocessor_count() {
+  static const int count = device_attribute(cudaDevAttrMultiProcessorCount);
+  return count;
+}
+
+// Whether every pointer is 16-byte aligned (the kernels' 16-byte vector accesses need it).
+inline bool aligned16(std::initializer_list<const void*> pointers) {
+  for (const void* p : pointers)
+    if (reinterpret_cast<uintptr_t>(p) % 16 != 0) return false;
+  return true;
 }
 
 // Blocks needed to cover `work` items at `items_per_block` per block, capped at kMaxBlocks.
@@ -399,11 +417,13 @@ void reduce_middle_axis_pass(int64_t outer, int64_t r, int64_t inner, int64_t ch
     // When such tiles would leave multiprocessors idle (few, long columns: layer norm's
     // parameter gradients), a block takes one column instead: more blocks, each reading a
     // strided column, which matters little at so few tiles.
-    static const int multiprocessors = device_attribute(cudaDevAttrMultiProcessorCount);
     unsigned width = pow2_at_least(inner, 32 / sizeof(T));
-    if (outer * splits * ((inner + width - 1) / width) < multiprocessors) width = 1;
+    int64_t tiles = outer * splits * ((inner + width - 1) / width);
+    if (tiles < multiprocessor_count()) {
+      width = 1;
+      tiles = outer * splits * inner;
+    }
     const unsigned height = pow2_at_least(chunk, kColumnBlockThreads / width);
-    const int64_t tiles = outer * splits * ((inner + width - 1) / width);
     reduce_columns_kernel<Op, T><<<num_blocks(tiles, 1), dim3(width, height), 0, stream()>>>(
         outer, r, inner, chunk, splits, value, store);
     NALA_CUDA_CHECK_LAUNCH();

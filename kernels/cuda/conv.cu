@@ -209,9 +209,10 @@ constexpr int kStreamBlocksPerSM = 4;  // at most 64 registers a thread
 constexpr int kRowsPerThread = 4;
 constexpr int kStages = 2;
 constexpr int kStagedBytes = 22 * 1024;  // a buffer
-// The buffers leave room for block_sum_each's static shared memory (at most 49 doubles a warp)
-// within the 48 KiB a launch gets without opting in.
-static_assert(kStages * kStagedBytes + 8 * 49 * 8 <= 48 * 1024);
+// The buffers leave room for block_sum_each's static shared memory (a value per warp for each of
+// at most 7 x 7 taps, in double at most) within the 48 KiB a launch gets without opting in.
+static_assert(kStages * kStagedBytes + kStreamThreads / kWarpSize * 7 * 7 * sizeof(double) <=
+              48 * 1024);
 
 // Where a group's rows of one tensor lie in a buffer: row r of the group's plane q at
 // q * plane_ld + r * row_ld, at most max_rows rows a plane (staged_rows).
@@ -487,8 +488,8 @@ bool plan_correlation(Correlation& c, const Conv2dShape& s, bool with_output,
   c.kernel = static_cast<int>(s.kernel_h);
   c.rows = std::min(kRowsPerThread, c.out_h);
   // 16-byte copies when every row starts on a 16-byte boundary.
-  bool aligned = c.in_w * sizeof(T) % 16 == 0 && (!with_output || c.out_w * sizeof(T) % 16 == 0);
-  for (const void* p : pointers) aligned = aligned && reinterpret_cast<uintptr_t>(p) % 16 == 0;
+  const bool aligned = c.in_w * sizeof(T) % 16 == 0 &&
+                       (!with_output || c.out_w * sizeof(T) % 16 == 0) && aligned16(pointers);
   c.piece = aligned ? static_cast<int>(16 / sizeof(T)) : 1;
   // A plane's bytes in a buffer with bands of band_h output rows.
   const auto plan_band = [&](int band_h) {
@@ -536,11 +537,7 @@ void with_filter_size(int k, F f) {
 }
 
 // The streamed kernels' blocks that the GPU holds at once (kStreamBlocksPerSM a multiprocessor).
-int64_t resident_stream_blocks() {
-  static const int64_t blocks =
-      int64_t(device_attribute(cudaDevAttrMultiProcessorCount)) * kStreamBlocksPerSM;
-  return blocks;
-}
+int64_t resident_stream_blocks() { return int64_t(multiprocessor_count()) * kStreamBlocksPerSM; }
 
 template <typename T>
 size_t stream_shared_bytes(const Correlation& c) {

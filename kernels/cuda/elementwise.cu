@@ -124,17 +124,6 @@ struct RandomNormal {
 
 // ---- unary ops: kernels/unary_ops.h, with GELU's Phi and phi from the device library ----
 
-struct DeviceMath {
-  template <typename T>
-  __device__ static T gelu_cdf(T x) {
-    return T(0.5) * (T(1) + erf(x * T(unary::kInvSqrt2)));
-  }
-  template <typename T>
-  __device__ static T gelu_density(T x) {
-    return T(unary::kInvSqrt2Pi) * exp(T(-0.5) * x * x);
-  }
-};
-
 template <typename T, typename Op>
 struct UnaryForward {
   const T* x;
@@ -280,14 +269,14 @@ void random_normal(int64_t n, uint64_t seed, uint64_t offset, T mean, T std, T* 
 
 template <typename T>
 void unary_forward(UnaryOp op, int64_t n, const T* x, T* y) {
-  unary::visit_unary_op<T, DeviceMath>(op, [&](auto f) {
+  unary::visit_unary_op<T, unary::StdMath>(op, [&](auto f) {
     for_each_index(n, UnaryForward<T, decltype(f)>{x, y});
   });
 }
 
 template <typename T>
 void unary_backward(UnaryOp op, int64_t n, const T* x, const T* y, const T* dy, T* dx) {
-  unary::visit_unary_op<T, DeviceMath>(op, [&](auto f) {
+  unary::visit_unary_op<T, unary::StdMath>(op, [&](auto f) {
     for_each_index(n, UnaryBackward<T, decltype(f)>{x, y, dy, dx});
   });
 }

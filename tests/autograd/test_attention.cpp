@@ -307,10 +307,11 @@ TEST_CASE("with TF32 allowed, CUDA linear attention takes one TF32 product, with
   // allow_tf32 (on by default) lets the tensor cores' products (d = 32 and 64) take one TF32
   // pass: each operand rounded to 10 mantissa bits (within 2^-11 of its value), a product's terms
   // within 2^-10 of theirs. Every result passes through two products (S = K'^T v then Q' S; dS
-  // then its uses): 2^-9 = 2.0e-3 of the terms' magnitudes. The bound, 1e-2 of each result's
-  // largest magnitude, sits between that and what a wrong index or a lost term gives (O(1)); the
-  // terms would have to cancel five-fold to reach it (measured here: docs/benchmarks.md). Above
-  // 1e-5, the 3xTF32 level of the test before: the switch does reach the attention kernels.
+  // then its uses): 2^-9 = 1.95e-3 of the terms' magnitudes, and so 2e-3 of each result's
+  // largest magnitude: the terms' rounding errors are independent and of either sign, so they
+  // cancel in the sums about as much as the terms do (measured 2.8e-4 to 5.0e-4 on the H200:
+  // docs/benchmarks.md). Above 1e-5, the 3xTF32 level of the test before: the switch does reach
+  // the attention kernels.
   if (!test::cuda_available()) return;
 #ifdef NALA_WITH_CUDA
   REQUIRE(kernels::cuda::allow_tf32());
@@ -322,7 +323,7 @@ TEST_CASE("with TF32 allowed, CUDA linear attention takes one TF32 product, with
       const std::vector<double> diffs = float32_against_float64(Device::CUDA, kind, d);
       for (size_t i = 0; i < diffs.size(); ++i) {
         CAPTURE(i);
-        CHECK(diffs[i] < 1e-2);
+        CHECK(diffs[i] < 2e-3);
         CHECK(diffs[i] > 1e-5);
       }
     }
