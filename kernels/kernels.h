@@ -139,6 +139,11 @@ void copy_device_to_device(void* dst, const void* src, size_t bytes);
 // torch.backends.cuda.matmul.allow_tf32.
 void set_allow_tf32(bool allow);
 bool allow_tf32();
+
+// Whether a kernel may be scheduled while the one before it in the stream still runs
+// (launch_kernel in kernels/cuda/common.h): the device supports it (compute capability 9.0 on),
+// the code that runs on it was compiled for sm_90 or later, and NALA_CUDA_OVERLAP is not 0.
+bool kernels_may_overlap();
 }  // namespace cuda
 #endif
 

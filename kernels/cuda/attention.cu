@@ -143,7 +143,7 @@ int choose_tile(const char* kernel, int preferred, Bytes bytes, int smallest = 4
                               ": head dim too large for the GPU's shared memory");
 }
 
-// kernel<<<grid, kBlockThreads, bytes, stream()>>>(args...). Past 48 KiB a kernel must opt in to
+// launch_kernel(kernel, grid, kBlockThreads, bytes, args...). Past 48 KiB a kernel must opt in to
 // its dynamic shared memory: once per kernel, to the device's limit (a driver call, not one per
 // launch).
 template <auto kernel, int kBlockThreads = kThreads, typename... Args>
@@ -154,8 +154,7 @@ void launch(dim3 grid, size_t bytes, Args... args) {
     return true;
   }();
   (void)allowed;
-  kernel<<<grid, kBlockThreads, bytes, stream()>>>(args...);
-  NALA_CUDA_CHECK_LAUNCH();
+  launch_kernel<Placement::Spread>(kernel, grid, kBlockThreads, bytes, args...);
 }
 
 // ---- vector access ----
@@ -893,6 +892,7 @@ template <typename T, FeatureMap fm, int kPasses, Side side, int kBlocks>
 __global__ void __launch_bounds__(kThreads, kBlocks == 1 ? 6 : 4)
     linear_feature_sums_kernel(int64_t n, int64_t chunk, int d, int tile, const T* x, const T* y,
                                const T* sin, const T* cos, const T* z, T* partials) {
+  after_previous_kernel();
   const int width = kHalves<fm> * d, half_d = d / 2;
   const int rotated_ld = k_rows_ld(width), values_ld = k_rows_ld(d);
   const FeatureSumsLayout layout(side, tile, d, width);
@@ -972,6 +972,7 @@ template <typename T, FeatureMap fm, int kPasses, int kPairs>
 __global__ void __launch_bounds__(kOutputThreads, sizeof(T) == 4 ? 4 : 2)
     linear_output_kernel(int64_t n, int64_t chunk, int d, int tile, const T* q, const T* sin,
                          const T* cos, const T* state, const T* kbar, T* o, T* z) {
+  after_previous_kernel();
   const int width = kHalves<fm> * d, half_d = d / 2;
   const int state_ld = k_rows_ld(d), rotated_ld = i_rows_ld(width);
   const OutputLayout layout(tile, d, width);
@@ -1068,6 +1069,7 @@ __global__ void __launch_bounds__(kThreads, 5)
     linear_query_backward_kernel(int64_t n, int64_t chunk, int d, int tile, const T* q,
                                  const T* sin, const T* cos, const T* state, const T* kbar,
                                  const T* z, const T* dout, T* dq, T* partials) {
+  after_previous_kernel();
   const int width = kHalves<fm> * d, half_d = d / 2;
   const int state_ld = i_rows_ld(d), dout_ld = i_rows_ld(d), drotated_ld = k_rows_ld(width);
   const QueryBackwardLayout layout(tile, d, width);
@@ -1180,6 +1182,7 @@ template <typename T, FeatureMap fm, int kPasses>
 __global__ void __launch_bounds__(kThreads)
     linear_key_backward_kernel(int64_t n, int64_t chunk, int d, int tile, const T* k, const T* v,
                                const T* sin, const T* cos, const T* token_grads, T* dk, T* dv) {
+  after_previous_kernel();
   const int width = kHalves<fm> * d, half_d = d / 2;
   const int dstate_ld = i_rows_ld(d), values_ld = i_rows_ld(d), rotated_ld = i_rows_ld(width);
   const KeyBackwardLayout layout(tile, d, width);
@@ -1418,6 +1421,7 @@ template <typename T>
 __global__ void __launch_bounds__(kThreads)
     softmax_forward_kernel(int64_t n, int d, int tile, const T* q, const T* k, const T* v,
                            const T* sin, const T* cos, T* o, T* lse) {
+  after_previous_kernel();
   const SoftmaxForwardLayout layout(tile, d);
   T* shared = shared_memory<T>();
   T* x_s = shared + layout.x;
@@ -1506,6 +1510,7 @@ __global__ void __launch_bounds__(kThreads)
 // D_i = do_i . o_i, a team of threads per row.
 template <typename T, typename Team>
 __global__ void row_dot_kernel(Team team, int64_t rows, int d, const T* a, const T* b, T* out) {
+  after_previous_kernel();
   for (TeamRows r(team, rows); r.more(); r.advance()) {
     T sum = 0;
     for (int c = team.rank(); c < d; c += team.size()) sum += a[r.row * d + c] * b[r.row * d + c];
@@ -1548,6 +1553,7 @@ __global__ void __launch_bounds__(kThreads)
     softmax_key_backward_kernel(int64_t n, int d, int tile, const T* q, const T* k, const T* v,
                                 const T* sin, const T* cos, const T* lse, const T* delta,
                                 const T* dout, T* dk, T* dv) {
+  after_previous_kernel();
   const SoftmaxKeyBackwardLayout layout(tile, d);
   T* shared = shared_memory<T>();
   T* x_s = shared + layout.x;
@@ -1659,6 +1665,7 @@ __global__ void __launch_bounds__(kThreads)
     softmax_query_backward_kernel(int64_t n, int d, int tile, const T* q, const T* k, const T* v,
                                   const T* sin, const T* cos, const T* lse, const T* delta,
                                   const T* dout, T* dq) {
+  after_previous_kernel();
   const SoftmaxQueryBackwardLayout layout(tile, d);
   T* shared = shared_memory<T>();
   T* x_s = shared + layout.x;
@@ -1816,7 +1823,8 @@ void softmax_attention_backward(int64_t bh, int64_t n, int64_t d, const T* q, co
   const int dim = static_cast<int>(d);
   T* delta = workspace;
   launch_per_row(bh * n, d, [&](auto team, unsigned blocks, unsigned threads) {
-    row_dot_kernel<<<blocks, threads, 0, stream()>>>(team, bh * n, dim, dout, o, delta);
+    launch_kernel(row_dot_kernel<T, decltype(team)>, blocks, threads, 0, team, bh * n, dim, dout, o,
+                  delta);
   });
   const char* name = "softmax_attention_backward";
   const auto key_bytes = [&](int tile) {

@@ -18,6 +18,7 @@
 #include <initializer_list>
 
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/kernels.h"
 
 namespace nala::kernels::cuda {
 
@@ -46,6 +47,47 @@ inline bool aligned16(std::initializer_list<const void*> pointers) {
   return true;
 }
 
+// ---- launching: a kernel starts while the one before it ends ----
+// Programmatic dependent launch (GPUs of compute capability 9.0 on): a kernel launched by
+// launch_kernel may be scheduled while the kernel before it in the stream still runs. Every
+// kernel's first statement is after_previous_kernel(), which waits until the kernel before has
+// finished and its writes are visible, then lets the next kernel be scheduled in turn. So what
+// overlaps is only the launch and the blocks' start-up with the previous kernel's last blocks:
+// a few microseconds a kernel, which is much of what a kernel over a few MiB takes
+// (docs/benchmarks.md). A kernel launched the usual way passes through both instructions.
+__device__ __forceinline__ void after_previous_kernel() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+  asm volatile("griddepcontrol.launch_dependents;");
+#endif
+}
+
+// Where a launch's blocks go on the multiprocessors:
+// - Overlapped: as slots free up under the kernel before (above);
+// - Spread: all at once when the kernel before has finished, spread evenly. For grids of one
+//   wave sized to the GPU, whose blocks each carry a long, equal share of the work: placed as
+//   slots free up, such blocks crowd onto the multiprocessors that the kernel before left first,
+//   and the most crowded one sets the time (docs/benchmarks.md).
+enum class Placement { Overlapped, Spread };
+
+// kernel<<<grid, block, shared_bytes, stream()>>>(args...), its blocks placed as kPlacement says,
+// the launch checked.
+template <Placement kPlacement = Placement::Overlapped, typename... Params, typename... Args>
+void launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_bytes,
+                   Args... args) {
+  cudaLaunchAttribute overlap;
+  overlap.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  overlap.val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t config = {};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = shared_bytes;
+  config.stream = stream();
+  config.attrs = &overlap;
+  config.numAttrs = kPlacement == Placement::Overlapped && kernels_may_overlap() ? 1 : 0;
+  NALA_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, static_cast<Params>(args)...));
+}
+
 // Blocks needed to cover `work` items at `items_per_block` per block, capped at kMaxBlocks.
 inline unsigned num_blocks(int64_t work, int64_t items_per_block) {
   return static_cast<unsigned>(
@@ -55,6 +97,7 @@ inline unsigned num_blocks(int64_t work, int64_t items_per_block) {
 // f(i) for every i < n, in a grid-stride loop.
 template <typename F>
 __global__ void for_each_index_kernel(int64_t n, F f) {
+  after_previous_kernel();
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += step)
     f(i);
@@ -64,8 +107,7 @@ template <typename F>
 void for_each_index(int64_t n, F f) {
   if (n <= 0) return;
   constexpr int kThreads = 256;
-  for_each_index_kernel<<<num_blocks(n, kThreads), kThreads, 0, stream()>>>(n, f);
-  NALA_CUDA_CHECK_LAUNCH();
+  launch_kernel(for_each_index_kernel<F>, num_blocks(n, kThreads), kThreads, 0, n, f);
 }
 
 // The block's dynamic shared memory (the launch's third parameter), 16-byte aligned, as T.
@@ -280,7 +322,6 @@ void launch_per_row(int64_t rows, int64_t cols, Launch launch) {
   } else {
     launch(BlockPerRow{}, num_blocks(rows, 1), BlockPerRow::kBlockThreads);
   }
-  NALA_CUDA_CHECK_LAUNCH();
 }
 
 // ---- reduction over the middle axis ----
@@ -341,6 +382,7 @@ struct ReduceChunkSerially {
 template <typename Op, typename T, typename Team, typename Value, typename Store>
 __global__ void reduce_rows_kernel(Team team, int64_t outer, int64_t r, int64_t chunk,
                                    int64_t splits, Value value, Store store) {
+  after_previous_kernel();
   for (TeamRows rows(team, outer * splits); rows.more(); rows.advance()) {
     const Chunk c = chunk_of_row(rows.row, r, chunk, splits);
     T acc = Op::identity();
@@ -360,6 +402,7 @@ constexpr int kColumnBlockThreads = 512;
 template <typename Op, typename T, typename Value, typename Store>
 __global__ void reduce_columns_kernel(int64_t outer, int64_t r, int64_t inner, int64_t chunk,
                                       int64_t splits, Value value, Store store) {
+  after_previous_kernel();
   __shared__ T partials[kColumnBlockThreads];
   const unsigned tx = threadIdx.x, ty = threadIdx.y, width = blockDim.x;
   const int64_t tiles_per_row = (inner + width - 1) / width;
@@ -408,8 +451,8 @@ void reduce_middle_axis_pass(int64_t outer, int64_t r, int64_t inner, int64_t ch
                    ReduceChunkSerially<Op, T, Value, Store>{r, inner, chunk, splits, value, store});
   } else if (inner == 1) {
     launch_per_row(outer * splits, chunk, [&](auto team, unsigned blocks, int threads) {
-      reduce_rows_kernel<Op, T>
-          <<<blocks, threads, 0, stream()>>>(team, outer, r, chunk, splits, value, store);
+      launch_kernel(reduce_rows_kernel<Op, T, decltype(team), Value, Store>, blocks, threads, 0,
+                    team, outer, r, chunk, splits, value, store);
     });
   } else {
     // A tile row is one 32-byte sector of columns (8 floats, 4 doubles), fewer when inner is
@@ -424,9 +467,8 @@ void reduce_middle_axis_pass(int64_t outer, int64_t r, int64_t inner, int64_t ch
       tiles = outer * splits * inner;
     }
     const unsigned height = pow2_at_least(chunk, kColumnBlockThreads / width);
-    reduce_columns_kernel<Op, T><<<num_blocks(tiles, 1), dim3(width, height), 0, stream()>>>(
-        outer, r, inner, chunk, splits, value, store);
-    NALA_CUDA_CHECK_LAUNCH();
+    launch_kernel(reduce_columns_kernel<Op, T, Value, Store>, num_blocks(tiles, 1),
+                  dim3(width, height), 0, outer, r, inner, chunk, splits, value, store);
   }
 }
 

@@ -387,6 +387,7 @@ __device__ void sweep_window(const Correlation& c, const T* staged_plane, int ro
 template <int K, typename T>
 __global__ void __launch_bounds__(kStreamThreads, kStreamBlocksPerSM)
     depthwise_correlation_kernel(Correlation c, const T* in, const T* w, const T* bias, T* out) {
+  after_previous_kernel();
   T* staged = shared_memory<T>();
   const GroupThread thread(c);
   const auto stage = [&](int g, int buffer) {
@@ -435,6 +436,7 @@ __global__ void __launch_bounds__(kStreamThreads, kStreamBlocksPerSM)
 template <int K, typename T>
 __global__ void __launch_bounds__(kStreamThreads, kStreamBlocksPerSM)
     depthwise_weight_kernel(Correlation c, const T* x, const T* dy, T* partials) {
+  after_previous_kernel();
   T* staged = shared_memory<T>();
   const GroupThread thread(c);
   const int outputs_at = c.group_planes * c.input.plane_ld;  // dy's place in a buffer
@@ -547,11 +549,11 @@ size_t stream_shared_bytes(const Correlation& c) {
 template <typename T>
 void correlate(const Correlation& c, const T* in, const T* w, const T* bias, T* out) {
   with_filter_size(c.kernel, [&](auto k) {
-    depthwise_correlation_kernel<k.value>
-        <<<std::min<int64_t>(c.groups(), resident_stream_blocks()), kStreamThreads,
-           stream_shared_bytes<T>(c), stream()>>>(c, in, w, bias, out);
+    launch_kernel<Placement::Spread>(depthwise_correlation_kernel<k.value, T>,
+                                     std::min<int64_t>(c.groups(), resident_stream_blocks()),
+                                     kStreamThreads, stream_shared_bytes<T>(c), c, in, w, bias,
+                                     out);
   });
-  NALA_CUDA_CHECK_LAUNCH();
 }
 
 // ---- depthwise weight gradient ----
@@ -579,6 +581,7 @@ template <int kWindow, typename T>
 __global__ void __launch_bounds__(kWeightGradThreads)
     depthwise_backward_weight_kernel(Geometry g, WeightGradSplits sp, const T* x, const T* dy,
                                      T* out) {
+  after_previous_kernel();
   const int64_t c = blockIdx.x, split = blockIdx.z;
   const int i0 = static_cast<int>(blockIdx.y) / sp.tiles_w * kWindow;
   const int j0 = static_cast<int>(blockIdx.y) % sp.tiles_w * kWindow;
@@ -671,10 +674,10 @@ int64_t depthwise_weight_streamed(const Conv2dShape& s, const Geometry& g, const
           1, std::min<int64_t>(c.groups(), kSplitScratchElements / (s.channels * taps))));
   const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(s.channels));
   with_filter_size(c.kernel, [&](auto k) {
-    depthwise_weight_kernel<k.value><<<grid, kStreamThreads, stream_shared_bytes<T>(c), stream()>>>(
-        c, x, dy, weight_partials(splits, dw));
+    launch_kernel<Placement::Spread>(depthwise_weight_kernel<k.value, T>, grid, kStreamThreads,
+                                     stream_shared_bytes<T>(c), c, x, dy,
+                                     weight_partials(splits, dw));
   });
-  NALA_CUDA_CHECK_LAUNCH();
   return splits;
 }
 
@@ -701,13 +704,9 @@ int64_t depthwise_weight_by_positions(const Conv2dShape& s, const Geometry& g, c
   const dim3 grid(static_cast<unsigned>(s.channels), static_cast<unsigned>(tiles),
                   static_cast<unsigned>(sp.splits));
   T* out = weight_partials(sp.splits, dw);
-  if (window == 3)
-    depthwise_backward_weight_kernel<3>
-        <<<grid, kWeightGradThreads, 0, stream()>>>(g, sp, x, dy, out);
-  else
-    depthwise_backward_weight_kernel<5>
-        <<<grid, kWeightGradThreads, 0, stream()>>>(g, sp, x, dy, out);
-  NALA_CUDA_CHECK_LAUNCH();
+  launch_kernel(
+      window == 3 ? depthwise_backward_weight_kernel<3, T> : depthwise_backward_weight_kernel<5, T>,
+      grid, kWeightGradThreads, 0, g, sp, x, dy, out);
   return sp.splits;
 }
 

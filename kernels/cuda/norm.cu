@@ -42,6 +42,7 @@ template <int kHeld, typename T, typename Team>
 __global__ void __launch_bounds__(Team::kBlockThreads, 1024 / Team::kBlockThreads)
     layer_norm_forward_kernel(Team team, int64_t rows, int64_t cols, const T* x, const T* gamma,
                               const T* beta, T eps, T* y, T* mean, T* rstd) {
+  after_previous_kernel();
   const int rank = team.rank(), lanes = team.size();
   for (TeamRows r(team, rows); r.more(); r.advance()) {
     const int64_t row = r.row;
@@ -100,6 +101,7 @@ template <typename T, typename Team>
 __global__ void layer_norm_backward_dx_kernel(Team team, int64_t rows, int64_t cols, const T* x,
                                               const T* dy, const T* gamma, const T* mean,
                                               const T* rstd, T* dx) {
+  after_previous_kernel();
   for (TeamRows r(team, rows); r.more(); r.advance()) {
     const int64_t row = r.row;
     const T* x_row = x + row * cols;
@@ -140,6 +142,7 @@ __global__ void __launch_bounds__(kFusedThreads, 1024 / kFusedThreads)
     layer_norm_backward_fused_kernel(LanesPerRow team, int64_t rows, int cols, const T* x,
                                      const T* dy, const T* gamma, const T* mean, const T* rstd,
                                      T* dx, T* partials) {
+  after_previous_kernel();
   // [which][team in block][column]: kFusedThreads / lanes teams of at most
   // kHeldColumnsPerLane * lanes columns.
   __shared__ T team_sums[2][kFusedThreads * kHeldColumnsPerLane];
@@ -282,6 +285,7 @@ template <typename T>
 __global__ void batch_norm_partial_moments_kernel(int64_t batch, int64_t channels, int spatial,
                                                   BatchNormSplits sp, const T* x,
                                                   double* partials) {
+  after_previous_kernel();
   const int64_t c = blockIdx.x, s = blockIdx.y;
   const int64_t first = split_first_image(sp, s), last = split_last_image(sp, s, batch);
   const T count = T((last - first) * spatial);
@@ -311,6 +315,7 @@ __global__ void batch_norm_combine_moments_kernel(int64_t batch, int64_t channel
                                                   BatchNormSplits sp, const double* partials, T eps,
                                                   T momentum, T* running_mean, T* running_var,
                                                   T* mean, T* invstd) {
+  after_previous_kernel();
   const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (c >= channels) return;
   double n = 0, m = 0, m2 = 0;
@@ -363,6 +368,7 @@ __global__ void batch_norm_partial_grad_sums_kernel(int64_t batch, int64_t chann
                                                     BatchNormSplits sp, const T* x, const T* dy,
                                                     const T* mean, const T* invstd,
                                                     double* partials) {
+  after_previous_kernel();
   const int64_t c = blockIdx.x, s = blockIdx.y;
   const T channel_mean = mean[c], channel_invstd = invstd[c];
   T sum_dy = T(0), sum_dy_xhat = T(0);
@@ -387,6 +393,7 @@ template <typename T>
 __global__ void batch_norm_combine_grad_sums_kernel(int64_t channels, int64_t splits,
                                                     const double* partials, double* sums, T* dgamma,
                                                     T* dbeta) {
+  after_previous_kernel();
   const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (c >= channels) return;
   double sum_dy = 0, sum_dy_xhat = 0;
@@ -427,13 +434,13 @@ void layer_norm_forward(int64_t rows, int64_t cols, const T* x, const T* gamma, 
   launch_per_row(rows, cols, [&](auto team, unsigned blocks, int threads) {
     if constexpr (std::is_same_v<decltype(team), LanesPerRow>) {
       if (cols <= kHeldColumnsPerLane * team.lanes) {
-        layer_norm_forward_kernel<kHeldColumnsPerLane><<<blocks, threads, 0, stream()>>>(
-            team, rows, cols, x, gamma, beta, eps, y, mean, rstd);
+        launch_kernel(layer_norm_forward_kernel<kHeldColumnsPerLane, T, LanesPerRow>, blocks,
+                      threads, 0, team, rows, cols, x, gamma, beta, eps, y, mean, rstd);
         return;
       }
     }
-    layer_norm_forward_kernel<0>
-        <<<blocks, threads, 0, stream()>>>(team, rows, cols, x, gamma, beta, eps, y, mean, rstd);
+    launch_kernel(layer_norm_forward_kernel<0, T, decltype(team)>, blocks, threads, 0, team, rows,
+                  cols, x, gamma, beta, eps, y, mean, rstd);
   });
 }
 
@@ -450,10 +457,9 @@ void layer_norm_backward(int64_t rows, int64_t cols, const T* x, const T* dy, co
   if ((dgamma != nullptr || dbeta != nullptr) && cols <= kHeldColumnsPerLane * lanes &&
       fused_blocks > 0) {
     T* partials = reinterpret_cast<T*>(split_scratch_address());
-    layer_norm_backward_fused_kernel<<<static_cast<unsigned>(fused_blocks), kFusedThreads, 0,
-                                       stream()>>>(LanesPerRow(lanes), rows, static_cast<int>(cols),
-                                                   x, dy, gamma, mean, rstd, dx, partials);
-    NALA_CUDA_CHECK_LAUNCH();
+    launch_kernel(layer_norm_backward_fused_kernel<T>, static_cast<unsigned>(fused_blocks),
+                  kFusedThreads, 0, LanesPerRow(lanes), rows, static_cast<int>(cols), x, dy, gamma,
+                  mean, rstd, dx, partials);
     // dgamma and dbeta: the partial rows (2, fused_blocks, cols) summed over the middle axis.
     reduce_middle_axis_pass<SumOp<T>>(2, fused_blocks, cols, fused_blocks, 1,
                                       MiddleAxisElement<T>{partials, fused_blocks, cols},
@@ -461,8 +467,8 @@ void layer_norm_backward(int64_t rows, int64_t cols, const T* x, const T* dy, co
     return;
   }
   launch_per_row(rows, cols, [&](auto team, unsigned blocks, int threads) {
-    layer_norm_backward_dx_kernel<<<blocks, threads, 0, stream()>>>(team, rows, cols, x, dy, gamma,
-                                                                    mean, rstd, dx);
+    launch_kernel(layer_norm_backward_dx_kernel<T, decltype(team)>, blocks, threads, 0, team, rows,
+                  cols, x, dy, gamma, mean, rstd, dx);
   });
   if (dgamma != nullptr)
     reduce_middle_axis<SumOp<T>>(1, rows, cols, DyTimesXhat<T>{x, dy, mean, rstd, cols}, dgamma);
@@ -477,14 +483,11 @@ void batch_norm_forward_train(int64_t batch, int64_t channels, int64_t spatial, 
   if (channels <= 0 || batch * spatial <= 0) return;
   const BatchNormSplits sp = batch_norm_splits("batch_norm", batch, channels, spatial);
   double* partials = split_scratch_address();
-  batch_norm_partial_moments_kernel<<<dim3(channels, sp.splits), kBatchNormThreads, 0, stream()>>>(
-      batch, channels, static_cast<int>(spatial), sp, x, partials);
-  NALA_CUDA_CHECK_LAUNCH();
-  batch_norm_combine_moments_kernel<<<num_blocks(channels, kBatchNormThreads), kBatchNormThreads, 0,
-                                      stream()>>>(batch, channels, static_cast<int>(spatial), sp,
-                                                  partials, eps, momentum, running_mean,
-                                                  running_var, mean, invstd);
-  NALA_CUDA_CHECK_LAUNCH();
+  launch_kernel(batch_norm_partial_moments_kernel<T>, dim3(channels, sp.splits), kBatchNormThreads,
+                0, batch, channels, static_cast<int>(spatial), sp, x, partials);
+  launch_kernel(batch_norm_combine_moments_kernel<T>, num_blocks(channels, kBatchNormThreads),
+                kBatchNormThreads, 0, batch, channels, static_cast<int>(spatial), sp, partials, eps,
+                momentum, running_mean, running_var, mean, invstd);
   for_each_index(
       batch * channels * spatial,
       BatchNormNormalize<T, false>{channels, spatial, x, gamma, beta, mean, invstd, eps, y});
@@ -507,14 +510,11 @@ void batch_norm_backward(int64_t batch, int64_t channels, int64_t spatial, const
   const BatchNormSplits sp = batch_norm_splits("batch_norm backward", batch, channels, spatial);
   double* partials = split_scratch_address();
   double* sums = partials + 2 * channels * sp.splits;
-  batch_norm_partial_grad_sums_kernel<<<dim3(channels, sp.splits), kBatchNormThreads, 0,
-                                        stream()>>>(batch, channels, static_cast<int>(spatial), sp,
-                                                    x, dy, mean, invstd, partials);
-  NALA_CUDA_CHECK_LAUNCH();
-  batch_norm_combine_grad_sums_kernel<<<num_blocks(channels, kBatchNormThreads), kBatchNormThreads,
-                                        0, stream()>>>(channels, sp.splits, partials, sums, dgamma,
-                                                       dbeta);
-  NALA_CUDA_CHECK_LAUNCH();
+  launch_kernel(batch_norm_partial_grad_sums_kernel<T>, dim3(channels, sp.splits),
+                kBatchNormThreads, 0, batch, channels, static_cast<int>(spatial), sp, x, dy, mean,
+                invstd, partials);
+  launch_kernel(batch_norm_combine_grad_sums_kernel<T>, num_blocks(channels, kBatchNormThreads),
+                kBatchNormThreads, 0, channels, sp.splits, partials, sums, dgamma, dbeta);
   for_each_index(batch * channels * spatial,
                  BatchNormInputGrad<T>{channels, spatial, T(batch * spatial), x, dy, gamma, mean,
                                        invstd, sums, dx});

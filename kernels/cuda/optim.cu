@@ -28,6 +28,7 @@ unsigned blocks_per_tensor(const int64_t* sizes, int count) {
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     tensor_square_sums_kernel(TensorList<T> list, double* partials) {
+  after_previous_kernel();
   const int t = blockIdx.y;
   const T* x = list.arrays[0][t];
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
@@ -41,6 +42,7 @@ __global__ void __launch_bounds__(kThreads)
 
 template <typename T>
 __global__ void add_square_partials_kernel(int count, const double* partials, T* out) {
+  after_previous_kernel();
   double total = 0;
   for (int b = threadIdx.x; b < count; b += blockDim.x) total += partials[b];
   total = block_reduce<SumOp<double>>(total);
@@ -51,6 +53,7 @@ __global__ void add_square_partials_kernel(int count, const double* partials, T*
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     adamw_kernel(TensorList<T> list, AdamWStep s, const T* grad_scale) {
+  after_previous_kernel();
   const int t = blockIdx.y;
   T* p = list.arrays[0][t];
   const T* g = list.arrays[1][t];
@@ -80,18 +83,16 @@ void sum_of_squares(const TensorList<T>& list, T* out) {
   const dim3 grid(blocks_per_tensor(list.sizes, list.count), list.count);
   static_assert(TensorList<T>::kMaxTensors * kBlocksPerTensor <= kSplitScratchElements);
   double* partials = split_scratch_address();
-  tensor_square_sums_kernel<T><<<grid, kThreads, 0, stream()>>>(list, partials);
-  NALA_CUDA_CHECK_LAUNCH();
-  add_square_partials_kernel<T><<<1, kThreads, 0, stream()>>>(grid.x * grid.y, partials, out);
-  NALA_CUDA_CHECK_LAUNCH();
+  launch_kernel(tensor_square_sums_kernel<T>, grid, kThreads, 0, list, partials);
+  launch_kernel(add_square_partials_kernel<T>, 1, kThreads, 0, static_cast<int>(grid.x * grid.y),
+                partials, out);
 }
 
 template <typename T>
 void adamw_update(const TensorList<T>& list, const AdamWStep& step, const T* grad_scale) {
   if (list.count == 0) return;
   const dim3 grid(blocks_per_tensor(list.sizes, list.count), list.count);
-  adamw_kernel<T><<<grid, kThreads, 0, stream()>>>(list, step, grad_scale);
-  NALA_CUDA_CHECK_LAUNCH();
+  launch_kernel(adamw_kernel<T>, grid, kThreads, 0, list, step, grad_scale);
 }
 
 template void sum_of_squares<float>(const TensorList<float>&, float*);

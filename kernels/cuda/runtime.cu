@@ -3,9 +3,11 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <mutex>
+#include <string>
 #include <unordered_map>
 
 #include "kernels/caching_allocator.h"
@@ -22,6 +24,26 @@ bool is_available() {
     return false;
   }
   return count > 0;
+}
+
+// A kernel that is never launched: its attributes tell which code this device runs.
+__global__ void compiled_code_probe() {}
+
+// NALA_CUDA_OVERLAP=0 launches every kernel only after the one before has finished (to compare
+// timings, or to rule overlap out while debugging), as CUDA_LAUNCH_BLOCKING=1 rules out
+// asynchrony.
+bool kernels_may_overlap() {
+  static const bool may = [] {
+    int device = 0, major = 0;
+    NALA_CUDA_CHECK(cudaGetDevice(&device));
+    NALA_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+    cudaFuncAttributes code;
+    NALA_CUDA_CHECK(cudaFuncGetAttributes(&code, compiled_code_probe));
+    const char* setting = std::getenv("NALA_CUDA_OVERLAP");
+    const bool switched_off = setting != nullptr && std::string(setting) == "0";
+    return major >= 9 && code.binaryVersion >= 90 && !switched_off;
+  }();
+  return may;
 }
 
 void synchronize() { NALA_CUDA_CHECK(cudaStreamSynchronize(stream())); }

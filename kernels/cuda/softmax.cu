@@ -30,6 +30,7 @@ __device__ MaxAndSumExp<T> row_max_and_sum_exp(Team team, int64_t cols, const T*
 template <typename T, typename Team>
 __global__ void softmax_forward_kernel(Team team, int64_t rows, int64_t cols, const T* x, T* y,
                                        bool log_softmax) {
+  after_previous_kernel();
   for (TeamRows r(team, rows); r.more(); r.advance()) {
     const T* x_row = x + r.row * cols;
     T* y_row = y + r.row * cols;
@@ -47,6 +48,7 @@ __global__ void softmax_forward_kernel(Team team, int64_t rows, int64_t cols, co
 template <typename T, typename Team>
 __global__ void softmax_backward_kernel(Team team, int64_t rows, int64_t cols, const T* y,
                                         const T* dy, T* dx, bool log_softmax) {
+  after_previous_kernel();
   for (TeamRows r(team, rows); r.more(); r.advance()) {
     const T* y_row = y + r.row * cols;
     const T* dy_row = dy + r.row * cols;
@@ -82,6 +84,7 @@ template <typename T, typename Team>
 __global__ void cross_entropy_forward_kernel(Team team, int64_t rows, int64_t classes,
                                              const T* logits, const int64_t* labels, T smoothing,
                                              T* lse, T* partials, T* loss) {
+  after_previous_kernel();
   T thread_loss = T(0);  // the rows this thread stores (a team's rank 0)
   for (TeamRows r(team, rows); r.more(); r.advance()) {
     const T* x_row = logits + r.row * classes;
@@ -123,6 +126,7 @@ template <typename T, typename Team>
 __global__ void cross_entropy_backward_kernel(Team team, int64_t rows, int64_t classes,
                                               const T* logits, const int64_t* labels, T smoothing,
                                               const T* lse, const T* dloss, T* dlogits) {
+  after_previous_kernel();
   const T row_dloss = *dloss / T(rows);
   // No sums across the team: a plain walk over the rows (TeamRows is for team_reduce).
   for (int64_t row = team.first_row(); row < rows; row += team.row_stride()) {
@@ -143,7 +147,8 @@ __global__ void cross_entropy_backward_kernel(Team team, int64_t rows, int64_t c
 template <typename T>
 void softmax_forward(int64_t rows, int64_t cols, const T* x, T* y, bool log_softmax) {
   launch_per_row(rows, cols, [&](auto team, unsigned blocks, int threads) {
-    softmax_forward_kernel<<<blocks, threads, 0, stream()>>>(team, rows, cols, x, y, log_softmax);
+    launch_kernel(softmax_forward_kernel<T, decltype(team)>, blocks, threads, 0, team, rows, cols,
+                  x, y, log_softmax);
   });
 }
 
@@ -151,8 +156,8 @@ template <typename T>
 void softmax_backward(int64_t rows, int64_t cols, const T* y, const T* dy, T* dx,
                       bool log_softmax) {
   launch_per_row(rows, cols, [&](auto team, unsigned blocks, int threads) {
-    softmax_backward_kernel<<<blocks, threads, 0, stream()>>>(team, rows, cols, y, dy, dx,
-                                                              log_softmax);
+    launch_kernel(softmax_backward_kernel<T, decltype(team)>, blocks, threads, 0, team, rows, cols,
+                  y, dy, dx, log_softmax);
   });
 }
 
@@ -163,8 +168,8 @@ void cross_entropy_forward(int64_t rows, int64_t classes, const T* logits, const
   static_assert(kMaxBlocks <= kSplitScratchElements && sizeof(T) <= sizeof(double));
   T* partials = reinterpret_cast<T*>(split_scratch_address());
   launch_per_row(rows, classes, [&](auto team, unsigned blocks, int threads) {
-    cross_entropy_forward_kernel<<<blocks, threads, 0, stream()>>>(
-        team, rows, classes, logits, labels, smoothing, lse, partials, loss);
+    launch_kernel(cross_entropy_forward_kernel<T, decltype(team)>, blocks, threads, 0, team, rows,
+                  classes, logits, labels, smoothing, lse, partials, loss);
   });
 }
 
@@ -172,8 +177,8 @@ template <typename T>
 void cross_entropy_backward(int64_t rows, int64_t classes, const T* logits, const int64_t* labels,
                             T smoothing, const T* lse, const T* dloss, T* dlogits) {
   launch_per_row(rows, classes, [&](auto team, unsigned blocks, int threads) {
-    cross_entropy_backward_kernel<<<blocks, threads, 0, stream()>>>(
-        team, rows, classes, logits, labels, smoothing, lse, dloss, dlogits);
+    launch_kernel(cross_entropy_backward_kernel<T, decltype(team)>, blocks, threads, 0, team, rows,
+                  classes, logits, labels, smoothing, lse, dloss, dlogits);
   });
 }
 

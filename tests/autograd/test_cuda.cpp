@@ -182,6 +182,32 @@ TEST_CASE("CUDA cross-entropy: the mean of each call, over many blocks, and NaN 
   CHECK(cross_entropy(logits[0], y).item() == doctest::Approx(expected[0]).epsilon(1e-5));
 }
 
+TEST_CASE("CUDA kernels queued back to back each read what the one before wrote") {
+  // A kernel may be scheduled while the one before it still runs (launch_kernel); its blocks
+  // wait for that kernel's writes before reading anything. Here a chain of short dependent
+  // kernels (elementwise, row kernels, a split reduction) adds known amounts to the tensor's
+  // sum: 1 to each of 48 columns, 48 softmax rows that sum to 1, layer-norm rows with weight 1
+  // and bias 1 (which sum to 48), and y / mean(y), which sums to the element count. A kernel
+  // that read its input before the kernel before had written it would lose that kernel's step.
+  if (!test::cuda_available()) return;
+#ifdef NALA_WITH_CUDA
+  MESSAGE("kernels may overlap: " << (kernels::cuda::kernels_may_overlap() ? "yes" : "no"));
+#endif
+  const int64_t rows = 64, cols = 48, steps = 50;
+  Tensor x = test::random_tensor({rows, cols}, 60, DType::Float64, Device::CUDA);
+  Tensor one = ones({cols}, {DType::Float64, Device::CUDA});
+  Tensor y = x;
+  for (int step = 0; step < steps; ++step) {
+    y = add(y, 1.0);
+    y = add(y, mul(softmax(y), double(cols)));
+    y = add(y, layer_norm(y, one, one));
+    y = add(y, div(y, mean(y)));
+  }
+  const double added = steps * 4.0 * rows * cols;
+  // float64: each step's sums are exact to about 1e-16 of the total (6e5 at the end).
+  CHECK(sum(y).item() == doctest::Approx(sum(x).item() + added).epsilon(1e-12));
+}
+
 TEST_CASE("CUDA linear attention: head dims past the kernels' 64 are a clear error") {
   if (!test::cuda_available()) return;
   Tensor wide = zeros({1, 1, 4, 72}, TensorOptions{DType::Float32, Device::CUDA});
