@@ -2,7 +2,7 @@
 // section 1) and softmax attention, forward and backward. The passes mirror
 // kernels/cpu/attention.cpp; docs/nala_backward.md derives the gradients.
 //
-// Linear attention, per head (a block per chunk of chunk_tokens(bh, n) tokens and head):
+// Linear attention, per head (a block per chunk of chunk_tokens(bh, n, d) tokens and head):
 //   forward   1. linear_feature_sums_kernel<Key>: per key chunk, sum_j K'_j^T v_j and
 //                sum_j phiK_j;
 //             2. SumPartials: S and kbar = (sum over the chunks) / N, in a fixed order;
@@ -62,11 +62,16 @@ constexpr int kHeld = 4;
 constexpr int kMaxProduct = kHeld * 16 * kThreads;
 // Linear attention: tokens per block (each block writes one partial sum of its chunk). Chunks
 // are small enough that the bh heads give about 512 blocks (a few per SM, so short sequences
-// still fill the GPU) and at most 1024 tokens long (a power of two, at least 64).
-int64_t chunk_tokens(int64_t bh, int64_t n) {
+// still fill the GPU), and at most max(1024, 32 d) tokens long (a power of two, at least 64).
+// The cap keeps more blocks in long sequences while the partial sums, (d + 1) D values a chunk
+// (D = 2d for NaLa) against 2d values of k and v a token, stay within about (d + 1) / chunk <= 3%
+// of what the pass reads; written once and read once more, at d = 64 they cost 2% of the
+// forward at 1024 tokens a chunk (docs/benchmarks.md).
+int64_t chunk_tokens(int64_t bh, int64_t n, int64_t d) {
   const int64_t chunks_wanted = std::max<int64_t>(1, 512 / std::max<int64_t>(bh, 1));
+  const int64_t longest = std::max<int64_t>(1024, 32 * d);
   int64_t chunk = 64;
-  while (chunk < 1024 && chunk * chunks_wanted < n) chunk *= 2;
+  while (chunk < longest && chunk * chunks_wanted < n) chunk *= 2;
   return chunk;
 }
 // Added to the normaliser's denominator: z_i = 1 / (phiQ_i . kbar + eps).
@@ -75,8 +80,8 @@ constexpr double kDenominatorEps = 1e-6;
 // attention's also a multiple of the teams per warp: linear_tile).
 constexpr int kMaxTile = 64;
 
-int64_t num_chunks(int64_t bh, int64_t n) {
-  const int64_t chunk = chunk_tokens(bh, n);
+int64_t num_chunks(int64_t bh, int64_t n, int64_t d) {
+  const int64_t chunk = chunk_tokens(bh, n, d);
   return (n + chunk - 1) / chunk;
 }
 
@@ -1266,12 +1271,12 @@ template <typename T, FeatureMap fm, int kPasses, Side side>
 void feature_sums(const char* name, int64_t bh, int64_t n, int d, const T* x, const T* y,
                   const T* sin, const T* cos, const T* z, T* partials) {
   const int width = kHalves<fm> * d;
-  const dim3 grid(static_cast<unsigned>(num_chunks(bh, n)), static_cast<unsigned>(bh));
+  const dim3 grid(static_cast<unsigned>(num_chunks(bh, n, d)), static_cast<unsigned>(bh));
   const auto bytes = [&](int tile) {
     return FeatureSumsLayout(side, tile, d, width).size * sizeof(T);
   };
   const int tile = linear_tile(name, d, bytes);
-  const int64_t chunk = chunk_tokens(bh, n);
+  const int64_t chunk = chunk_tokens(bh, n, d);
   if (width * d <= 16 * kThreads)
     launch<linear_feature_sums_kernel<T, fm, kPasses, side, 1>>(grid, bytes(tile), n, chunk, d,
                                                                 tile, x, y, sin, cos, z, partials);
@@ -1284,7 +1289,7 @@ template <typename T, FeatureMap fm, int kPasses>
 void linear_forward(int64_t bh, int64_t n, int d, const T* q, const T* k, const T* v, const T* sin,
                     const T* cos, T* o, T* state, T* kbar, T* z, T* workspace) {
   const int width = kHalves<fm> * d;
-  const int64_t chunks = num_chunks(bh, n), chunk = chunk_tokens(bh, n);
+  const int64_t chunks = num_chunks(bh, n, d), chunk = chunk_tokens(bh, n, d);
   const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>(bh));
   const char* name = "linear_attention_forward";
 
@@ -1312,7 +1317,7 @@ void linear_backward(int64_t bh, int64_t n, int d, const T* q, const T* k, const
                      const T* cos, const T* state, const T* kbar, const T* z, const T* dout, T* dq,
                      T* dk, T* dv, T* workspace) {
   const int width = kHalves<fm> * d;
-  const int64_t chunks = num_chunks(bh, n), chunk = chunk_tokens(bh, n);
+  const int64_t chunks = num_chunks(bh, n, d), chunk = chunk_tokens(bh, n, d);
   const int64_t matrix_size = int64_t(width) * d, partial_size = matrix_size + width;
   const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>(bh));
   const char* name = "linear_attention_backward";
@@ -1746,7 +1751,7 @@ __global__ void __launch_bounds__(kThreads)
 
 int64_t linear_attention_workspace_size(FeatureMap fm, int64_t bh, int64_t n, int64_t d) {
   const int64_t width = feature_dim(fm, d);
-  return bh * (num_chunks(bh, n) + 1) * (width * d + width);
+  return bh * (num_chunks(bh, n, d) + 1) * (width * d + width);
 }
 
 // Calls run(map, passes) with the feature map and the tensor cores' passes as compile-time
