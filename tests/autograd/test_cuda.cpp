@@ -191,8 +191,8 @@ TEST_CASE("CUDA kernels queued back to back each read what the one before wrote"
   // that read its input before the kernel before had written it would lose that kernel's step.
   if (!test::cuda_available()) return;
 #ifdef NALA_WITH_CUDA
-  MESSAGE(std::string("kernels may overlap: ") +
-          (kernels::cuda::kernels_may_overlap() ? "yes" : "no"));
+  MESSAGE(doctest::String(kernels::cuda::kernels_may_overlap() ? "kernels may overlap: yes"
+                                                               : "kernels may overlap: no"));
 #endif
   const int64_t rows = 64, cols = 48, steps = 50;
   Tensor x = test::random_tensor({rows, cols}, 60, DType::Float64, Device::CUDA);
