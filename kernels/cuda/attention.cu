@@ -729,7 +729,8 @@ __device__ T query_signed_backward(T q, T sigma, T dsigma, const QueryScale<T>& 
 // above d / 2 (d <= 64: at most a warp; lanes past d / 2 idle), so that sums over a token's row
 // are shuffles within the team (team_reduce) and a thread keeps the same pair from one token to
 // the next. Consecutive lanes read consecutive pairs of a row: global rows load coalesced. (The
-// output pass at d > 32 halves the team: a lane holds pairs c and c + 32, PairRow's kPairs.)
+// output and feature-sums passes at d > 32 halve the team: a lane holds pairs c and c + 32,
+// PairRow's kPairs.)
 __host__ __device__ inline int pair_lanes(int d) {
   return static_cast<int>(pow2_at_least(d / 2, kWarpSize));
 }
@@ -850,17 +851,23 @@ __device__ QueryScale<T> team_query_scale(LanesPerRow team, const PairRow<T, kPa
 }
 
 // Sums of split features over a chunk's tokens, sum_j w_j phi_j (a D vector), are spread over
-// the block's teams: each lane keeps its pair's columns, sums[half][e] at column half d + c + e.
-// Once every token is done, the teams' sums meet in shared memory (team_sums, kThreads /
-// pair_lanes(d) rows of D) and the block writes their total to out.
-template <typename T>
-__device__ void write_team_sums(LanesPerRow team, int d, int width, const T (&sums)[2][2],
+// the block's teams: each lane keeps its pairs' columns, sums[half][2 p + e] at column
+// half d + c + e of its pair p, c = 2 rank + p stride (stride = 2 team.lanes; one pair a lane:
+// c = 2 rank). Once every token is done, the teams' sums meet in shared memory (team_sums,
+// kThreads / team.lanes rows of D) and the block writes their total to out.
+template <typename T, int kColumns>
+__device__ void write_team_sums(LanesPerRow team, int d, int width, const T (&sums)[2][kColumns],
                                 T* team_sums, T* out) {
-  const int c = 2 * team.rank(), teams = kThreads / team.lanes;
-  if (c < d)
-    for (int half = 0; half < width / d; ++half)
-      store2(team_sums + threadIdx.x / team.lanes * width + half * d + c, sums[half][0],
-             sums[half][1]);
+  constexpr int kPairs = kColumns / 2;
+  const int teams = kThreads / team.lanes;
+#pragma unroll
+  for (int p = 0; p < kPairs; ++p) {
+    const int c = 2 * team.rank() + p * 2 * team.lanes;
+    if (c < d)
+      for (int half = 0; half < width / d; ++half)
+        store2(team_sums + threadIdx.x / team.lanes * width + half * d + c, sums[half][2 * p],
+               sums[half][2 * p + 1]);
+  }
   __syncthreads();
   for (int i = threadIdx.x; i < width; i += blockDim.x) {
     T sum = 0;
@@ -875,12 +882,12 @@ enum class Side { Key, Query };
 
 struct FeatureSumsLayout {
   int rotated, values, team_sums, size;
-  __host__ __device__ FeatureSumsLayout(Side side, int tile, int d, int width) {
+  __host__ __device__ FeatureSumsLayout(Side side, int tile, int d, int width, int pairs) {
     SharedLayout s;
     rotated = s.take(tile * k_rows_ld(width));  // F_j, token-major
     values = s.take(tile * k_rows_ld(d));       // y_j, token-major
-    // write_team_sums (keys only)
-    team_sums = s.take(side == Side::Key ? kThreads / pair_lanes(d) * width : 0);
+    // write_team_sums (keys only), a row a team of pair_lanes(d) / pairs lanes
+    team_sums = s.take(side == Side::Key ? kThreads * pairs / pair_lanes(d) * width : 0);
     size = s.size;
   }
 };
@@ -890,60 +897,71 @@ struct FeatureSumsLayout {
 //   queries (backward pass 1b):   F = Q', y_j = z_j do_j (the chunk's share of dS; the D after
 //                                 it, dkbar, is the query backward's).
 // Per tile, a team of lanes per token reads x (k or q), y (v or do), sin, cos from global memory
-// a pair per lane, builds F_j (and, for queries, the row's NaLa scale by a team sum) and writes
-// F_j and y_j token-major into shared memory; the block adds F^T Y to its running sum (held in
-// registers, ProductSum), and each lane adds its pair's phiK_j to its own sums.
-template <typename T, FeatureMap fm, int kPasses, Side side, int kBlocks>
+// a pair per lane (two pairs at d > 32: kPairs, as in the output kernel), builds F_j (and, for
+// queries, the row's NaLa scale by a team sum) and writes F_j and y_j token-major into shared
+// memory; the block adds F^T Y to its running sum (held in registers, ProductSum), and each lane
+// adds its pairs' phiK_j to its own sums.
+template <typename T, FeatureMap fm, int kPasses, Side side, int kBlocks, int kPairs>
 __global__ void __launch_bounds__(kThreads, kBlocks == 1 ? 6 : 4)
     linear_feature_sums_kernel(int64_t n, int64_t chunk, int d, int tile, const T* x, const T* y,
                                const T* sin, const T* cos, const T* z, T* partials) {
   after_previous_kernel();
   const int width = kHalves<fm> * d, half_d = d / 2;
   const int rotated_ld = k_rows_ld(width), values_ld = k_rows_ld(d);
-  const FeatureSumsLayout layout(side, tile, d, width);
+  const FeatureSumsLayout layout(side, tile, d, width, kPairs);
   T* shared = shared_memory<T>();
   T* rotated = shared + layout.rotated;
   T* values = shared + layout.values;
-  const LanesPerRow team{pair_lanes(d)};
-  const int pair = team.rank(), c = 2 * pair;
-  const bool live = pair < half_d;
+  const LanesPerRow team{pair_lanes(d) / kPairs};
+  // A lane's pairs of columns start at 2 rank, 2 rank + stride, ...; live_pairs of them lie
+  // inside the row.
+  const int rank = team.rank(), stride = 2 * team.lanes;
+  int live_pairs = 0;
+  for (int p = 0; p < kPairs; ++p) live_pairs += p * team.lanes + rank < half_d;
   ProductSum<T, kBlocks, kPasses> sums;
-  T phi_sums[2][2] = {};  // keys: this lane's share of sum_j phiK_j
+  T phi_sums[2][2 * kPairs] = {};  // keys: this lane's share of sum_j phiK_j
 
   const int64_t head = blockIdx.y;
   const int64_t first = blockIdx.x * chunk, last = min(n, first + chunk);
   for (int64_t t0 = first; t0 < last; t0 += tile) {
     const int rows = min(tile, static_cast<int>(last - t0));  // last - t0 <= chunk
     const int64_t row0 = head * n + t0;
-    const PairRows<T, true> tile_rows(d, c, row0, t0, x, y, sin, cos);
-    PairRow<T> in[kPairBatch];
-    T row_scale[kPairBatch];  // 1 (keys) or z_j (queries)
+    const PairRows<T, true, kPairs> tile_rows(d, 2 * rank, row0, t0, x, y, sin, cos, stride);
+    constexpr int kBatch = kPairBatch / kPairs;  // the same loads in flight
+    PairRow<T, kPairs> in[kBatch];
+    T row_scale[kBatch];  // 1 (keys) or z_j (queries)
     const auto load = [&](int j, int b) {
-      in[b] = tile_rows.load(live && j < rows, j);
+      in[b] = tile_rows.load(j < rows ? live_pairs : 0, j);
       row_scale[b] = side == Side::Key ? T(1) : j < rows ? z[row0 + j] : T(0);
     };
-    for_team_tokens<kPairBatch>(team, tile, load, [&](int j, int b) {
-      const PairRow<T>& r = in[b];
-      T s[2];  // kappa or sigma at this lane's pair
-      if constexpr (side == Side::Key) {
-        for (int e = 0; e < 2; ++e) s[e] = key_signed<fm>(r.x[e]);
-      } else {
-        const QueryScale<T> scale = team_query_scale<fm>(team, r);
-        for (int e = 0; e < 2; ++e) s[e] = query_signed<fm>(r.x[e], scale);
-      }
-      if (!live) return;
-      store_operand2<kPasses>(values + j * values_ld + c, row_scale[b] * r.y[0],
-                              row_scale[b] * r.y[1]);
-      for (int half = 0; half < kHalves<fm>; ++half) {
-        const T f0 = split_sign(half, s[0]), f1 = split_sign(half, s[1]);
-        if constexpr (side == Side::Key) {
-          phi_sums[half][0] += f0;
-          phi_sums[half][1] += f1;
+    for_team_tokens<kBatch>(team, tile, load, [&](int j, int b) {
+      const PairRow<T, kPairs>& r = in[b];
+      QueryScale<T> scale{};  // queries: the row's NaLa scale, a team sum every lane joins
+      if constexpr (side == Side::Query) scale = team_query_scale<fm>(team, r);
+#pragma unroll
+      for (int p = 0; p < kPairs; ++p)
+        if (p < live_pairs) {
+          const int c = 2 * rank + p * stride;
+          T s[2];  // kappa or sigma at this pair
+          for (int e = 0; e < 2; ++e) {
+            if constexpr (side == Side::Key)
+              s[e] = key_signed<fm>(r.x[2 * p + e]);
+            else
+              s[e] = query_signed<fm>(r.x[2 * p + e], scale);
+          }
+          store_operand2<kPasses>(values + j * values_ld + c, row_scale[b] * r.y[2 * p],
+                                  row_scale[b] * r.y[2 * p + 1]);
+          for (int half = 0; half < kHalves<fm>; ++half) {
+            const T f0 = split_sign(half, s[0]), f1 = split_sign(half, s[1]);
+            if constexpr (side == Side::Key) {
+              phi_sums[half][2 * p] += f0;
+              phi_sums[half][2 * p + 1] += f1;
+            }
+            T y0, y1;
+            rotary_pair(f0, f1, r.sin + 2 * p, r.cos + 2 * p, y0, y1);
+            store_operand2<kPasses>(rotated + j * rotated_ld + half * d + c, y0, y1);
+          }
         }
-        T y0, y1;
-        rotary_pair(f0, f1, r.sin, r.cos, y0, y1);
-        store_operand2<kPasses>(rotated + j * rotated_ld + half * d + c, y0, y1);
-      }
     });
     __syncthreads();
     sums.add(width, d, tile, k_rows(rotated, rotated_ld), k_rows(values, values_ld));
@@ -1272,17 +1290,25 @@ void feature_sums(const char* name, int64_t bh, int64_t n, int d, const T* x, co
                   const T* sin, const T* cos, const T* z, T* partials) {
   const int width = kHalves<fm> * d;
   const dim3 grid(static_cast<unsigned>(num_chunks(bh, n, d)), static_cast<unsigned>(bh));
+  // Two pairs of columns a lane where a whole warp would hold one token (d > 32), as in the
+  // output kernel.
+  const int pairs = pair_lanes(d) == kWarpSize ? 2 : 1;
   const auto bytes = [&](int tile) {
-    return FeatureSumsLayout(side, tile, d, width).size * sizeof(T);
+    return FeatureSumsLayout(side, tile, d, width, pairs).size * sizeof(T);
   };
-  const int tile = linear_tile(name, d, bytes);
+  const int tile = linear_tile(name, d, bytes, pairs);
   const int64_t chunk = chunk_tokens(bh, n, d);
-  if (width * d <= 16 * kThreads)
-    launch<linear_feature_sums_kernel<T, fm, kPasses, side, 1>>(grid, bytes(tile), n, chunk, d,
-                                                                tile, x, y, sin, cos, z, partials);
-  else
-    launch<linear_feature_sums_kernel<T, fm, kPasses, side, kHeld>>(
+  const auto run = [&](auto blocks, auto lane_pairs) {
+    launch<linear_feature_sums_kernel<T, fm, kPasses, side, blocks.value, lane_pairs.value>>(
         grid, bytes(tile), n, chunk, d, tile, x, y, sin, cos, z, partials);
+  };
+  using One = std::integral_constant<int, 1>;
+  using Two = std::integral_constant<int, 2>;
+  using Held = std::integral_constant<int, kHeld>;
+  if (width * d <= 16 * kThreads)
+    pairs == 2 ? run(One{}, Two{}) : run(One{}, One{});
+  else
+    pairs == 2 ? run(Held{}, Two{}) : run(Held{}, One{});
 }
 
 template <typename T, FeatureMap fm, int kPasses>
