@@ -234,8 +234,8 @@ static int bench_ops(const BenchOptions& o, std::ostream& os) {
        [&](const Tensor& x) { return conv2d(x, dw5, db5, 1, 2, 32); }},
       {"softmax+CE (65536, 10)",
        {65536, 10},
-       14.4,  // read logits twice, write dlogits (12); per row of 10: the int64 label read
-              // twice, lse written and read (24 / 10)
+       14.4,  // read logits twice, write dlogits (12); per row of its 10 classes: the int64
+              // label read twice, lse written and read (24 / 10)
        [&](const Tensor& x) { return cross_entropy(x, labels, 0.1); }},
   };
 #ifdef NALA_WITH_CUDA

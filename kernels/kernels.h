@@ -142,7 +142,8 @@ bool allow_tf32();
 
 // Whether a kernel may be scheduled while the one before it in the stream still runs
 // (launch_kernel in kernels/cuda/common.h): the device supports it (compute capability 9.0 on),
-// the code that runs on it was compiled for sm_90 or later, and NALA_CUDA_OVERLAP is not 0.
+// the code that runs on it was compiled from compute_90 PTX or later, and NALA_CUDA_OVERLAP is
+// not 0.
 bool kernels_may_overlap();
 }  // namespace cuda
 #endif

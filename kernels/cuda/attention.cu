@@ -23,8 +23,8 @@
 // gradient has one writer (no atomics, deterministic).
 //
 // How the linear-attention kernels work on a tile of tokens. Every pass runs a team of lanes per
-// token, a lane per pair of columns (pair_lanes; the output pass at d > 32 a lane per two pairs,
-// 16 lanes a token): the lanes read q, k, v, sin, cos straight from
+// token, a lane per pair of columns (pair_lanes; the output and feature-sums passes at d > 32 a
+// lane per two pairs, 16 lanes a token): the lanes read q, k, v, sin, cos straight from
 // global memory (consecutive lanes, consecutive pairs: coalesced; a batch of tokens' loads in
 // flight at once), sum over a row by shuffles within the team, and write the features (Q', K')
 // token-major into shared memory (the query backward stages do with asynchronous copies).
@@ -64,8 +64,8 @@ constexpr int kMaxProduct = kHeld * 16 * kThreads;
 // are small enough that the bh heads give about 512 blocks (a few per SM, so short sequences
 // still fill the GPU), and at most max(1024, 32 d) tokens long (a power of two, at least 64).
 // The cap keeps more blocks in long sequences while the partial sums, (d + 1) D values a chunk
-// (D = 2d for NaLa) against 2d values of k and v a token, stay within about (d + 1) / chunk <= 3%
-// of what the pass reads; written once and read once more, at d = 64 they cost 2% of the
+// (D = 2d for NaLa) against 2d values of k and v a token, are (d + 1) / chunk of what the pass
+// reads, about 3% at the cap; written once and read once more, at d = 64 they cost 2% of the
 // forward at 1024 tokens a chunk (docs/benchmarks.md).
 int64_t chunk_tokens(int64_t bh, int64_t n, int64_t d) {
   const int64_t chunks_wanted = std::max<int64_t>(1, 512 / std::max<int64_t>(bh, 1));
@@ -148,11 +148,13 @@ int choose_tile(const char* kernel, int preferred, Bytes bytes, int smallest = 4
                               ": head dim too large for the GPU's shared memory");
 }
 
-// launch_kernel(kernel, grid, kBlockThreads, bytes, args...). Past 48 KiB a kernel must opt in to
-// its dynamic shared memory: once per kernel, to the device's limit (a driver call, not one per
-// launch).
+// launch_kernel<Placement::Spread>(kernel, grid, kBlockThreads, bytes, args...): the attention
+// kernels' grids are one wave of long, equal blocks (about 512 for linear attention), placed at
+// once rather than as the kernel before frees its slots (common.h). Past 48 KiB a kernel must opt
+// in to its dynamic shared memory: once per kernel, to the device's limit (a driver call, not one
+// per launch).
 template <auto kernel, int kBlockThreads = kThreads, typename... Args>
-void launch(dim3 grid, size_t bytes, Args... args) {
+void launch_spread(dim3 grid, size_t bytes, Args... args) {
   static const bool allowed = [] {
     NALA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          static_cast<int>(max_shared_bytes())));
@@ -735,6 +737,20 @@ __host__ __device__ inline int pair_lanes(int d) {
   return static_cast<int>(pow2_at_least(d / 2, kWarpSize));
 }
 
+// The pairs of columns a lane takes in the output and feature-sums passes: two where a whole warp
+// would hold one token (d > 32), which halves the per-token work of a warp (the norm, tanh, z,
+// the team sums), else one.
+inline int lane_pairs(int d) { return pair_lanes(d) == kWarpSize ? 2 : 1; }
+
+// How many of a lane's kPairs pairs of columns, at 2 rank, 2 rank + 2 team.lanes, ..., lie inside
+// a row of d columns (d = 48, two pairs: 16 lanes, the second pair only for the first 8).
+template <int kPairs>
+__device__ int pairs_inside(LanesPerRow team, int d) {
+  int inside = 0;
+  for (int p = 0; p < kPairs; ++p) inside += p * team.lanes + team.rank() < d / 2;
+  return inside;
+}
+
 // The sum of x over a token's team: team_reduce, whose shuffles name the whole warp
 // (for_team_tokens keeps every lane of a warp in step).
 template <typename T>
@@ -771,7 +787,7 @@ struct PairRows {
         cos(cos + t0 * d + c),
         d(d),
         stride(stride) {}
-  // Row j of the tile at the lane's first `pairs` pairs (a bool: all or none of one pair).
+  // Row j of the tile at the lane's first `pairs` pairs (0 past the chunk's rows: zeros).
   __device__ PairRow<T, kPairs> load(int pairs, int j) const {
     PairRow<T, kPairs> r;
 #pragma unroll
@@ -906,18 +922,15 @@ __global__ void __launch_bounds__(kThreads, kBlocks == 1 ? 6 : 4)
     linear_feature_sums_kernel(int64_t n, int64_t chunk, int d, int tile, const T* x, const T* y,
                                const T* sin, const T* cos, const T* z, T* partials) {
   after_previous_kernel();
-  const int width = kHalves<fm> * d, half_d = d / 2;
+  const int width = kHalves<fm> * d;
   const int rotated_ld = k_rows_ld(width), values_ld = k_rows_ld(d);
   const FeatureSumsLayout layout(side, tile, d, width, kPairs);
   T* shared = shared_memory<T>();
   T* rotated = shared + layout.rotated;
   T* values = shared + layout.values;
   const LanesPerRow team{pair_lanes(d) / kPairs};
-  // A lane's pairs of columns start at 2 rank, 2 rank + stride, ...; live_pairs of them lie
-  // inside the row.
-  const int rank = team.rank(), stride = 2 * team.lanes;
-  int live_pairs = 0;
-  for (int p = 0; p < kPairs; ++p) live_pairs += p * team.lanes + rank < half_d;
+  const int rank = team.rank(), stride = 2 * team.lanes;  // pairs at 2 rank, 2 rank + stride, ...
+  const int live_pairs = pairs_inside<kPairs>(team, d);
   ProductSum<T, kBlocks, kPasses> sums;
   T phi_sums[2][2 * kPairs] = {};  // keys: this lane's share of sum_j phiK_j
 
@@ -927,6 +940,7 @@ __global__ void __launch_bounds__(kThreads, kBlocks == 1 ? 6 : 4)
     const int rows = min(tile, static_cast<int>(last - t0));  // last - t0 <= chunk
     const int64_t row0 = head * n + t0;
     const PairRows<T, true, kPairs> tile_rows(d, 2 * rank, row0, t0, x, y, sin, cos, stride);
+    static_assert(kPairBatch % kPairs == 0);
     constexpr int kBatch = kPairBatch / kPairs;  // the same loads in flight
     PairRow<T, kPairs> in[kBatch];
     T row_scale[kBatch];  // 1 (keys) or z_j (queries)
@@ -996,7 +1010,7 @@ __global__ void __launch_bounds__(kOutputThreads, sizeof(T) == 4 ? 4 : 2)
     linear_output_kernel(int64_t n, int64_t chunk, int d, int tile, const T* q, const T* sin,
                          const T* cos, const T* state, const T* kbar, T* o, T* z) {
   after_previous_kernel();
-  const int width = kHalves<fm> * d, half_d = d / 2;
+  const int width = kHalves<fm> * d;
   const int state_ld = k_rows_ld(d), rotated_ld = i_rows_ld(width);
   const OutputLayout layout(tile, d, width);
   T* shared = shared_memory<T>();
@@ -1005,11 +1019,8 @@ __global__ void __launch_bounds__(kOutputThreads, sizeof(T) == 4 ? 4 : 2)
   T* z_s = shared + layout.z;
   T* rotated = shared + layout.rotated;
   const LanesPerRow team{pair_lanes(d) / kPairs};
-  // A lane's pairs of columns start at 2 rank, 2 rank + stride, ...; live_pairs of them lie
-  // inside the row (d = 48: 16 lanes, the second pair only for the first 8).
-  const int rank = team.rank(), stride = 2 * team.lanes;
-  int live_pairs = 0;
-  for (int p = 0; p < kPairs; ++p) live_pairs += p * team.lanes + rank < half_d;
+  const int rank = team.rank(), stride = 2 * team.lanes;  // pairs at 2 rank, 2 rank + stride, ...
+  const int live_pairs = pairs_inside<kPairs>(team, d);
 
   const int64_t head = blockIdx.y;
   for (GridWalk w(d); w.row < width; w.next())
@@ -1290,16 +1301,15 @@ void feature_sums(const char* name, int64_t bh, int64_t n, int d, const T* x, co
                   const T* sin, const T* cos, const T* z, T* partials) {
   const int width = kHalves<fm> * d;
   const dim3 grid(static_cast<unsigned>(num_chunks(bh, n, d)), static_cast<unsigned>(bh));
-  // Two pairs of columns a lane where a whole warp would hold one token (d > 32), as in the
-  // output kernel.
-  const int pairs = pair_lanes(d) == kWarpSize ? 2 : 1;
+  const int pairs = lane_pairs(d);
   const auto bytes = [&](int tile) {
     return FeatureSumsLayout(side, tile, d, width, pairs).size * sizeof(T);
   };
   const int tile = linear_tile(name, d, bytes, pairs);
   const int64_t chunk = chunk_tokens(bh, n, d);
-  const auto run = [&](auto blocks, auto lane_pairs) {
-    launch<linear_feature_sums_kernel<T, fm, kPasses, side, blocks.value, lane_pairs.value>>(
+  const auto run = [&](auto blocks, auto pairs_a_lane) {
+    launch_spread<
+        linear_feature_sums_kernel<T, fm, kPasses, side, blocks.value, pairs_a_lane.value>>(
         grid, bytes(tile), n, chunk, d, tile, x, y, sin, cos, z, partials);
   };
   using One = std::integral_constant<int, 1>;
@@ -1328,13 +1338,13 @@ void linear_forward(int64_t bh, int64_t n, int d, const T* q, const T* k, const 
   // A lane per two pairs of columns where a whole warp would hold one token (d > 32): its
   // per-token work (the norm, tanh, z, two team sums) then serves two tokens a warp.
   const auto out_bytes = [&](int tile) { return OutputLayout(tile, d, width).size * sizeof(T); };
-  const int pairs = pair_lanes(d) == kWarpSize ? 2 : 1;
+  const int pairs = lane_pairs(d);
   const int out_tile = linear_tile(name, d, out_bytes, pairs);
   if (pairs == 2)
-    launch<linear_output_kernel<T, fm, kPasses, 2>, kOutputThreads>(
+    launch_spread<linear_output_kernel<T, fm, kPasses, 2>, kOutputThreads>(
         grid, out_bytes(out_tile), n, chunk, d, out_tile, q, sin, cos, state, kbar, o, z);
   else
-    launch<linear_output_kernel<T, fm, kPasses, 1>, kOutputThreads>(
+    launch_spread<linear_output_kernel<T, fm, kPasses, 1>, kOutputThreads>(
         grid, out_bytes(out_tile), n, chunk, d, out_tile, q, sin, cos, state, kbar, o, z);
 }
 
@@ -1353,9 +1363,9 @@ void linear_backward(int64_t bh, int64_t n, int d, const T* q, const T* k, const
     return QueryBackwardLayout(tile, d, width).size * sizeof(T);
   };
   const int query_tile = linear_tile(name, d, query_bytes);
-  launch<linear_query_backward_kernel<T, fm, kPasses>>(grid, query_bytes(query_tile), n, chunk, d,
-                                                       query_tile, q, sin, cos, state, kbar, z,
-                                                       dout, dq, workspace);
+  launch_spread<linear_query_backward_kernel<T, fm, kPasses>>(grid, query_bytes(query_tile), n,
+                                                              chunk, d, query_tile, q, sin, cos,
+                                                              state, kbar, z, dout, dq, workspace);
   feature_sums<T, fm, kPasses, Side::Query>(name, bh, n, d, q, dout, sin, cos, z, workspace);
 
   // token_grads holds, per head, the D x d matrix dS / N then the D vector dkbar / N.
@@ -1366,8 +1376,8 @@ void linear_backward(int64_t bh, int64_t n, int d, const T* q, const T* k, const
     return KeyBackwardLayout(tile, d, width).size * sizeof(T);
   };
   const int key_tile = linear_tile(name, d, key_bytes);
-  launch<linear_key_backward_kernel<T, fm, kPasses>>(grid, key_bytes(key_tile), n, chunk, d,
-                                                     key_tile, k, v, sin, cos, token_grads, dk, dv);
+  launch_spread<linear_key_backward_kernel<T, fm, kPasses>>(
+      grid, key_bytes(key_tile), n, chunk, d, key_tile, k, v, sin, cos, token_grads, dk, dv);
 }
 
 // ---- softmax attention ----
@@ -1838,7 +1848,8 @@ void softmax_attention_forward(int64_t bh, int64_t n, int64_t d, const T* q, con
   const auto bytes = [&](int tile) { return SoftmaxForwardLayout(tile, dim).size * sizeof(T); };
   const int tile = choose_tile("softmax_attention_forward", 4, bytes);
   const dim3 grid(static_cast<unsigned>((n + tile - 1) / tile), static_cast<unsigned>(bh));
-  launch<softmax_forward_kernel<T>>(grid, bytes(tile), n, dim, tile, q, k, v, sin, cos, o, lse);
+  launch_spread<softmax_forward_kernel<T>>(grid, bytes(tile), n, dim, tile, q, k, v, sin, cos, o,
+                                           lse);
 }
 
 // The workspace holds D_i = do_i . o_i, (bh, n).
@@ -1864,16 +1875,17 @@ void softmax_attention_backward(int64_t bh, int64_t n, int64_t d, const T* q, co
   const int key_tile = choose_tile(name, 4, key_bytes);
   const dim3 key_grid(static_cast<unsigned>((n + key_tile - 1) / key_tile),
                       static_cast<unsigned>(bh));
-  launch<softmax_key_backward_kernel<T>>(key_grid, key_bytes(key_tile), n, dim, key_tile, q, k, v,
-                                         sin, cos, lse, delta, dout, dk, dv);
+  launch_spread<softmax_key_backward_kernel<T>>(key_grid, key_bytes(key_tile), n, dim, key_tile, q,
+                                                k, v, sin, cos, lse, delta, dout, dk, dv);
   const auto query_bytes = [&](int tile) {
     return SoftmaxQueryBackwardLayout(tile, dim).size * sizeof(T);
   };
   const int query_tile = choose_tile(name, 4, query_bytes);
   const dim3 query_grid(static_cast<unsigned>((n + query_tile - 1) / query_tile),
                         static_cast<unsigned>(bh));
-  launch<softmax_query_backward_kernel<T>>(query_grid, query_bytes(query_tile), n, dim, query_tile,
-                                           q, k, v, sin, cos, lse, delta, dout, dq);
+  launch_spread<softmax_query_backward_kernel<T>>(query_grid, query_bytes(query_tile), n, dim,
+                                                  query_tile, q, k, v, sin, cos, lse, delta, dout,
+                                                  dq);
 }
 
 #define NALA_INSTANTIATE(T)                                                                     \

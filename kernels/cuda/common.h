@@ -1,6 +1,7 @@
 // Building blocks shared by the CUDA kernels:
 // - for_each_index: run a functor once per index of a flat range (the elementwise kernels);
 // - warp_reduce / block_reduce / block_sum_each: tree reductions with warp shuffles;
+//   sum_in_last_block: a grid's sum in one launch;
 // - launch_per_row: a group of a warp's lanes (short rows) or a block (long rows) per row, its
 //   rows walked by TeamRows and combined by team_reduce;
 // - reduce_middle_axis: a reduction over the middle axis of an (outer, r, inner) array, its
@@ -75,7 +76,7 @@ enum class Placement { Overlapped, Spread };
 template <Placement kPlacement = Placement::Overlapped, typename... Params, typename... Args>
 void launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_bytes,
                    Args... args) {
-  cudaLaunchAttribute overlap;
+  cudaLaunchAttribute overlap = {};
   overlap.id = cudaLaunchAttributeProgrammaticStreamSerialization;
   overlap.val.programmaticStreamSerializationAllowed = 1;
   cudaLaunchConfig_t config = {};
@@ -210,6 +211,35 @@ __device__ void block_sum_each(const T (&v)[kCount], Store store) {
     T total = T(0);
     for (int w = 0; w < kWarps; ++w) total += warp_sums[w][i];
     store(i, total);
+  }
+}
+
+// A sum over a whole grid in one launch: every block hands in its partial sum (a value in
+// thread 0), partials[block] holds it, and the block that finishes last adds the partials in
+// block order (each thread a strided share, then block_reduce: the same total whichever block
+// is last, so results do not depend on timing) and calls finish(total) in its thread 0. `done`
+// is the kernel's own __device__ count of finished blocks, bumped only after the block's
+// partial is visible to every block (__threadfence); the last block sets it back to 0 for the
+// next launch, which starts only after this one has finished (after_previous_kernel). All
+// threads of every block must call it.
+template <typename T, typename Finish>
+__device__ void sum_in_last_block(T block_partial, T* partials, unsigned int& done, Finish finish) {
+  const unsigned blocks = gridDim.x * gridDim.y, block = blockIdx.y * gridDim.x + blockIdx.x;
+  __shared__ bool last;
+  if (threadIdx.x == 0) {
+    partials[block] = block_partial;
+    __threadfence();
+    last = atomicAdd(&done, 1u) == blocks - 1;
+  }
+  __syncthreads();
+  if (!last) return;
+  __threadfence();  // the other blocks' partials, seen through the count, before reading them
+  T sum = T(0);
+  for (unsigned b = threadIdx.x; b < blocks; b += blockDim.x) sum += __ldcg(partials + b);
+  sum = block_reduce<SumOp<T>>(sum);
+  if (threadIdx.x == 0) {
+    finish(sum);
+    done = 0;
   }
 }
 

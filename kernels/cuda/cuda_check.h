@@ -1,8 +1,8 @@
 // Error checking, the stream and the cuBLAS handle shared by every CUDA kernel.
 //
-// Every CUDA and cuBLAS call is wrapped in NALA_CUDA_CHECK / NALA_CUBLAS_CHECK and every kernel
-// launch is followed by NALA_CUDA_CHECK_LAUNCH(); a failure throws std::runtime_error naming the
-// call, where it was made and CUDA's own message.
+// Every CUDA and cuBLAS call is wrapped in NALA_CUDA_CHECK / NALA_CUBLAS_CHECK, kernel launches
+// too (launch_kernel in common.h checks cudaLaunchKernelEx); a failure throws std::runtime_error
+// naming the call, where it was made and CUDA's own message.
 #pragma once
 
 #include <cublas_v2.h>
@@ -44,5 +44,3 @@ cublasHandle_t cublas_handle();
                                               cublasGetStatusString(nala_cublas_status_)); \
   } while (0)
 
-// After a kernel launch: reports a bad launch configuration (or an earlier asynchronous error).
-#define NALA_CUDA_CHECK_LAUNCH() NALA_CUDA_CHECK(cudaGetLastError())

@@ -379,12 +379,9 @@ __global__ void batch_norm_partial_grad_sums_kernel(int64_t batch, int64_t chann
     sum_dy += g;
     sum_dy_xhat += g * (x[i] - channel_mean) * channel_invstd;
   }
-  sum_dy = block_reduce<SumOp<T>>(sum_dy);
-  sum_dy_xhat = block_reduce<SumOp<T>>(sum_dy_xhat);
-  if (threadIdx.x == 0) {
-    partials[2 * (c * sp.splits + s)] = sum_dy;
-    partials[2 * (c * sp.splits + s) + 1] = sum_dy_xhat;
-  }
+  const T sums[2] = {sum_dy, sum_dy_xhat};
+  block_sum_each<kBatchNormThreads>(
+      sums, [&](int i, T total) { partials[2 * (c * sp.splits + s) + i] = total; });
 }
 
 // One thread per channel: the sums over its splits, in order, into sums[2 c + {0, 1}] and

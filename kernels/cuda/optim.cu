@@ -22,12 +22,15 @@ unsigned blocks_per_tensor(const int64_t* sizes, int count) {
   return std::min<unsigned>(num_blocks(largest, kThreads), kBlocksPerTensor);
 }
 
-// Block (b, t): the sum of the squares of its grid-stride share of arrays[0][t], in double, into
-// partials[t * gridDim.x + b] (split_scratch), which a second launch adds up in a fixed order
-// (no atomics: the result is the same on every run).
+// How many blocks of tensor_square_sums_kernel have handed in their partial sum.
+__device__ unsigned int square_sums_blocks_done = 0;
+
+// Block (b, t): the sum of the squares of its grid-stride share of arrays[0][t], in double; the
+// blocks' sums, in split_scratch, are added in block order by the last block
+// (sum_in_last_block: the result is the same on every run), which adds the total to *out.
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
-    tensor_square_sums_kernel(TensorList<T> list, double* partials) {
+    tensor_square_sums_kernel(TensorList<T> list, double* partials, T* out) {
   after_previous_kernel();
   const int t = blockIdx.y;
   const T* x = list.arrays[0][t];
@@ -36,17 +39,8 @@ __global__ void __launch_bounds__(kThreads)
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < list.sizes[t];
        i += step)
     s += double(x[i]) * double(x[i]);
-  s = block_reduce<SumOp<double>>(s);
-  if (threadIdx.x == 0) partials[t * gridDim.x + blockIdx.x] = s;
-}
-
-template <typename T>
-__global__ void add_square_partials_kernel(int count, const double* partials, T* out) {
-  after_previous_kernel();
-  double total = 0;
-  for (int b = threadIdx.x; b < count; b += blockDim.x) total += partials[b];
-  total = block_reduce<SumOp<double>>(total);
-  if (threadIdx.x == 0) *out += static_cast<T>(total);
+  sum_in_last_block(block_reduce<SumOp<double>>(s), partials, square_sums_blocks_done,
+                    [&](double total) { *out += static_cast<T>(total); });
 }
 
 // grid.y = tensor, grid-stride over its elements along grid.x.
@@ -83,9 +77,7 @@ void sum_of_squares(const TensorList<T>& list, T* out) {
   const dim3 grid(blocks_per_tensor(list.sizes, list.count), list.count);
   static_assert(TensorList<T>::kMaxTensors * kBlocksPerTensor <= kSplitScratchElements);
   double* partials = split_scratch_address();
-  launch_kernel(tensor_square_sums_kernel<T>, grid, kThreads, 0, list, partials);
-  launch_kernel(add_square_partials_kernel<T>, 1, kThreads, 0, static_cast<int>(grid.x * grid.y),
-                partials, out);
+  launch_kernel(tensor_square_sums_kernel<T>, grid, kThreads, 0, list, partials, out);
 }
 
 template <typename T>

@@ -41,7 +41,9 @@ bool kernels_may_overlap() {
     NALA_CUDA_CHECK(cudaFuncGetAttributes(&code, compiled_code_probe));
     const char* setting = std::getenv("NALA_CUDA_OVERLAP");
     const bool switched_off = setting != nullptr && std::string(setting) == "0";
-    return major >= 9 && code.binaryVersion >= 90 && !switched_off;
+    // after_previous_kernel() waits only in code compiled from compute_90 PTX or later (its
+    // __CUDA_ARCH__): compute_80 PTX compiled for an H100 at load time would have no wait.
+    return major >= 9 && code.ptxVersion >= 90 && !switched_off;
   }();
   return may;
 }

@@ -69,17 +69,14 @@ __device__ T smoothed_target(int64_t c, int64_t label, T smoothing, int64_t clas
   return (c == label ? T(1) - smoothing : T(0)) + smoothing / T(classes);
 }
 
-// How many blocks of cross_entropy_forward_kernel have written their partial sum; the last block
-// sets it back to 0 (one stream: launches never overlap).
+// How many blocks of cross_entropy_forward_kernel have handed in their partial sum
+// (sum_in_last_block).
 __device__ unsigned int cross_entropy_blocks_done = 0;
 
 // Per row, lse = m + log s and
 //   loss_r = lse - sum_c q_c x_c = lse - (1 - eps) x_label - (eps / classes) sum_c x_c,
-// NaN when the label is outside [0, classes); loss = mean_r loss_r in the same launch: each
-// block writes the sum over its rows to partials[block], and the block that finishes last (the
-// count of finished blocks, bumped after a block's partial is visible to all: __threadfence)
-// sums the partials in a fixed order (strided, then a tree), so the mean is the same whichever
-// block is last.
+// NaN when the label is outside [0, classes); loss = mean_r loss_r in the same launch: the sum
+// over each block's rows, then over the blocks in the last one (sum_in_last_block).
 template <typename T, typename Team>
 __global__ void cross_entropy_forward_kernel(Team team, int64_t rows, int64_t classes,
                                              const T* logits, const int64_t* labels, T smoothing,
@@ -102,23 +99,8 @@ __global__ void cross_entropy_forward_kernel(Team team, int64_t rows, int64_t cl
                 : T(NAN);
     }
   }
-  const T block_loss = block_reduce<SumOp<T>>(thread_loss);
-  __shared__ bool last;
-  if (threadIdx.x == 0) {
-    partials[blockIdx.x] = block_loss;
-    __threadfence();
-    last = atomicAdd(&cross_entropy_blocks_done, 1u) == gridDim.x - 1;
-  }
-  __syncthreads();
-  if (!last) return;
-  __threadfence();  // the other blocks' partials, seen through the count, before reading them
-  T sum = T(0);
-  for (unsigned b = threadIdx.x; b < gridDim.x; b += blockDim.x) sum += __ldcg(partials + b);
-  sum = block_reduce<SumOp<T>>(sum);
-  if (threadIdx.x == 0) {
-    *loss = sum / T(rows);
-    cross_entropy_blocks_done = 0;
-  }
+  sum_in_last_block(block_reduce<SumOp<T>>(thread_loss), partials, cross_entropy_blocks_done,
+                    [&](T total) { *loss = total / T(rows); });
 }
 
 // dlogits = (dloss / rows) (e^(x - lse) - q); NaN for a row whose label is outside [0, classes).
