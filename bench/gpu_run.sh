@@ -16,6 +16,9 @@
 #   bash bench/gpu_run.sh ops                   build, then the memory-bound ops vs PyTorch eager
 #   bash bench/gpu_run.sh profile               build, then xt-cifar training speed on synthetic data
 #                                               and each kernel's GPU time over 3 steps (ncu)
+#   bash bench/gpu_run.sh split                 build, then each linear-attention kernel's time per
+#                                               launch (ncu, caches kept, clocks free) at d = 32,
+#                                               N = 4096; d = 64, N = 4096 and 65536
 #   bash bench/gpu_run.sh kernels [ops]         build, then ncu on the attention kernels (d = 64,
 #                                               N = 16384; d = 32, N = 65536; not with `ops`) and
 #                                               the ops' kernels
@@ -72,6 +75,19 @@ elif [ "$MODE" = profile ]; then
   python3 tools/ncu_summary.py /tmp/ncu.csv --top 40 > "$OUT/ncu_summary.txt"
   echo "==== speed"; tr '\r' '\n' < "$OUT/train_speed.log" | grep -E "^epoch [0-9]+:" | tail -2
   echo "==== ncu (3 steps + 1 test batch)"; head -25 "$OUT/ncu_summary.txt"
+elif [ "$MODE" = split ]; then
+  m=gpu__time_duration.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed
+  m+=,sm__throughput.avg.pct_of_peak_sustained_elapsed,sm__warps_active.avg.pct_of_peak_sustained_active
+  m+=,launch__grid_size
+  for shape in "32 4096" "64 4096" "64 65536"; do
+    set -- $shape
+    timeout 50 ncu --cache-control none --clock-control none --metrics "$m" --csv --page raw \
+      build-gpu/nala bench attention --device cuda --kind nala --head-dim "$1" --tokens "$2" \
+      --repeats 1 > /tmp/ncu_split.csv 2>/dev/null
+    echo "==== d $1 N $2"
+    python3 tools/ncu_summary.py /tmp/ncu_split.csv --top 12 --means "${m#*,}"
+  done > "$OUT/attention_split.txt" 2>&1
+  cat "$OUT/attention_split.txt"
 elif [ "$MODE" = kernels ]; then
   [ "${2:-all}" = ops ] || for shape in "64 16384" "32 65536"; do
     set -- $shape
