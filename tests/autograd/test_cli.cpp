@@ -21,12 +21,17 @@ TEST_CASE("nala attn: .npy in, out.npy and gradients out, equal to the op") {
   }
   std::string dir = "/tmp/nala_test_attn";
   std::filesystem::create_directories(dir);
-  Tensor q = test::random_tensor({1, 2, 6, 8}, 1, DType::Float64), k = test::random_tensor({1, 2, 6, 8}, 2, DType::Float64);
-  Tensor v = test::random_tensor({1, 2, 6, 8}, 3, DType::Float64), g = test::random_tensor({1, 2, 6, 8}, 4, DType::Float64);
-  for (auto [name, t] : {std::pair{"q", q}, {"k", k}, {"v", v}, {"g", g}}) save_npy(dir + "/" + name + ".npy", t);
+  Tensor q = test::random_tensor({1, 2, 6, 8}, 1, DType::Float64),
+         k = test::random_tensor({1, 2, 6, 8}, 2, DType::Float64);
+  Tensor v = test::random_tensor({1, 2, 6, 8}, 3, DType::Float64),
+         g = test::random_tensor({1, 2, 6, 8}, 4, DType::Float64);
+  for (auto [name, t] : {std::pair{"q", q}, {"k", k}, {"v", v}, {"g", g}})
+    save_npy(dir + "/" + name + ".npy", t);
   std::string files = " --q " + dir + "/q.npy --k " + dir + "/k.npy --v " + dir + "/v.npy";
-  REQUIRE(run("attn --kind nala" + files + " --grid 2 3 --grad-out " + dir + "/g.npy --out " + dir + "/out") == 0);
-  Tensor qg = q.detach().requires_grad_(), kg = k.detach().requires_grad_(), vg = v.detach().requires_grad_();
+  REQUIRE(run("attn --kind nala" + files + " --grid 2 3 --grad-out " + dir + "/g.npy --out " + dir +
+              "/out") == 0);
+  Tensor qg = q.detach().requires_grad_(), kg = k.detach().requires_grad_(),
+         vg = v.detach().requires_grad_();
   Tensor o = nala_attention(qg, kg, vg, 2, 3);
   o.backward(g);
   CHECK(load_npy(dir + "/out/out.npy").dtype() == DType::Float64);
