@@ -132,8 +132,7 @@ static int bench_attention(const BenchOptions& o, std::ostream& os) {
         if (var.kind == AttentionKind::Softmax && N > (device == Device::CUDA ? 16384 : 4096))
           continue;
 #ifdef NALA_WITH_CUDA
-        const bool tf32_before = kernels::cuda::allow_tf32();
-        kernels::cuda::set_allow_tf32(tf32_before && !var.full_float32);
+        const kernels::cuda::Tf32Scope tf32(kernels::cuda::allow_tf32() && !var.full_float32);
 #endif
         auto run = [&](bool backward) {
           Tensor out = var.composed ? attention_composed(var.kind, q, k, v, side, side)
@@ -158,9 +157,6 @@ static int bench_attention(const BenchOptions& o, std::ostream& os) {
         os << std::setw(10) << var.name << std::setw(4) << d << std::setw(8) << N << std::fixed
            << std::setprecision(3) << std::setw(11) << fwd * 1e3 << std::setw(12) << both * 1e3
            << std::setw(11) << std::setprecision(1) << peak / (1 << 20) << std::endl;
-#ifdef NALA_WITH_CUDA
-        kernels::cuda::set_allow_tf32(tf32_before);
-#endif
       }
     }
   os << "forward floor: 16 B*H*N*d bytes (q, k, v read, o written once) at `nala bench copy` "
@@ -266,10 +262,10 @@ static int bench_ops(const BenchOptions& o, std::ostream& os) {
   };
   cases[2].kernels = depthwise(dw3, db3);
   cases[3].kernels = depthwise(dw5, db5);
-  Tensor dloss = ones({}, opt);  // d loss / d loss, the backward's seed
+  Tensor loss = empty({}, opt), dloss = ones({}, opt);  // the mean, and the backward's seed
   cases[4].kernels = [&](const float* x, const float*, float*, float* dx) {
-    kc::cross_entropy_forward<float>(65536, 10, x, labels.data<int64_t>(), 0.1f,
-                                     rows_a.data<float>(), rows_b.data<float>());
+    kc::cross_entropy_forward<float>(65536, 10, x, labels.data<int64_t>(), 0.1f, loss.data<float>(),
+                                     rows_b.data<float>());
     kc::cross_entropy_backward<float>(65536, 10, x, labels.data<int64_t>(), 0.1f,
                                       rows_b.data<float>(), dloss.data<float>(), dx);
   };

@@ -14,18 +14,19 @@ COMMAND=$2
 mkdir -p "$OUT"
 cmake -S "$BASE" -B build-base -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 > "$OUT/configure_base.log" 2>&1
 (cmake --build build-base -j6 --target nala_cli > "$OUT/build_base.log" 2>&1) &
-# The working tree: build, all tests and gradcheck on CUDA (gpu_run.sh's `tests`, logs in $OUT);
-# with SKIP_TESTS=1 only the build (a quicker look at a variant that is not to be committed).
-if [ -n "${SKIP_TESTS:-}" ]; then
-  cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 > "$OUT/configure.log" 2>&1
-  cmake --build build-gpu -j8 --target nala_cli > "$OUT/build.log" 2>&1
-else
+base_build=$!
+# The working tree, built beside it; a failed build of either stops here (a warm machine keeps
+# build directories, so an old binary must not stand in for a tree that did not compile).
+cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 > "$OUT/configure.log" 2>&1
+cmake --build build-gpu -j10 > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
+wait "$base_build" || { tail -40 "$OUT/build_base.log"; exit 1; }
+# Then, with nothing else running, all tests and gradcheck on CUDA on the working tree
+# (gpu_run.sh's `tests`, whose build is now up to date; logs in $OUT); SKIP_TESTS=1 skips them
+# (a quicker look at a variant that is not to be committed).
+if [ -z "${SKIP_TESTS:-}" ]; then
   bash bench/gpu_run.sh tests
   echo "==== tests (rc $?)"
 fi
-wait
-[ -x build-gpu/nala ] || exit 1
-[ -x build-base/nala ] || { tail -20 "$OUT/build_base.log"; exit 1; }
 for i in 1 2; do
   for build in build-base build-gpu; do
     echo "==== $build ($i)"

@@ -140,6 +140,19 @@ void copy_device_to_device(void* dst, const void* src, size_t bytes);
 void set_allow_tf32(bool allow);
 bool allow_tf32();
 
+// allow_tf32 set to `allow` for the scope of this object, the previous setting back after it
+// (also when an exception leaves the scope).
+class Tf32Scope {
+ public:
+  explicit Tf32Scope(bool allow) : previous_(allow_tf32()) { set_allow_tf32(allow); }
+  ~Tf32Scope() { set_allow_tf32(previous_); }
+  Tf32Scope(const Tf32Scope&) = delete;
+  Tf32Scope& operator=(const Tf32Scope&) = delete;
+
+ private:
+  bool previous_;
+};
+
 // Whether a kernel may be scheduled while the one before it in the stream still runs
 // (launch_kernel in kernels/cuda/common.h): the device supports it (compute capability 9.0 on),
 // the code that runs on it was compiled from compute_90 PTX or later, and NALA_CUDA_OVERLAP is

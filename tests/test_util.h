@@ -41,21 +41,14 @@ inline std::vector<Device> devices() {
 }
 
 // Full float32 GEMMs and attention products on CUDA for its scope (TF32 tensor cores, on by
-// default, cut operands to 10 mantissa bits: ~5e-4 relative, too coarse for comparisons with the
-// CPU at 1e-4).
+// default, round operands to 10 mantissa bits: within 2^-11 = 5e-4 relative, too coarse for
+// comparisons with the CPU at 1e-4).
 class FullFloat32Guard {
  public:
-#ifndef NALA_WITH_CUDA
   FullFloat32Guard() {}  // user-provided: a guard variable is not "unused"
-  ~FullFloat32Guard() {}
-#else
-  FullFloat32Guard() : previous_(kernels::cuda::allow_tf32()) {
-    kernels::cuda::set_allow_tf32(false);
-  }
-  ~FullFloat32Guard() { kernels::cuda::set_allow_tf32(previous_); }
-
+#ifdef NALA_WITH_CUDA
  private:
-  bool previous_;
+  kernels::cuda::Tf32Scope full_float32_{false};
 #endif
 };
 

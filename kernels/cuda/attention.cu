@@ -57,7 +57,8 @@ constexpr int kThreads = 128;  // threads per block of every kernel below but on
 // d = 64, S takes 36 KiB of a block's 53: 128-thread blocks would leave an SM 16 warps).
 constexpr int kOutputThreads = 256;
 // Each thread holds at most kHeld blocks of 16 values of a product (ProductTiling below), so a
-// block of threads computes products of at most kMaxProduct elements.
+// block of kThreads threads computes products of at most kMaxProduct elements (the output
+// kernel's kOutputThreads, twice that).
 constexpr int kHeld = 4;
 constexpr int kMaxProduct = kHeld * 16 * kThreads;
 // Linear attention: tokens per block (each block writes one partial sum of its chunk). Chunks
@@ -148,21 +149,25 @@ int choose_tile(const char* kernel, int preferred, Bytes bytes, int smallest = 4
                               ": head dim too large for the GPU's shared memory");
 }
 
-// launch_kernel<Placement::Spread>(kernel, grid, kBlockThreads, bytes, args...): the attention
-// kernels' grids are one wave of long, equal blocks (about 512 for linear attention), placed at
-// once rather than as the kernel before frees its slots (common.h). Past 48 KiB a kernel must opt
-// in to its dynamic shared memory: once per kernel, to the device's limit (a driver call, not one
-// per launch).
-template <auto kernel, int kBlockThreads = kThreads, typename... Args>
-void launch_spread(dim3 grid, size_t bytes, Args... args) {
+// launch_kernel<kPlacement>(kernel, grid, kBlockThreads, bytes, args...) for a kernel whose
+// dynamic shared memory may pass 48 KiB: past it a kernel must opt in, once per kernel, to the
+// device's limit (a driver call, not one per launch).
+template <auto kernel, Placement kPlacement, int kBlockThreads = kThreads, typename... Args>
+void launch_large_shared(dim3 grid, size_t bytes, const Args&... args) {
   static const bool allowed = [] {
     NALA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          static_cast<int>(max_shared_bytes())));
     return true;
   }();
   (void)allowed;
-  launch_kernel<Placement::Spread>(kernel, grid, kBlockThreads, bytes, args...);
+  launch_kernel<kPlacement>(kernel, grid, kBlockThreads, bytes, args...);
 }
+
+// The linear-attention grids are one wave of long, equal blocks (about 512: chunk_tokens), so
+// they are placed at once when the kernel before has finished (common.h; overlapped, NaLa
+// fwd+bwd at d = 32, N = 16384 ran 5% slower: docs/benchmarks.md). The softmax attention grids
+// (a block per tile of queries or keys and head) run in many waves and overlap as usual.
+constexpr Placement kLinearPlacement = Placement::Spread;
 
 // ---- vector access ----
 
@@ -307,8 +312,10 @@ __device__ inline float round_tf32(float x) {
 // A value as the kernels store it into a product's operand array: rounded to TF32 for one pass
 // on the tensor cores (float, kPasses = 1), as it is for 3xTF32 (split at the product) and float64.
 template <int kPasses, typename T>
+constexpr bool kRoundsOperands = kPasses == 1 && std::is_same_v<T, float>;
+template <int kPasses, typename T>
 __device__ T operand_value(T x) {
-  if constexpr (kPasses == 1 && std::is_same_v<T, float>) return round_tf32(x);
+  if constexpr (kRoundsOperands<kPasses, T>) return round_tf32(x);
   return x;
 }
 template <int kPasses, typename T>
@@ -1132,9 +1139,9 @@ __global__ void __launch_bounds__(kThreads, 5)
     for (int j = threadIdx.x; j < tile; j += blockDim.x) z_s[j] = j < rows ? z[row0 + j] : T(0);
     finish_staging();
     __syncthreads();
-    if constexpr (kPasses == 1 && std::is_same_v<T, float>) {  // do as a product operand
+    if constexpr (kRoundsOperands<kPasses, T>) {  // do as a product operand
       for (GridWalk w(d); w.row < tile; w.next())
-        dout_s[w.row * dout_ld + w.col] = round_tf32(dout_s[w.row * dout_ld + w.col]);
+        dout_s[w.row * dout_ld + w.col] = operand_value<kPasses>(dout_s[w.row * dout_ld + w.col]);
       __syncthreads();
     }
     // dQ' = (z do) S^T for the tile.
@@ -1308,17 +1315,20 @@ void feature_sums(const char* name, int64_t bh, int64_t n, int d, const T* x, co
   const int tile = linear_tile(name, d, bytes, pairs);
   const int64_t chunk = chunk_tokens(bh, n, d);
   const auto run = [&](auto blocks, auto pairs_a_lane) {
-    launch_spread<
-        linear_feature_sums_kernel<T, fm, kPasses, side, blocks.value, pairs_a_lane.value>>(
-        grid, bytes(tile), n, chunk, d, tile, x, y, sin, cos, z, partials);
+    launch_large_shared<
+        linear_feature_sums_kernel<T, fm, kPasses, side, blocks.value, pairs_a_lane.value>,
+        kLinearPlacement>(grid, bytes(tile), n, chunk, d, tile, x, y, sin, cos, z, partials);
   };
   using One = std::integral_constant<int, 1>;
   using Two = std::integral_constant<int, 2>;
   using Held = std::integral_constant<int, kHeld>;
-  if (width * d <= 16 * kThreads)
-    pairs == 2 ? run(One{}, Two{}) : run(One{}, One{});
+  // One pair a lane means d <= 32, where D d <= 2048 always fits one block a thread.
+  if (pairs == 1)
+    run(One{}, One{});
+  else if (width * d <= 16 * kThreads)
+    run(One{}, Two{});
   else
-    pairs == 2 ? run(Held{}, Two{}) : run(Held{}, One{});
+    run(Held{}, Two{});
 }
 
 template <typename T, FeatureMap fm, int kPasses>
@@ -1341,10 +1351,10 @@ void linear_forward(int64_t bh, int64_t n, int d, const T* q, const T* k, const 
   const int pairs = lane_pairs(d);
   const int out_tile = linear_tile(name, d, out_bytes, pairs);
   if (pairs == 2)
-    launch_spread<linear_output_kernel<T, fm, kPasses, 2>, kOutputThreads>(
+    launch_large_shared<linear_output_kernel<T, fm, kPasses, 2>, kLinearPlacement, kOutputThreads>(
         grid, out_bytes(out_tile), n, chunk, d, out_tile, q, sin, cos, state, kbar, o, z);
   else
-    launch_spread<linear_output_kernel<T, fm, kPasses, 1>, kOutputThreads>(
+    launch_large_shared<linear_output_kernel<T, fm, kPasses, 1>, kLinearPlacement, kOutputThreads>(
         grid, out_bytes(out_tile), n, chunk, d, out_tile, q, sin, cos, state, kbar, o, z);
 }
 
@@ -1363,9 +1373,9 @@ void linear_backward(int64_t bh, int64_t n, int d, const T* q, const T* k, const
     return QueryBackwardLayout(tile, d, width).size * sizeof(T);
   };
   const int query_tile = linear_tile(name, d, query_bytes);
-  launch_spread<linear_query_backward_kernel<T, fm, kPasses>>(grid, query_bytes(query_tile), n,
-                                                              chunk, d, query_tile, q, sin, cos,
-                                                              state, kbar, z, dout, dq, workspace);
+  launch_large_shared<linear_query_backward_kernel<T, fm, kPasses>, kLinearPlacement>(
+      grid, query_bytes(query_tile), n, chunk, d, query_tile, q, sin, cos, state, kbar, z, dout, dq,
+      workspace);
   feature_sums<T, fm, kPasses, Side::Query>(name, bh, n, d, q, dout, sin, cos, z, workspace);
 
   // token_grads holds, per head, the D x d matrix dS / N then the D vector dkbar / N.
@@ -1376,7 +1386,7 @@ void linear_backward(int64_t bh, int64_t n, int d, const T* q, const T* k, const
     return KeyBackwardLayout(tile, d, width).size * sizeof(T);
   };
   const int key_tile = linear_tile(name, d, key_bytes);
-  launch_spread<linear_key_backward_kernel<T, fm, kPasses>>(
+  launch_large_shared<linear_key_backward_kernel<T, fm, kPasses>, kLinearPlacement>(
       grid, key_bytes(key_tile), n, chunk, d, key_tile, k, v, sin, cos, token_grads, dk, dv);
 }
 
@@ -1792,14 +1802,17 @@ int64_t linear_attention_workspace_size(FeatureMap fm, int64_t bh, int64_t n, in
 
 // Calls run(map, passes) with the feature map and the tensor cores' passes as compile-time
 // constants: one TF32 product for float32 while allow_tf32() (the default, as for the GEMMs),
-// else 3xTF32; float64 never reaches the tensor cores, so it has one instantiation.
+// else 3xTF32 (kPasses = 3 also stands for "operands as they are": float64 never reaches the
+// tensor cores, so it has that one instantiation). With a head dim that is not a multiple of 8,
+// every product has d as one of its sides and runs on the FP32 units (ProductTiling): one pass
+// would only round the operands to TF32 for nothing, so those keep full float32.
 template <typename T, typename Run>
-void with_map_and_passes(FeatureMap fm, Run run) {
+void with_map_and_passes(FeatureMap fm, int d, Run run) {
   using Nala = std::integral_constant<FeatureMap, FeatureMap::Nala>;
   using Relu = std::integral_constant<FeatureMap, FeatureMap::Relu>;
   const auto with_passes = [&](auto map) {
     if constexpr (std::is_same_v<T, float>)
-      if (allow_tf32()) return run(map, std::integral_constant<int, 1>{});
+      if (allow_tf32() && d % 8 == 0) return run(map, std::integral_constant<int, 1>{});
     run(map, std::integral_constant<int, 3>{});
   };
   if (fm == FeatureMap::Nala)
@@ -1816,7 +1829,7 @@ void linear_attention_forward(FeatureMap fm, int64_t bh, int64_t n, int64_t d, c
   check_aligned("linear_attention_forward", {q, k, v, sin, cos, o, state, kbar, z, workspace});
   if (bh == 0 || n == 0) return;
   const int dim = static_cast<int>(d);
-  with_map_and_passes<T>(fm, [&](auto map, auto passes) {
+  with_map_and_passes<T>(fm, dim, [&](auto map, auto passes) {
     linear_forward<T, decltype(map)::value, decltype(passes)::value>(bh, n, dim, q, k, v, sin, cos,
                                                                      o, state, kbar, z, workspace);
   });
@@ -1832,7 +1845,7 @@ void linear_attention_backward(FeatureMap fm, int64_t bh, int64_t n, int64_t d, 
                 {q, k, v, sin, cos, state, kbar, z, dout, dq, dk, dv, workspace});
   if (bh == 0 || n == 0) return;
   const int dim = static_cast<int>(d);
-  with_map_and_passes<T>(fm, [&](auto map, auto passes) {
+  with_map_and_passes<T>(fm, dim, [&](auto map, auto passes) {
     linear_backward<T, decltype(map)::value, decltype(passes)::value>(
         bh, n, dim, q, k, v, sin, cos, state, kbar, z, dout, dq, dk, dv, workspace);
   });
@@ -1848,8 +1861,8 @@ void softmax_attention_forward(int64_t bh, int64_t n, int64_t d, const T* q, con
   const auto bytes = [&](int tile) { return SoftmaxForwardLayout(tile, dim).size * sizeof(T); };
   const int tile = choose_tile("softmax_attention_forward", 4, bytes);
   const dim3 grid(static_cast<unsigned>((n + tile - 1) / tile), static_cast<unsigned>(bh));
-  launch_spread<softmax_forward_kernel<T>>(grid, bytes(tile), n, dim, tile, q, k, v, sin, cos, o,
-                                           lse);
+  launch_large_shared<softmax_forward_kernel<T>, Placement::Overlapped>(
+      grid, bytes(tile), n, dim, tile, q, k, v, sin, cos, o, lse);
 }
 
 // The workspace holds D_i = do_i . o_i, (bh, n).
@@ -1875,17 +1888,17 @@ void softmax_attention_backward(int64_t bh, int64_t n, int64_t d, const T* q, co
   const int key_tile = choose_tile(name, 4, key_bytes);
   const dim3 key_grid(static_cast<unsigned>((n + key_tile - 1) / key_tile),
                       static_cast<unsigned>(bh));
-  launch_spread<softmax_key_backward_kernel<T>>(key_grid, key_bytes(key_tile), n, dim, key_tile, q,
-                                                k, v, sin, cos, lse, delta, dout, dk, dv);
+  launch_large_shared<softmax_key_backward_kernel<T>, Placement::Overlapped>(
+      key_grid, key_bytes(key_tile), n, dim, key_tile, q, k, v, sin, cos, lse, delta, dout, dk, dv);
   const auto query_bytes = [&](int tile) {
     return SoftmaxQueryBackwardLayout(tile, dim).size * sizeof(T);
   };
   const int query_tile = choose_tile(name, 4, query_bytes);
   const dim3 query_grid(static_cast<unsigned>((n + query_tile - 1) / query_tile),
                         static_cast<unsigned>(bh));
-  launch_spread<softmax_query_backward_kernel<T>>(query_grid, query_bytes(query_tile), n, dim,
-                                                  query_tile, q, k, v, sin, cos, lse, delta, dout,
-                                                  dq);
+  launch_large_shared<softmax_query_backward_kernel<T>, Placement::Overlapped>(
+      query_grid, query_bytes(query_tile), n, dim, query_tile, q, k, v, sin, cos, lse, delta, dout,
+      dq);
 }
 
 #define NALA_INSTANTIATE(T)                                                                     \

@@ -7,8 +7,8 @@
 // - reduce_middle_axis: a reduction over the middle axis of an (outer, r, inner) array, its
 //   results handed to a store functor (StoreAt);
 // - GridWalk: a thread's cells of a 2-d grid, without a division per step;
-// - device_attribute, multiprocessor_count, aligned16: host-side facts about the device and
-//   the pointers a launch gets.
+// - multiprocessor_count, aligned16: host-side facts about the device (device_attribute, in
+//   cuda_check.h) and the pointers a launch gets.
 // What a kernel is handed from the host is a functor (a struct with a __device__ operator()),
 // never a lambda; lambdas appear only inside device code (a kernel's loop bodies).
 #pragma once
@@ -26,14 +26,6 @@ namespace nala::kernels::cuda {
 constexpr int kWarpSize = 32;
 // Grid-stride kernels launch at most this many blocks; beyond it each thread loops.
 constexpr int64_t kMaxBlocks = 65535;
-
-// An attribute of the current device (cudaDeviceGetAttribute): its multiprocessor count, say.
-inline int device_attribute(cudaDeviceAttr attribute) {
-  int device = 0, value = 0;
-  NALA_CUDA_CHECK(cudaGetDevice(&device));
-  NALA_CUDA_CHECK(cudaDeviceGetAttribute(&value, attribute, device));
-  return value;
-}
 
 // The current device's multiprocessor count, asked of the driver once.
 inline int multiprocessor_count() {
@@ -75,7 +67,7 @@ enum class Placement { Overlapped, Spread };
 // the launch checked.
 template <Placement kPlacement = Placement::Overlapped, typename... Params, typename... Args>
 void launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_bytes,
-                   Args... args) {
+                   const Args&... args) {
   cudaLaunchAttribute overlap = {};
   overlap.id = cudaLaunchAttributeProgrammaticStreamSerialization;
   overlap.val.programmaticStreamSerializationAllowed = 1;
@@ -86,7 +78,8 @@ void launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shar
   config.stream = stream();
   config.attrs = &overlap;
   config.numAttrs = kPlacement == Placement::Overlapped && kernels_may_overlap() ? 1 : 0;
-  NALA_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, static_cast<Params>(args)...));
+  // (cudaLaunchKernelEx converts each argument to its parameter's type, as <<<>>> does.)
+  NALA_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, args...));
 }
 
 // Blocks needed to cover `work` items at `items_per_block` per block, capped at kMaxBlocks.

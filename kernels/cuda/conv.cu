@@ -460,6 +460,9 @@ __global__ void __launch_bounds__(kStreamThreads, kStreamBlocksPerSM)
         grad[k] = k < valid_rows ? dy_plane[(first_y + k - band.y0) * c.output.row_ld + col] : T(0);
       sweep_window<K>(c, x_plane, c.input.row_ld, band, first_y, col - c.pad_w,
                       [&](int k, int i, const T(&in_row)[K]) {
+                        // Outputs past the plane add nothing: skipped, not added as 0 * x
+                        // (an infinite x would make that NaN, where the CPU's dw is infinite).
+                        if (k >= valid_rows) return;
 #pragma unroll
                         for (int j = 0; j < K; ++j) sum[i][j] += grad[k] * in_row[j];
                       });
@@ -506,8 +509,9 @@ bool plan_correlation(Correlation& c, const Conv2dShape& s, bool with_output,
   // stride 1 with padding below K), and bands are whole cells: only the last band ends inside a
   // cell, and its staged rows run to the image's end.
   if (c.out_h - 1 - c.pad_h + c.kernel < c.in_h) return false;
-  // Whole planes, as many as fit (a power of two, at most one per thread and not more than the
-  // walk's); else one plane's bands, the tallest that fit.
+  // Whole planes, as many as fit (a power of two, at most one per thread, and no larger than the
+  // first power of two that covers the walk's planes); else one plane's bands, the tallest that
+  // fit.
   const int64_t plane_bytes = plan_band(c.out_h);
   c.group_planes = 1;
   if (plane_bytes <= kStagedBytes) {

@@ -1,4 +1,5 @@
-// Error checking, the stream and the cuBLAS handle shared by every CUDA kernel.
+// Error checking, the stream, the cuBLAS handle and the device's attributes shared by every CUDA
+// kernel.
 //
 // Every CUDA and cuBLAS call is wrapped in NALA_CUDA_CHECK / NALA_CUBLAS_CHECK, kernel launches
 // too (launch_kernel in common.h checks cudaLaunchKernelEx); a failure throws std::runtime_error
@@ -44,3 +45,14 @@ cublasHandle_t cublas_handle();
                                               cublasGetStatusString(nala_cublas_status_)); \
   } while (0)
 
+namespace nala::kernels::cuda {
+
+// An attribute of the current device (cudaDeviceGetAttribute): its multiprocessor count, say.
+inline int device_attribute(cudaDeviceAttr attribute) {
+  int device = 0, value = 0;
+  NALA_CUDA_CHECK(cudaGetDevice(&device));
+  NALA_CUDA_CHECK(cudaDeviceGetAttribute(&value, attribute, device));
+  return value;
+}
+
+}  // namespace nala::kernels::cuda

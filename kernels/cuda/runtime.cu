@@ -34,9 +34,7 @@ __global__ void compiled_code_probe() {}
 // asynchrony.
 bool kernels_may_overlap() {
   static const bool may = [] {
-    int device = 0, major = 0;
-    NALA_CUDA_CHECK(cudaGetDevice(&device));
-    NALA_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+    const int major = device_attribute(cudaDevAttrComputeCapabilityMajor);
     cudaFuncAttributes code;
     NALA_CUDA_CHECK(cudaFuncGetAttributes(&code, compiled_code_probe));
     const char* setting = std::getenv("NALA_CUDA_OVERLAP");

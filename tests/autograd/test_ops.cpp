@@ -31,9 +31,8 @@ TEST_CASE("matmul matches a triple loop, batched and broadcast") {
 
 TEST_CASE("matmul over several k blocks, with transposed operands, matches a triple loop") {
   // k = 1000 passes the CPU GEMM's k block (384 floats, 192 doubles) several times; m = 37 and
-  // n = 45 end in partial register panels (12 rows; 32 columns in float, 16 in double); transposed
-  // views (.t()) reach
-  // the GEMM as transposed operands, read in place.
+  // n = 45 end in partial register panels (12 rows; 32 columns in float, 16 in double);
+  // transposed views (.t()) reach the GEMM as transposed operands, read in place.
   const int64_t m = 37, k = 1000, n = 45;
   for (DType dtype : {DType::Float64, DType::Float32})
     for (bool trans_a : {false, true})
