@@ -91,6 +91,19 @@ static double peak_extra_bytes(const std::function<void()>& f, Device device) {
   return 0.0;
 }
 
+#ifdef NALA_WITH_CUDA
+// Seconds per call of `launch` when `repeats` calls are queued back to back before one wait:
+// what a group of kernels costs on the GPU alone, without autograd or host overhead in between.
+static double queued_seconds(const std::function<void()>& launch, int repeats) {
+  launch();
+  kernels::cuda::synchronize();
+  auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < repeats; ++i) launch();
+  kernels::cuda::synchronize();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / repeats;
+}
+#endif
+
 // NaLa attention, fused and composed from primitive ops, forward and forward+backward, at
 // B*H = 32 (B = 8, H = 4), d = 32 and 64, N = 1024 ... 65536 (square grids), float32. The floor
 // of the forward is reading q, k, v and writing o once: 4 * B*H*N*d * 4 bytes.
@@ -103,7 +116,8 @@ static int bench_attention(const BenchOptions& o, std::ostream& os) {
   os << "attention float32 on " << o.device << ", B = " << B << ", H = " << H
      << " (ms; peak MiB beyond inputs, CUDA only)\n";
   os << std::setw(10) << "kind" << std::setw(4) << "d" << std::setw(8) << "N" << std::setw(11)
-     << "fwd ms" << std::setw(12) << "fwd+bwd ms" << std::setw(11) << "peak MiB"
+     << "fwd ms" << std::setw(12) << "fwd queued" << std::setw(12) << "fwd+bwd ms" << std::setw(11)
+     << "peak MiB"
      << "\n";
   std::vector<int64_t> dims =
       device == Device::CUDA ? std::vector<int64_t>{32, 64} : std::vector<int64_t>{32};
@@ -152,15 +166,26 @@ static int bench_attention(const BenchOptions& o, std::ostream& os) {
           NoGradGuard ng;
           return median_seconds([&] { run(false); }, o.repeats, device);
         }();
+        // The forward's GPU time: calls queued back to back, one wait at the end (the host's
+        // launches run ahead of the GPU, so its launch and wait latencies drop out).
+        double fwd_queued = fwd;
+#ifdef NALA_WITH_CUDA
+        if (device == Device::CUDA) {
+          NoGradGuard ng;
+          fwd_queued = queued_seconds([&] { run(false); }, 20 * o.repeats);
+        }
+#endif
         double both = median_seconds([&] { run(true); }, o.repeats, device);
         double peak = peak_extra_bytes([&] { run(true); }, device);
         os << std::setw(10) << var.name << std::setw(4) << d << std::setw(8) << N << std::fixed
-           << std::setprecision(3) << std::setw(11) << fwd * 1e3 << std::setw(12) << both * 1e3
-           << std::setw(11) << std::setprecision(1) << peak / (1 << 20) << std::endl;
+           << std::setprecision(3) << std::setw(11) << fwd * 1e3 << std::setw(12)
+           << fwd_queued * 1e3 << std::setw(12) << both * 1e3 << std::setw(11)
+           << std::setprecision(1) << peak / (1 << 20) << std::endl;
       }
     }
-  os << "forward floor: 16 B*H*N*d bytes (q, k, v read, o written once) at `nala bench copy` "
-        "GB/s\n";
+  os << "fwd queued: 20 x repeats forwards queued back to back, one wait (GPU time; the CPU\n"
+        "the same as fwd ms)\nforward floor: 16 B*H*N*d bytes (q, k, v read, o written once) at "
+        "`nala bench copy` GB/s\n";
   return 0;
 }
 
@@ -174,19 +199,6 @@ static int bench_copy(const BenchOptions& o, std::ostream& os) {
      << std::setprecision(1) << 2.0 * n * 4 / s / 1e9 << " GB/s (read + write)\n";
   return 0;
 }
-
-#ifdef NALA_WITH_CUDA
-// Seconds per call of `launch` when `repeats` calls are queued back to back before one wait:
-// what a group of kernels costs on the GPU alone, without autograd or host overhead in between.
-static double queued_seconds(const std::function<void()>& launch, int repeats) {
-  launch();
-  kernels::cuda::synchronize();
-  auto t0 = std::chrono::steady_clock::now();
-  for (int i = 0; i < repeats; ++i) launch();
-  kernels::cuda::synchronize();
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / repeats;
-}
-#endif
 
 // The memory-bound ops of xt-cifar at batch 256, forward+backward, two ways:
 // - through autograd, sum(f(x)).backward(), as a user runs them (and as the PyTorch peer does);

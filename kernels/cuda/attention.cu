@@ -738,16 +738,20 @@ __device__ T query_signed_backward(T q, T sigma, T dsigma, const QueryScale<T>& 
 // above d / 2 (d <= 64: at most a warp; lanes past d / 2 idle), so that sums over a token's row
 // are shuffles within the team (team_reduce) and a thread keeps the same pair from one token to
 // the next. Consecutive lanes read consecutive pairs of a row: global rows load coalesced. (The
-// output and feature-sums passes at d > 32 halve the team: a lane holds pairs c and c + 32,
-// PairRow's kPairs.)
+// output pass takes a quarter of the team, the feature-sums pass at d > 32 half: a lane holds
+// kPairs pairs, at c, c + s, ... with s = 2 team.lanes, PairRow's kPairs.)
 __host__ __device__ inline int pair_lanes(int d) {
   return static_cast<int>(pow2_at_least(d / 2, kWarpSize));
 }
 
-// The pairs of columns a lane takes in the output and feature-sums passes: two where a whole warp
-// would hold one token (d > 32), which halves the per-token work of a warp (the norm, tanh, z,
-// the team sums), else one.
-inline int lane_pairs(int d) { return pair_lanes(d) == kWarpSize ? 2 : 1; }
+// The pairs of columns a lane takes, so that fewer lanes repeat a token's per-token work (the
+// norm, tanh, z, the team sums):
+// - the output pass: four (two at d = 4, where a token has two), a quarter of pair_lanes(d);
+// - the feature-sums pass: two where a whole warp would hold one token (d > 32), else one. Four
+//   there ran slower (d = 32, N = 65536 forward 0.70 -> 0.84 ms: its batch of loads shrinks to
+//   one token and its registers spill; docs/benchmarks.md).
+inline int output_lane_pairs(int d) { return std::min(4, pair_lanes(d)); }
+inline int feature_sums_lane_pairs(int d) { return pair_lanes(d) == kWarpSize ? 2 : 1; }
 
 // How many of a lane's kPairs pairs of columns, at 2 rank, 2 rank + 2 team.lanes, ..., lie inside
 // a row of d columns (d = 48, two pairs: 16 lanes, the second pair only for the first 8).
@@ -920,7 +924,7 @@ struct FeatureSumsLayout {
 //   queries (backward pass 1b):   F = Q', y_j = z_j do_j (the chunk's share of dS; the D after
 //                                 it, dkbar, is the query backward's).
 // Per tile, a team of lanes per token reads x (k or q), y (v or do), sin, cos from global memory
-// a pair per lane (two pairs at d > 32: kPairs, as in the output kernel), builds F_j (and, for
+// one or two pairs a lane (kPairs, feature_sums_lane_pairs), builds F_j (and, for
 // queries, the row's NaLa scale by a team sum) and writes F_j and y_j token-major into shared
 // memory; the block adds F^T Y to its running sum (held in registers, ProductSum), and each lane
 // adds its pairs' phiK_j to its own sums.
@@ -1007,9 +1011,9 @@ struct OutputLayout {
 };
 
 // Pass 3: o_i = z_i Q'_i S and z_i = 1 / (phiQ_i . kbar + eps) for a chunk of queries of one
-// head. Per tile: a team of lanes per token reads q, sin, cos from global memory a pair per
-// lane (two pairs at d > 32: kPairs), sums the row's squares (the NaLa scale) and its terms of phiQ
-// . kbar (z) across the team, and writes Q' token-major; the block multiplies Q' S (block_product)
+// head. Per tile: a team of lanes per token reads q, sin, cos from global memory, four pairs a
+// lane (kPairs, output_lane_pairs), sums the row's squares (the NaLa scale) and its terms of phiQ .
+// kbar (z) across the team, and writes Q' token-major; the block multiplies Q' S (block_product)
 // and writes o. Four float32 blocks share an SM (64 registers a thread); float64, which only the
 // gradient checks run, takes the registers of two, where at 64 it would spill.
 template <typename T, FeatureMap fm, int kPasses, int kPairs>
@@ -1308,7 +1312,7 @@ void feature_sums(const char* name, int64_t bh, int64_t n, int d, const T* x, co
                   const T* sin, const T* cos, const T* z, T* partials) {
   const int width = kHalves<fm> * d;
   const dim3 grid(static_cast<unsigned>(num_chunks(bh, n, d)), static_cast<unsigned>(bh));
-  const int pairs = lane_pairs(d);
+  const int pairs = feature_sums_lane_pairs(d);
   const auto bytes = [&](int tile) {
     return FeatureSumsLayout(side, tile, d, width, pairs).size * sizeof(T);
   };
@@ -1345,16 +1349,15 @@ void linear_forward(int64_t bh, int64_t n, int d, const T* q, const T* k, const 
   for_each_index(bh * (matrix_size + width),
                  SumPartials<T>{workspace, chunks, matrix_size, width, T(1) / T(n), state, kbar});
 
-  // A lane per two pairs of columns where a whole warp would hold one token (d > 32): its
-  // per-token work (the norm, tanh, z, two team sums) then serves two tokens a warp.
+  // Four pairs of columns a lane (two at d = 4): output_lane_pairs.
   const auto out_bytes = [&](int tile) { return OutputLayout(tile, d, width).size * sizeof(T); };
-  const int pairs = lane_pairs(d);
+  const int pairs = output_lane_pairs(d);
   const int out_tile = linear_tile(name, d, out_bytes, pairs);
-  if (pairs == 2)
-    launch_large_shared<linear_output_kernel<T, fm, kPasses, 2>, kLinearPlacement, kOutputThreads>(
+  if (pairs == 4)
+    launch_large_shared<linear_output_kernel<T, fm, kPasses, 4>, kLinearPlacement, kOutputThreads>(
         grid, out_bytes(out_tile), n, chunk, d, out_tile, q, sin, cos, state, kbar, o, z);
   else
-    launch_large_shared<linear_output_kernel<T, fm, kPasses, 1>, kLinearPlacement, kOutputThreads>(
+    launch_large_shared<linear_output_kernel<T, fm, kPasses, 2>, kLinearPlacement, kOutputThreads>(
         grid, out_bytes(out_tile), n, chunk, d, out_tile, q, sin, cos, state, kbar, o, z);
 }
 
