@@ -293,8 +293,8 @@ struct Band {
 // Starts asynchronous copies of rows y_lo ... y_hi - 1 of the band's planes of t (planes of
 // height x s.width) into staged, laid out as s says.
 template <typename T>
-__device__ void stage_rows(const Correlation& c, const StagedRows& s, const Band& band, int y_lo,
-                           int y_hi, const T* t, int height, T* staged) {
+__device__ void stage_band_rows(const Correlation& c, const StagedRows& s, const Band& band,
+                                int y_lo, int y_hi, const T* t, int height, T* staged) {
   const int row_pieces = s.by_row_pieces.divisor, plane_pieces = s.by_plane_pieces.divisor;
   for (int i = threadIdx.x; i < band.planes * plane_pieces; i += blockDim.x) {
     const int q = s.by_plane_pieces.divide(i), in_plane = i - q * plane_pieces;
@@ -392,8 +392,8 @@ __global__ void __launch_bounds__(kStreamThreads, kStreamBlocksPerSM)
   const GroupThread thread(c);
   const auto stage = [&](int g, int buffer) {
     const Band band(c, g);
-    stage_rows(c, c.input, band, band.y_lo, band.y_hi, in, c.in_h,
-               staged + buffer * c.buffer_size());
+    stage_band_rows(c, c.input, band, band.y_lo, band.y_hi, in, c.in_h,
+                    staged + buffer * c.buffer_size());
   };
   const auto compute = [&](int g, int buffer) {
     const Band band(c, g);
@@ -443,8 +443,8 @@ __global__ void __launch_bounds__(kStreamThreads, kStreamBlocksPerSM)
   const auto stage = [&](int g, int buffer) {
     const Band band(c, g);
     T* to = staged + buffer * c.buffer_size();
-    stage_rows(c, c.input, band, band.y_lo, band.y_hi, x, c.in_h, to);
-    stage_rows(c, c.output, band, band.y0, band.y_end, dy, c.out_h, to + outputs_at);
+    stage_band_rows(c, c.input, band, band.y_lo, band.y_hi, x, c.in_h, to);
+    stage_band_rows(c, c.output, band, band.y0, band.y_end, dy, c.out_h, to + outputs_at);
   };
   T sum[K][K] = {};
   const auto compute = [&](int g, int buffer) {

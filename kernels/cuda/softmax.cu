@@ -76,13 +76,14 @@ __device__ unsigned int cross_entropy_blocks_done = 0;
 // Per row, lse = m + log s and
 //   loss_r = lse - sum_c q_c x_c = lse - (1 - eps) x_label - (eps / classes) sum_c x_c,
 // NaN when the label is outside [0, classes); loss = mean_r loss_r in the same launch: the sum
-// over each block's rows, then over the blocks in the last one (sum_in_last_block).
+// over each block's rows, then over the blocks in the last one (sum_in_last_block), in double
+// for float too, as the CPU sums it.
 template <typename T, typename Team>
 __global__ void cross_entropy_forward_kernel(Team team, int64_t rows, int64_t classes,
                                              const T* logits, const int64_t* labels, T smoothing,
-                                             T* lse, T* partials, T* loss) {
+                                             T* lse, double* partials, T* loss) {
   after_previous_kernel();
-  T thread_loss = T(0);  // the rows this thread stores (a team's rank 0)
+  double thread_loss = 0;  // the rows this thread stores (a team's rank 0)
   for (TeamRows r(team, rows); r.more(); r.advance()) {
     const T* x_row = logits + r.row * classes;
     const MaxAndSumExp<T> stats = row_max_and_sum_exp(team, classes, x_row);
@@ -99,8 +100,8 @@ __global__ void cross_entropy_forward_kernel(Team team, int64_t rows, int64_t cl
                 : T(NAN);
     }
   }
-  sum_in_last_block(block_reduce<SumOp<T>>(thread_loss), partials, cross_entropy_blocks_done,
-                    [&](T total) { *loss = total / T(rows); });
+  sum_in_last_block(block_reduce<SumOp<double>>(thread_loss), partials, cross_entropy_blocks_done,
+                    [&](double total) { *loss = static_cast<T>(total / double(rows)); });
 }
 
 // dlogits = (dloss / rows) (e^(x - lse) - q); NaN for a row whose label is outside [0, classes).
@@ -147,8 +148,8 @@ template <typename T>
 void cross_entropy_forward(int64_t rows, int64_t classes, const T* logits, const int64_t* labels,
                            T smoothing, T* loss, T* lse) {
   // One partial per block (at most kMaxBlocks of them) in the split-reduction scratch.
-  static_assert(kMaxBlocks <= kSplitScratchElements && sizeof(T) <= sizeof(double));
-  T* partials = reinterpret_cast<T*>(split_scratch_address());
+  static_assert(kMaxBlocks <= kSplitScratchElements);
+  double* partials = split_scratch_address();
   launch_per_row(rows, classes, [&](auto team, unsigned blocks, int threads) {
     launch_kernel(cross_entropy_forward_kernel<T, decltype(team)>, blocks, threads, 0, team, rows,
                   classes, logits, labels, smoothing, lse, partials, loss);
