@@ -551,6 +551,35 @@ struct ProductSum {
   }
 };
 
+// ---- staging a matrix ----
+
+// Copies the rows x cols matrix at `from` (row-major, cols a multiple of 4, 16-byte aligned) into
+// shared memory at `to` (leading dim ld, a multiple of 4), each element as a product operand
+// (operand_value): the linear-attention kernels' S, or dS / N, before their first tile. A thread
+// issues kBatch loads of four elements before its first store: a loop of one load and one store
+// waits out the memory's latency at every step (the output kernel's S at d = 64 was 32 such steps
+// a thread, all of a block's threads waiting before any token).
+template <int kPasses, typename T>
+__device__ void stage_operand_matrix(const T* from, int rows, int cols, T* to, int ld) {
+  constexpr int kBatch = 4;
+  const int quads = rows * cols / 4, row_quads = cols / 4;
+  for (int q0 = threadIdx.x; q0 < quads; q0 += kBatch * blockDim.x) {
+    T v[kBatch][4];
+#pragma unroll
+    for (int b = 0; b < kBatch; ++b)
+      if (q0 + b * blockDim.x < quads) load4(from + 4 * (q0 + b * blockDim.x), v[b]);
+#pragma unroll
+    for (int b = 0; b < kBatch; ++b) {
+      const int q = q0 + b * blockDim.x;
+      if (q < quads) {
+        const int r = q / row_quads, c = 4 * (q - r * row_quads);
+        for (int e = 0; e < 4; ++e) v[b][e] = operand_value<kPasses>(v[b][e]);
+        store4(to + r * ld + c, v[b]);
+      }
+    }
+  }
+}
+
 // ---- staging rows ----
 
 // Starts copying the first `rows` rows of x (rows of d) into staged[j][c] (token-major, row
@@ -1034,9 +1063,7 @@ __global__ void __launch_bounds__(kOutputThreads, sizeof(T) == 4 ? 4 : 2)
   const int live_pairs = pairs_inside<kPairs>(team, d);
 
   const int64_t head = blockIdx.y;
-  for (GridWalk w(d); w.row < width; w.next())
-    state_s[w.row * state_ld + w.col] =
-        operand_value<kPasses>(state[(head * width + w.row) * d + w.col]);
+  stage_operand_matrix<kPasses>(state + head * width * d, width, d, state_s, state_ld);
   for (int i = threadIdx.x; i < width; i += blockDim.x) kbar_s[i] = kbar[head * width + i];
   __syncthreads();
 
@@ -1129,9 +1156,7 @@ __global__ void __launch_bounds__(kThreads, 5)
   const bool live = pair < half_d;
 
   const int64_t head = blockIdx.y;
-  for (GridWalk w(d); w.row < width; w.next())
-    state_s[w.row * state_ld + w.col] =
-        operand_value<kPasses>(state[(head * width + w.row) * d + w.col]);
+  stage_operand_matrix<kPasses>(state + head * width * d, width, d, state_s, state_ld);
   for (int i = threadIdx.x; i < width; i += blockDim.x) kbar_s[i] = kbar[head * width + i];
   T dkbar[2][2] = {};  // this lane's share of dkbar at columns half d + c + e
 
@@ -1243,8 +1268,7 @@ __global__ void __launch_bounds__(kThreads)
 
   const int64_t head = blockIdx.y;
   const T* grads = token_grads + head * (width * d + width);
-  for (GridWalk w(d); w.row < width; w.next())
-    dstate[w.row * dstate_ld + w.col] = operand_value<kPasses>(grads[w.row * d + w.col]);
+  stage_operand_matrix<kPasses>(grads, width, d, dstate, dstate_ld);
   for (int i = threadIdx.x; i < width; i += blockDim.x) dkbar[i] = grads[width * d + i];
   __syncthreads();
 
