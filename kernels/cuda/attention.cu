@@ -23,11 +23,12 @@
 // gradient has one writer (no atomics, deterministic).
 //
 // How the linear-attention kernels work on a tile of tokens. Every pass runs a team of lanes per
-// token, a lane per pair of columns (pair_lanes; the output and feature-sums passes at d > 32 a
-// lane per two pairs, 16 lanes a token): the lanes read q, k, v, sin, cos straight from
+// token, a lane per pair of columns (pair_lanes; the output pass a lane per four pairs, the
+// feature-sums pass at d > 32 per two): the lanes read q, k, v, sin, cos straight from
 // global memory (consecutive lanes, consecutive pairs: coalesced; a batch of tokens' loads in
 // flight at once), sum over a row by shuffles within the team, and write the features (Q', K')
-// token-major into shared memory (the query backward stages do with asynchronous copies).
+// token-major into shared memory (the query backward stages do with asynchronous copies; S and
+// dS / N are staged once a block, stage_operand_matrix).
 // The D x d products then read the feature arrays in either orientation (Operand), on the tensor
 // cores for float32 (ProductTiling: one TF32 product while allow_tf32(), the default, else
 // 3xTF32) and on the FP units in 4 x 4 register blocks for float64; a running sum over the tiles
