@@ -27,6 +27,11 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 MODE=${1:-check}
+# What ncu reports per kernel in `split` and `kernels`: time, DRAM and SM busy, warps active,
+# grid size, registers per thread (tools/ncu_summary.py averages all but the first).
+kernel_metrics=gpu__time_duration.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed
+kernel_metrics+=,sm__throughput.avg.pct_of_peak_sustained_elapsed,sm__warps_active.avg.pct_of_peak_sustained_active
+kernel_metrics+=,launch__grid_size,launch__registers_per_thread
 mkdir -p "$OUT"
 export OMP_WAIT_POLICY=passive
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
@@ -76,16 +81,13 @@ elif [ "$MODE" = profile ]; then
   echo "==== speed"; tr '\r' '\n' < "$OUT/train_speed.log" | grep -E "^epoch [0-9]+:" | tail -2
   echo "==== ncu (3 steps + 1 test batch)"; head -25 "$OUT/ncu_summary.txt"
 elif [ "$MODE" = split ]; then
-  m=gpu__time_duration.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed
-  m+=,sm__throughput.avg.pct_of_peak_sustained_elapsed,sm__warps_active.avg.pct_of_peak_sustained_active
-  m+=,launch__grid_size
   for shape in "32 4096" "64 4096" "64 65536"; do
     set -- $shape
-    timeout 50 ncu --cache-control none --clock-control none --metrics "$m" --csv --page raw \
-      build-gpu/nala bench attention --device cuda --kind nala --head-dim "$1" --tokens "$2" \
-      --repeats 1 > /tmp/ncu_split.csv 2>/dev/null
-    echo "==== d $1 N $2"
-    python3 tools/ncu_summary.py /tmp/ncu_split.csv --top 12 --means "${m#*,}"
+    timeout 50 ncu --cache-control none --clock-control none --metrics "$kernel_metrics" --csv \
+      --page raw build-gpu/nala bench attention --device cuda --kind nala --head-dim "$1" \
+      --tokens "$2" --repeats 1 > /tmp/ncu_split.csv 2>> "$OUT/ncu_split.err"
+    echo "==== d $1 N $2 (ncu rc $?)"
+    python3 tools/ncu_summary.py /tmp/ncu_split.csv --top 12 --means "${kernel_metrics#*,}"
   done > "$OUT/attention_split.txt" 2>&1
   cat "$OUT/attention_split.txt"
 elif [ "$MODE" = kernels ]; then
@@ -95,12 +97,9 @@ elif [ "$MODE" = kernels ]; then
       --section ComputeWorkloadAnalysis -k regex:linear_ -c 12 build-gpu/nala bench attention \
       --device cuda --head-dim "$1" --tokens "$2" --repeats 1 > "$OUT/ncu_attention_d$1.txt" 2>&1
   done
-  metrics=gpu__time_duration.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed
-  metrics+=,sm__throughput.avg.pct_of_peak_sustained_elapsed,sm__warps_active.avg.pct_of_peak_sustained_active
-  metrics+=,launch__grid_size,launch__registers_per_thread
-  timeout 200 ncu --metrics "$metrics" --csv --page raw build-gpu/nala bench ops --device cuda \
+  timeout 200 ncu --metrics "$kernel_metrics" --csv --page raw build-gpu/nala bench ops --device cuda \
     --repeats 1 > /tmp/ncu_ops.csv 2> "$OUT/ncu_ops.err"
-  python3 tools/ncu_summary.py /tmp/ncu_ops.csv --top 30 --means "${metrics#*,}" > "$OUT/ncu_ops_summary.txt"
+  python3 tools/ncu_summary.py /tmp/ncu_ops.csv --top 30 --means "${kernel_metrics#*,}" > "$OUT/ncu_ops_summary.txt"
   echo "==== attention"; grep -hE "linear_|Duration|Compute \(SM\) Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Dynamic Shared|Theoretical Occ|Block Limit|FMA" \
     "$OUT"/ncu_attention_d*.txt | sed -E 's/.*(linear_[a-z_]+kernel<[^>]*>).*/\1/; s/  +/ /g' | head -150
   echo "==== ops"; cat "$OUT/ncu_ops_summary.txt"

@@ -1,66 +1,99 @@
 #!/usr/bin/env bash
-# Several variants of a change measured side by side in one call on the GPU machine (timings
-# compare only within one call). Each variant is a tree under .carry/NAME, made here before the
-# call, e.g.
-#   mkdir -p .carry/base && git archive HEAD | tar -x -C .carry/base      # then copy and edit
-# and "wt" names the working tree itself (built in full in build-gpu, gpu_run.sh's directory;
-# the others build nala_cli only). Then, on the GPU machine:
-#   VARIANTS="base v1 v2" bash bench/gpu_variants.sh
-#   BENCH='nala bench attention --device cuda --kind nala --repeats 20'    (the default)
-# Each variant's NaLa output and gradients are checked against the CPU (`nala attn --grad-out`,
-# float32, d = 32 and 64, B = H = 2, N = 256; check.txt: max |cuda - cpu| / max |cpu|, 4-6e-4
-# with the TF32 products in this session's calls), then BENCH runs twice per variant,
-# alternating. Logs under $OUT; the benchmark's output is printed last. No test suite runs:
-# bench/gpu_compare.sh is the one for a change to commit.
+# Variants of a change measured side by side in one call on the GPU machine (timings compare only
+# within one call):
+#   bash bench/gpu_variants.sh 'BUILD/nala bench attention --device cuda --kind nala' TREE...
+# Each TREE is a source tree made here before the call, e.g.
+#   mkdir -p .carry/v1 && git archive HEAD | tar -x -C .carry/v1      (then edited)
+# or `.`, the working tree. A tree builds in build-NAME, NAME its last path component (nala_cli
+# only), the working tree in build-gpu, gpu_run.sh's directory (in full with RUN_TESTS=1). A failed
+# build stops the script: a warm machine keeps build directories, and an old binary must not stand
+# in for a tree that did not compile. Then:
+# - with RUN_TESTS=1, all tests and gradcheck on CUDA on the working tree (gpu_run.sh tests);
+# - each tree's NaLa output and gradients against the CPU's (`nala attn --grad-out`, float32,
+#   d = 32 and 64, B = H = 2, N = 256; check.txt: max |cuda - cpu| / max |cpu|, 4-6e-4 with the
+#   TF32 products in session 11's calls);
+# - the command twice per tree, alternating, BUILD standing for the tree's build directory.
+# Logs under $OUT, the GPU's name first in compare.log, the benchmark's output printed last. The
+# exit status is nonzero when a build, the tests, a check or a benchmark failed.
+# bench/gpu_compare.sh is this script for a baseline and the working tree, with the tests.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
+COMMAND=$1
+shift
+TREES=("$@")
 mkdir -p "$OUT"
-VARIANTS=${VARIANTS:-base wt}
-BENCH=${BENCH:-"nala bench attention --device cuda --kind nala --repeats 20"}
-nvidia-smi --query-gpu=name --format=csv,noheader | tee "$OUT/gpu.txt"
-jobs=$((16 / $(echo $VARIANTS | wc -w)))
-for v in $VARIANTS; do
-  if [ "$v" = wt ]; then
-    src=.; target=(); mkdir -p build-gpu; ln -sfn build-gpu build-wt
-  else
-    src=.carry/$v; target=(--target nala_cli)
-  fi
-  (cmake -S $src -B build-$v -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 > "$OUT/configure_$v.log" 2>&1 &&
-    cmake --build build-$v -j$jobs "${target[@]}" > "$OUT/build_$v.log" 2>&1 || echo "BUILD FAILED $v") &
+build_dir() { if [ "$1" = . ]; then echo build-gpu; else echo "build-$(basename "$1")"; fi; }
+
+jobs=$((16 / ${#TREES[@]}))
+rm -f "$OUT"/build_failed_*
+for tree in "${TREES[@]}"; do
+  dir=$(build_dir "$tree")
+  targets=(--target nala_cli)
+  [ "$tree" = . ] && [ -n "${RUN_TESTS:-}" ] && targets=()
+  (cmake -S "$tree" -B "$dir" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 > "$OUT/configure_${dir#build-}.log" 2>&1 &&
+    cmake --build "$dir" -j$jobs "${targets[@]}" > "$OUT/build_${dir#build-}.log" 2>&1 ||
+    touch "$OUT/build_failed_${dir#build-}") &
 done
 wait
+for failed in "$OUT"/build_failed_*; do
+  [ -e "$failed" ] || continue
+  name=${failed##*build_failed_}
+  tail -40 "$OUT/build_$name.log"
+  echo "build of $name failed"
+  exit 1
+done
+
+status=0
+if [ -n "${RUN_TESTS:-}" ]; then
+  bash bench/gpu_run.sh tests
+  status=$?
+  echo "==== tests (rc $status)"
+fi
+
+rm -rf /tmp/attn_check && mkdir -p /tmp/attn_check
 python3 - <<'PY'
 import numpy as np
 rng = np.random.default_rng(0)
 for d in (32, 64):
     for name in ("q", "k", "v", "g"):
-        np.save(f"/tmp/{name}{d}.npy", rng.standard_normal((2, 2, 256, d)).astype(np.float32))
+        np.save(f"/tmp/attn_check/{name}{d}.npy", rng.standard_normal((2, 2, 256, d)).astype(np.float32))
 PY
-for v in $VARIANTS; do
+names=()
+for tree in "${TREES[@]}"; do
+  dir=$(build_dir "$tree")
+  names+=("$dir")
   for d in 32 64; do
     for dev in cpu cuda; do
-      build-$v/nala attn --kind nala --q /tmp/q$d.npy --k /tmp/k$d.npy --v /tmp/v$d.npy --grid 16 16 \
-        --grad-out /tmp/g$d.npy --device $dev --out /tmp/attn_${v}_${d}_$dev > /dev/null 2>&1 ||
-        echo "attn failed: $v d $d $dev"
+      data=/tmp/attn_check
+      $dir/nala attn --kind nala --q $data/q$d.npy --k $data/k$d.npy --v $data/v$d.npy --grid 16 16 \
+        --grad-out $data/g$d.npy --device $dev --out $data/${dir}_${d}_$dev > /dev/null 2>&1 ||
+        echo "nala attn failed: $dir d $d $dev"
     done
   done
 done
-python3 - $VARIANTS <<'PY' | tee "$OUT/check.txt"
+python3 - "${names[@]}" <<'PY' | tee "$OUT/check.txt" || status=1
 import sys
 import numpy as np
-for v in sys.argv[1:]:
+for name in sys.argv[1:]:
     for d in (32, 64):
         errs = []
         for f in ("out", "dq", "dk", "dv"):
-            a = np.load(f"/tmp/attn_{v}_{d}_cpu/{f}.npy")
-            b = np.load(f"/tmp/attn_{v}_{d}_cuda/{f}.npy")
+            a = np.load(f"/tmp/attn_check/{name}_{d}_cpu/{f}.npy")
+            b = np.load(f"/tmp/attn_check/{name}_{d}_cuda/{f}.npy")
             errs.append(f"{f} {np.abs(a - b).max() / np.abs(a).max():.1e}")
-        print(v, "d", d, "max |cuda - cpu| / max |cpu|:", ", ".join(errs))
+        print(name, "d", d, "max |cuda - cpu| / max |cpu|:", ", ".join(errs))
 PY
-for i in 1 2; do
-  for v in $VARIANTS; do
-    echo "==== $v ($i)"
-    timeout 120 build-$v/$BENCH
+
+{
+  nvidia-smi --query-gpu=name --format=csv,noheader
+  for i in 1 2; do
+    for tree in "${TREES[@]}"; do
+      dir=$(build_dir "$tree")
+      echo "==== $dir ($i)"
+      timeout 120 bash -c "${COMMAND//BUILD/$dir}" || echo "==== failed (rc $?)"
+    done
   done
-done > "$OUT/compare.log" 2>&1
+} > "$OUT/compare.log" 2>&1
+grep -q "^==== failed" "$OUT/compare.log" && status=1
 cat "$OUT/compare.log"
+exit $status

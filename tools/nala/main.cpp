@@ -131,7 +131,7 @@ int main(int argc, char** argv) {
   bench->add_option("--head-dim", bench_options.head_dim, "attention: only this head dim");
   bench->add_option("--tokens", bench_options.tokens, "attention: only this N (a square grid)");
   bench->add_option("--kind", bench_options.kind, "attention: only this variant")
-      ->check(CLI::IsMember({"nala", "nala-fp32", "composed", "softmax"}));
+      ->check(CLI::IsMember(attention_bench_kinds()));
 
   CLI11_PARSE(app, argc, argv);
   try {
