@@ -227,6 +227,30 @@ TEST_CASE("softmax, log_softmax and cross_entropy follow their definitions") {
   CHECK(std::isnan(cross_entropy(x, from_data(std::vector<int64_t>{5, 0, 2}, {3})).item()));
 }
 
+// 4000 x 10 logits: enough work for the CPU kernel's threads, whose per-row losses meet in one
+// scratch array summed in row order.
+TEST_CASE(
+    "cross_entropy over many rows matches its definition, and a bad label anywhere gives NaN") {
+  const int64_t rows = 4000, classes = 10;
+  Tensor x = random_tensor({rows, classes}, 31, DType::Float64, Device::CPU, -8, 8);
+  std::vector<int64_t> y(rows);
+  for (int64_t r = 0; r < rows; ++r) y[r] = (r * 7) % classes;
+  std::vector<double> xs = x.to_vector<double>();
+  const double eps = 0.1;
+  double ref = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const double* row = xs.data() + r * classes;
+    double m = row[0], s = 0;
+    for (int64_t c = 1; c < classes; ++c) m = std::max(m, row[c]);
+    for (int64_t c = 0; c < classes; ++c) s += std::exp(row[c] - m);
+    for (int64_t c = 0; c < classes; ++c)
+      ref -= ((c == y[r] ? 1 - eps : 0) + eps / classes) * (row[c] - m - std::log(s)) / rows;
+  }
+  CHECK(cross_entropy(x, from_data(y, {rows}), eps).item() == doctest::Approx(ref).epsilon(1e-12));
+  y[2999] = -1;
+  CHECK(std::isnan(cross_entropy(x, from_data(y, {rows}), eps).item()));
+}
+
 TEST_CASE("activations at known points") {
   Tensor x = from_vector({-1.0, 0.0, 1.0, 2.0}, {4}, TensorOptions{DType::Float64});
   std::vector<double> g = gelu(x).to_vector<double>();
