@@ -208,13 +208,14 @@ __device__ void block_sum_each(const T (&v)[kCount], Store store) {
 }
 
 // A sum over a whole grid in one launch: every block hands in its partial sum (a value in
-// thread 0), partials[block] holds it, and the block that finishes last adds the partials in
-// block order (each thread a strided share, then block_reduce: the same total whichever block
-// is last, so results do not depend on timing) and calls finish(total) in its thread 0. `done`
-// is the kernel's own __device__ count of finished blocks, bumped only after the block's
-// partial is visible to every block (__threadfence); the last block sets it back to 0 for the
-// next launch, which starts only after this one has finished (after_previous_kernel). All
-// threads of every block must call it.
+// thread 0), partials[block] holds it, and the block that finishes last adds the partials
+// (each thread a strided share of them, then block_reduce: a fixed order, the same total
+// whichever block is last, so results do not depend on timing) and calls finish(total) in its
+// thread 0. `done` is the kernel's own __device__ count of finished blocks, bumped only after
+// the block's partial is visible to every block (__threadfence); the last block sets it back
+// to 0 for the next launch, which starts only after this one has finished (after_previous_kernel
+// on the one stream: two launches of a kernel at once, on two streams, would share the count).
+// All threads of every block must call it.
 template <typename T, typename Finish>
 __device__ void sum_in_last_block(T block_partial, T* partials, unsigned int& done, Finish finish) {
   const unsigned blocks = gridDim.x * gridDim.y, block = blockIdx.y * gridDim.x + blockIdx.x;
