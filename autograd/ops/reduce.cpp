@@ -1,6 +1,6 @@
 // Reductions: sum, mean, max, var over chosen dims, and sum_to (the adjoint of broadcasting).
 // The kernel reduces the middle axis of a contiguous (outer, r, inner) array; a set of dims
-// that is not one contiguous block is first permuted to the end.
+// that is not one contiguous block is reduced one block at a time.
 #include <algorithm>
 
 #include "autograd/dispatch.h"
@@ -32,37 +32,37 @@ static Shape reduced_shape(const Shape& shape, const std::vector<int64_t>& dims,
   return out;
 }
 
-// The reduction itself, no autograd: returns the keepdim-shaped result.
+// The reduction itself, no autograd: returns the keepdim-shaped result. The dims go in blocks of
+// adjacent ones, the last block first, each an (outer, r, inner) reduction of the result so far:
+// sum(dy, {0, 2, 3}) of an (N, C, H, W) image reduces each plane to (N, C, 1, 1), then the
+// images. (Permuting the dims to the end would copy all of x first, as many bytes again as the
+// reduction reads.)
 static Tensor reduce_raw(kernels::ReduceOp op, const char* name, const Tensor& x_in,
                          const std::vector<int64_t>& dims) {
   check_floating(name, x_in);
-  Tensor x = x_in.detach();
-  Shape out_shape = reduced_shape(x.shape(), dims, true);
-  int64_t outer = 1, r = 1, inner = 1;
-  bool block = dims.back() - dims.front() + 1 == static_cast<int64_t>(dims.size());
-  if (block) {
-    x = x.contiguous();
-    for (int64_t d = 0; d < x.dim(); ++d) {
-      if (d < dims.front())
-        outer *= x.shape()[d];
-      else if (d <= dims.back())
-        r *= x.shape()[d];
+  Tensor y = x_in.detach().contiguous();
+  for (size_t end = dims.size(); end > 0;) {
+    size_t begin = end - 1;  // dims[begin .. end) is a block of adjacent dims
+    while (begin > 0 && dims[begin - 1] + 1 == dims[begin]) --begin;
+    Shape shape = y.shape();
+    int64_t outer = 1, r = 1, inner = 1;
+    for (int64_t d = 0; d < y.dim(); ++d) {
+      if (d < dims[begin])
+        outer *= shape[d];
+      else if (d <= dims[end - 1])
+        r *= shape[d], shape[d] = 1;
       else
-        inner *= x.shape()[d];
+        inner *= shape[d];
     }
-  } else {
-    std::vector<int64_t> order;
-    for (int64_t d = 0; d < x.dim(); ++d)
-      if (!std::binary_search(dims.begin(), dims.end(), d))
-        order.push_back(d), outer *= x.shape()[d];
-    for (int64_t d : dims) order.push_back(d), r *= x.shape()[d];
-    x = x.permute(order).contiguous();
+    if (r == 0 && op == kernels::ReduceOp::Max)
+      throw std::invalid_argument(std::string(name) +
+                                  ": cannot reduce over an empty dim of shape " +
+                                  shape_str(x_in.shape()));
+    Tensor reduced = empty(shape, TensorOptions{y.dtype(), y.device()});
+    NALA_KERNEL(y, reduce, op, outer, r, inner, y.data<T>(), reduced.data<T>());
+    y = reduced;
+    end = begin;
   }
-  if (r == 0 && op == kernels::ReduceOp::Max)
-    throw std::invalid_argument(std::string(name) + ": cannot reduce over an empty dim of shape " +
-                                shape_str(x_in.shape()));
-  Tensor y = empty(out_shape, TensorOptions{x.dtype(), x.device()});
-  NALA_KERNEL(x, reduce, op, outer, r, inner, x.data<T>(), y.data<T>());
   return y;
 }
 

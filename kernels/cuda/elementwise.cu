@@ -3,6 +3,7 @@
 // one functor per op.
 #include <cstdint>
 #include <stdexcept>
+#include <type_traits>
 
 #include "kernels/cuda/common.h"
 #include "kernels/kernels.h"
@@ -93,6 +94,94 @@ struct CopyStrided {
     y[offsets[1]] = static_cast<Dst>(x[offsets[0]]);
   }
 };
+
+// A copy that transposes: y's last dimension (b) is contiguous in y but not in x, and another
+// dimension (a) is contiguous in x, as in images going between (N, C, H, W) and (N, H, W, C).
+// One element a thread (CopyStrided) would make each warp's loads touch 32 sectors of x, each
+// for 4 of its bytes; instead a block moves 32 x 32 tiles of (a, b) through shared memory,
+// reading rows along a and writing rows along b, for each coordinate of the other dimensions
+// (`outer`, operands x then y).
+constexpr int kTransposeTile = 32, kTransposeRows = 8;  // a block: 32 x 8 threads
+
+struct TransposedCopy {
+  StridedSpace outer;
+  int64_t size_a, size_b, x_stride_b, y_stride_a;
+  int64_t tiles_b, tiles;  // tiles along b; tiles per coordinate of outer
+  int64_t count;           // tiles in all
+};
+
+template <typename Src, typename Dst>
+__global__ void transposed_copy_kernel(TransposedCopy t, const Src* x, Dst* y) {
+  after_previous_kernel();
+  __shared__ Dst tile[kTransposeTile][kTransposeTile + 1];  // [b - b0][a - a0]; +1: no conflicts
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  for (int64_t block = blockIdx.x; block < t.count; block += gridDim.x) {
+    const int64_t o = block / t.tiles, in_plane = block - o * t.tiles;
+    const int64_t a0 = in_plane / t.tiles_b * kTransposeTile;
+    const int64_t b0 = (in_plane - in_plane / t.tiles_b * t.tiles_b) * kTransposeTile;
+    int64_t offsets[kOperands];
+    offsets_at(t.outer, o, offsets);
+    for (int r = ty; r < kTransposeTile; r += kTransposeRows)
+      if (a0 + tx < t.size_a && b0 + r < t.size_b)
+        tile[r][tx] = static_cast<Dst>(x[offsets[0] + a0 + tx + (b0 + r) * t.x_stride_b]);
+    __syncthreads();
+    for (int r = ty; r < kTransposeTile; r += kTransposeRows)
+      if (a0 + r < t.size_a && b0 + tx < t.size_b)
+        y[offsets[1] + (a0 + r) * t.y_stride_a + b0 + tx] = tile[tx][r];
+    __syncthreads();  // the tile is read before the next one overwrites it
+  }
+}
+
+// The transposing copy of a coalesced space, when it is one: y's last dimension has unit stride
+// in y only, some other dimension has unit stride in x, and both are at least half a tile long
+// (shorter ones would leave most of a tile's threads idle).
+bool transposed_copy(const StridedSpace& space, TransposedCopy& t) {
+  const int b = space.ndim - 1;
+  if (b < 1 || space.strides[1][b] != 1 || space.strides[0][b] == 1) return false;
+  int a = -1;
+  for (int d = 0; d < b; ++d)
+    if (space.strides[0][d] == 1) a = d;
+  if (a < 0 || space.sizes[a] < kTransposeTile / 2 || space.sizes[b] < kTransposeTile / 2)
+    return false;
+  t.size_a = space.sizes[a];
+  t.size_b = space.sizes[b];
+  t.x_stride_b = space.strides[0][b];
+  t.y_stride_a = space.strides[1][a];
+  for (int d = 0; d < b; ++d) {
+    if (d == a) continue;
+    t.outer.sizes[t.outer.ndim] = space.sizes[d];
+    for (int op = 0; op < kOperands; ++op) t.outer.strides[op][t.outer.ndim] = space.strides[op][d];
+    ++t.outer.ndim;
+  }
+  const int64_t outer_count = num_elements(t.outer.ndim, t.outer.sizes);
+  t.outer.fits_32_bits = outer_count <= int64_t(UINT32_MAX);
+  t.tiles_b = (t.size_b + kTransposeTile - 1) / kTransposeTile;
+  t.tiles = (t.size_a + kTransposeTile - 1) / kTransposeTile * t.tiles_b;
+  t.count = t.tiles * outer_count;
+  return true;
+}
+
+// A copy within one type whose rows (the last dimension, unit stride in both operands) come in
+// whole 16-byte pieces on 16-byte boundaries (every other stride a multiple of a piece too) moves
+// pieces: one 16-byte load and store, and one index's arithmetic, per 4 floats. The space is
+// rewritten in pieces; false leaves it as it was.
+struct alignas(16) Piece {
+  uint32_t words[4];
+};
+
+bool in_pieces(StridedSpace& space, int64_t element_bytes, const void* x, const void* y) {
+  const int64_t per_piece = sizeof(Piece) / element_bytes, last = space.ndim - 1;
+  if (last < 0 || !aligned16({x, y}) || space.sizes[last] % per_piece != 0) return false;
+  for (int op = 0; op < kOperands; ++op) {
+    if (space.strides[op][last] != 1) return false;
+    for (int d = 0; d < last; ++d)
+      if (space.strides[op][d] % per_piece != 0) return false;
+  }
+  space.sizes[last] /= per_piece;
+  for (int op = 0; op < kOperands; ++op)
+    for (int d = 0; d < last; ++d) space.strides[op][d] /= per_piece;
+  return true;
+}
 
 template <typename T>
 struct Fill {
@@ -249,7 +338,17 @@ void copy_strided(const Layout& src, const Src* x, const Layout& dst, Dst* y) {
     space.strides[1][d] = dst.strides[d];
   }
   const int64_t n = num_elements(src.ndim, src.sizes);
-  for_each_index(n, CopyStrided<Src, Dst>{coalesce(space), x, y});
+  StridedSpace coalesced = coalesce(space);
+  TransposedCopy t;
+  if (n > 0 && transposed_copy(coalesced, t))
+    return launch_kernel(transposed_copy_kernel<Src, Dst>, num_blocks(t.count, 1),
+                         dim3(kTransposeTile, kTransposeRows), 0, t, x, y);
+  if constexpr (std::is_same_v<Src, Dst>)
+    if (in_pieces(coalesced, sizeof(Src), x, y))
+      return for_each_index(n * sizeof(Src) / sizeof(Piece),
+                            CopyStrided<Piece, Piece>{coalesced, reinterpret_cast<const Piece*>(x),
+                                                      reinterpret_cast<Piece*>(y)});
+  for_each_index(n, CopyStrided<Src, Dst>{coalesced, x, y});
 }
 
 template <typename T>

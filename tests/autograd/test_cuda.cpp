@@ -136,6 +136,9 @@ TEST_CASE("CUDA reductions split over many blocks agree with the CPU") {
       // an H100, 528 blocks at once: the correlation's 1200 groups of 32 planes go 2-3 to a
       // block, the weight gradient's 8 groups of 16 images a channel all to one block).
       depthwise_case("a block's groups past its ring of buffers", {128, 300, 6, 6}, 3, 1, 1, 46),
+      // Both: 256 planes of 135 rows in bands (the correlations' 5 of 32 rows), 2-3 groups a
+      // block on an H100, so a buffer holds an inner band's rows and then an edge band's.
+      depthwise_case("bands of rows past the ring of buffers", {64, 4, 135, 64}, 5, 1, 2, 49),
   };
   for (const GradcheckCase& c : cases) {
     CAPTURE(c.name);
@@ -146,6 +149,33 @@ TEST_CASE("CUDA reductions split over many blocks agree with the CPU") {
     for (size_t i = 0; i < cpu.size(); ++i) {
       CAPTURE(i);
       CHECK(test::max_rel_diff(gpu[i], cpu[i]) < 1e-11);
+    }
+  }
+}
+
+TEST_CASE("CUDA copies that transpose, or move rows in 16-byte pieces, match the CPU's") {
+  if (!test::cuda_available()) return;
+  // Tiles through shared memory: images between (N, C, H, W) and (N, H, W, C), a matrix
+  // transposed, dimensions that are not multiples of the 32 x 32 tiles. Element by element: a
+  // dimension too short for tiles (the fourth case's 2), rows of 6 (not whole 16-byte pieces of
+  // float32). Pieces: rows of 8 (heads split off a row of tokens), and of 6 in float64 and int64.
+  // An int64 copy and copies converting to float64 (never in pieces).
+  struct Case {
+    Shape shape;
+    std::vector<int64_t> order;
+  };
+  for (const Case& c : {Case{{3, 37, 5, 7}, {0, 2, 3, 1}}, Case{{3, 5, 7, 37}, {0, 3, 1, 2}},
+                        Case{{70, 33}, {1, 0}}, Case{{2, 40, 3, 50}, {3, 1, 2, 0}},
+                        Case{{2, 7, 3, 8}, {0, 2, 1, 3}}, Case{{2, 7, 3, 6}, {0, 2, 1, 3}}}) {
+    CAPTURE(shape_str(c.shape));
+    for (DType dtype : {DType::Float32, DType::Float64}) {
+      Tensor x = test::random_tensor(c.shape, 61, dtype, Device::CUDA, -1000, 1000);
+      const std::vector<double> expected =
+          x.cpu().permute(c.order).contiguous().to_vector<double>();
+      CHECK(x.permute(c.order).contiguous().to_vector<double>() == expected);
+      CHECK(x.permute(c.order).to(DType::Float64).to_vector<double>() == expected);
+      CHECK(x.to(DType::Int64).permute(c.order).contiguous().to_vector<double>() ==
+            x.cpu().to(DType::Int64).permute(c.order).contiguous().to_vector<double>());
     }
   }
 }
