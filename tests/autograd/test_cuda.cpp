@@ -180,6 +180,49 @@ TEST_CASE("CUDA copies that transpose, or move rows in 16-byte pieces, match the
   }
 }
 
+TEST_CASE("CUDA element-wise ops in 16-byte pieces, and an element at a time, match the CPU's") {
+  if (!test::cuda_available()) return;
+  for (DType dtype : {DType::Float32, DType::Float64}) {
+    CAPTURE(dtype_name(dtype));
+    const auto on_gpu = [&](const Shape& shape, uint64_t seed) {
+      return test::random_tensor(shape, seed, dtype, Device::CUDA, 0.5, 2);
+    };
+    // A contiguous view one element into its storage: off the 16-byte boundary, so one element
+    // at a time although its 192 elements are whole pieces.
+    Tensor shifted = on_gpu({193}, 70).slice(0, 1, 193).view({12, 16});
+    struct Pair {
+      const char* what;
+      Tensor a, b;
+    };
+    const Pair pairs[] = {
+        {"same shapes", on_gpu({6, 16}, 71), on_gpu({6, 16}, 72)},
+        {"b along all but the last dim (stride 0 there)", on_gpu({2, 3, 16}, 73),
+         on_gpu({3, 1}, 74)},
+        {"b along the last dim only", on_gpu({5, 16}, 75), on_gpu({16}, 76)},
+        {"rows of 7: an element at a time", on_gpu({5, 7}, 77), on_gpu({7}, 78)},
+        {"a off the 16-byte boundary", shifted, on_gpu({12, 16}, 79)},
+    };
+    for (const Pair& p : pairs) {
+      CAPTURE(p.what);
+      const Tensor a = p.a.cpu(), b = p.b.cpu();
+      CHECK(add(p.a, p.b).to_vector<double>() == add(a, b).to_vector<double>());
+      CHECK(sub(p.a, p.b).to_vector<double>() == sub(a, b).to_vector<double>());
+      CHECK(mul(p.a, p.b).to_vector<double>() == mul(a, b).to_vector<double>());
+      CHECK(div(p.a, p.b).to_vector<double>() == div(a, b).to_vector<double>());
+      CHECK(mul(p.a, 2.5).to_vector<double>() == mul(a, 2.5).to_vector<double>());
+      // The device's erf and exp against the host's: a few units in the last place apart.
+      CHECK(test::max_rel_diff(gelu(p.a), gelu(a)) < (dtype == DType::Float32 ? 1e-6 : 1e-14));
+      Tensor x = p.a.detach().requires_grad_(), x_cpu = a.detach().requires_grad_();
+      sum(mul(exp(x), p.b)).backward();
+      sum(mul(exp(x_cpu), b)).backward();
+      CHECK(test::max_rel_diff(x.grad(), x_cpu.grad()) < (dtype == DType::Float32 ? 1e-6 : 1e-14));
+    }
+    for (int64_t n : {16, 13})
+      CHECK(full({n}, 3.0, TensorOptions{dtype, Device::CUDA}).to_vector<double>() ==
+            std::vector<double>(n, 3.0));
+  }
+}
+
 TEST_CASE("CUDA cross-entropy: the mean of each call, over many blocks, and NaN for a bad label") {
   // The forward's last block sums the blocks' partials and resets the count of finished blocks.
   // Calls alternate between two inputs: a call that found the count left over would not write
