@@ -28,6 +28,14 @@ jobs=$((16 / ${#TREES[@]}))
 rm -f "$OUT"/build_failed_*
 for tree in "${TREES[@]}"; do
   dir=$(build_dir "$tree")
+  # git archive dates a tree's files at its commit, which can be older than the objects a warm
+  # machine kept from another tree in the same directory: make would call them up to date. So a
+  # tree whose files changed since its directory was built is built afresh.
+  if [ "$tree" != . ]; then
+    stamp=$(cd "$tree" && find . -type f -print0 | sort -z | xargs -0 md5sum | md5sum)
+    [ "$(cat "$dir/.tree_stamp" 2>/dev/null)" = "$stamp" ] || rm -rf "$dir"
+    mkdir -p "$dir" && echo "$stamp" > "$dir/.tree_stamp"
+  fi
   targets=(--target nala_cli)
   [ "$tree" = . ] && [ -n "${RUN_TESTS:-}" ] && targets=()
   (cmake -S "$tree" -B "$dir" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 > "$OUT/configure_${dir#build-}.log" 2>&1 &&
