@@ -183,37 +183,7 @@ bool in_pieces(StridedSpace& space, int64_t element_bytes, const void* x, const 
   return true;
 }
 
-// ---- elements in 16-byte pieces ----
-// The element-wise kernels take kWidth consecutive elements a thread: one, or a 16-byte piece of
-// each contiguous operand (16 / sizeof(T) elements) when the pointers are 16-byte aligned and the
-// pieces tile the elements exactly. For float32 that is a quarter of the load and store
-// instructions and index arithmetic, which bound these kernels one element at a time (the copy
-// went from 2.2-2.3 to 3.6-3.7 TB/s on the H200, docs/benchmarks.md).
-template <typename T, int kWidth>
-struct alignas(sizeof(T) * kWidth) Elements {
-  T v[kWidth];
-};
-
-template <int kWidth, typename T>
-__device__ Elements<T, kWidth> load_elements(const T* p) {
-  return *reinterpret_cast<const Elements<T, kWidth>*>(p);
-}
-
-template <int kWidth, typename T>
-__device__ void store_elements(T* p, const Elements<T, kWidth>& e) {
-  *reinterpret_cast<Elements<T, kWidth>*>(p) = e;
-}
-
-template <typename T>
-constexpr int kPiece = 16 / sizeof(T);
-
-// f(std::integral_constant<int, kWidth>{}): pieces when `pieces` is true, else one element.
-template <typename T, typename F>
-void with_width(bool pieces, F f) {
-  if (pieces) return f(std::integral_constant<int, kPiece<T>>{});
-  f(std::integral_constant<int, 1>{});
-}
-
+// ---- elements in 16-byte pieces (Elements, common.h) ----
 // Contiguous arrays of n elements go in pieces when n is whole pieces and each is aligned.
 template <typename T>
 bool contiguous_pieces(int64_t n, std::initializer_list<const void*> pointers) {

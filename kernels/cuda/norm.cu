@@ -31,31 +31,48 @@ __device__ T shift_at(const T* beta, int64_t c) {
 // Per row: mean = sum(x) / cols, var = sum((x - mean)^2) / cols (two passes, no cancellation),
 // rstd = 1 / sqrt(var + eps), y = (x - mean) rstd gamma + beta.
 // Rows of at most kHeldColumnsPerLane * lanes columns are read once: a team of lanes per row,
-// lane r holding columns r, r + lanes, ... in registers (kHeld = kHeldColumnsPerLane); longer
-// rows (kHeld = 0) read x again for each pass.
+// each lane holding its columns in registers (kHeld = kHeldColumnsPerLane) in groups of kWidth
+// (group_column); longer rows (kHeld = 0) read x again for each pass.
 constexpr int kHeldColumnsPerLane = 8;
+
+// The first column of a lane's j-th group of kWidth columns: groups of kWidth lanes apart, so
+// that a team reads a row's consecutive columns. kWidth is 1 (columns r, r + lanes, ... of lane
+// r), or a 16-byte piece when the rows are whole pieces (one load a group; Elements).
+template <int kWidth>
+__device__ int group_column(int rank, int lanes, int j) {
+  return kWidth * (rank + j * lanes);
+}
+
+// Rows of `cols` elements in arrays at `pointers` are whole 16-byte pieces on their boundaries.
+template <typename T>
+bool rows_in_pieces(int64_t cols, std::initializer_list<const void*> pointers) {
+  return cols % kPiece<T> == 0 && aligned16(pointers);
+}
 
 // (At most 64 registers a thread, so that 1024 threads share an SM: short rows, measured at
 // (65536, 32), are latency-bound, and more rows in flight hide it; the bound applies to the
 // long-row instantiations too, which were not measured.)
-template <int kHeld, typename T, typename Team>
+template <int kHeld, int kWidth, typename T, typename Team>
 __global__ void __launch_bounds__(Team::kBlockThreads, 1024 / Team::kBlockThreads)
     layer_norm_forward_kernel(Team team, int64_t rows, int64_t cols, const T* x, const T* gamma,
                               const T* beta, T eps, T* y, T* mean, T* rstd) {
   after_previous_kernel();
+  static_assert(kHeld % kWidth == 0 && (kHeld > 0 || kWidth == 1));
+  constexpr int kGroups = kHeld / kWidth;
   const int rank = team.rank(), lanes = team.size();
   for (TeamRows r(team, rows); r.more(); r.advance()) {
     const int64_t row = r.row;
     const T* x_row = x + row * cols;
     T* y_row = y + row * cols;
-    T held[kHeld > 0 ? kHeld : 1];
+    Elements<T, kWidth> held[kGroups > 0 ? kGroups : 1];
     T sum = T(0);
     if constexpr (kHeld > 0) {
 #pragma unroll
-      for (int k = 0; k < kHeld; ++k) {
-        const int c = rank + k * lanes;
-        held[k] = c < cols ? x_row[c] : T(0);
-        sum += held[k];
+      for (int j = 0; j < kGroups; ++j) {
+        const int c = group_column<kWidth>(rank, lanes, j);
+        held[j] = c < cols ? load_elements<kWidth>(x_row + c) : Elements<T, kWidth>{};
+#pragma unroll
+        for (int w = 0; w < kWidth; ++w) sum += held[j].v[w];
       }
     } else {
       for (int64_t c = rank; c < cols; c += lanes) sum += x_row[c];
@@ -64,10 +81,13 @@ __global__ void __launch_bounds__(Team::kBlockThreads, 1024 / Team::kBlockThread
     T squares = T(0);
     if constexpr (kHeld > 0) {
 #pragma unroll
-      for (int k = 0; k < kHeld; ++k) {
-        const T centered = rank + k * lanes < cols ? held[k] - row_mean : T(0);
-        squares += centered * centered;
-      }
+      for (int j = 0; j < kGroups; ++j)
+        if (group_column<kWidth>(rank, lanes, j) < cols)
+#pragma unroll
+          for (int w = 0; w < kWidth; ++w) {
+            const T centered = held[j].v[w] - row_mean;
+            squares += centered * centered;
+          }
     } else {
       for (int64_t c = rank; c < cols; c += lanes) {
         const T centered = x_row[c] - row_mean;
@@ -79,10 +99,15 @@ __global__ void __launch_bounds__(Team::kBlockThreads, 1024 / Team::kBlockThread
     if (!r.active) continue;
     if constexpr (kHeld > 0) {
 #pragma unroll
-      for (int k = 0; k < kHeld; ++k) {
-        const int c = rank + k * lanes;
-        if (c < cols)
-          y_row[c] = (held[k] - row_mean) * row_rstd * scale_at(gamma, c) + shift_at(beta, c);
+      for (int j = 0; j < kGroups; ++j) {
+        const int c = group_column<kWidth>(rank, lanes, j);
+        if (c >= cols) continue;
+        Elements<T, kWidth> out;
+#pragma unroll
+        for (int w = 0; w < kWidth; ++w)
+          out.v[w] =
+              (held[j].v[w] - row_mean) * row_rstd * scale_at(gamma, c + w) + shift_at(beta, c + w);
+        store_elements<kWidth>(y_row + c, out);
       }
     } else {
       for (int64_t c = rank; c < cols; c += lanes)
@@ -127,63 +152,75 @@ __global__ void layer_norm_backward_dx_kernel(Team team, int64_t rows, int64_t c
 }
 
 // The same dx with dgamma = sum_rows dy xhat and dbeta = sum_rows dy fused in, for rows of at
-// most kHeldColumnsPerLane * lanes columns (a LanesPerRow team per row, its lane r holding
-// columns r, r + lanes, ...). Each lane keeps its columns' running sums in registers over the
-// rows its team visits; the block adds its teams' sums in team order and writes one partial row
-// per block, partials[(0 * blocks + block) * cols + c] (dgamma) and
-// partials[(1 * blocks + block) * cols + c] (dbeta), which a second pass sums over the blocks (in
-// a fixed order: deterministic). Without it, dgamma and dbeta were two more column reductions
-// reading x and dy again, in 4 launches: two thirds of the backward's GPU time at (65536, 32).
+// most kHeldColumnsPerLane * lanes columns (a LanesPerRow team per row, its lanes holding
+// groups of kWidth columns as the forward's do). Each lane keeps its columns' running sums in
+// registers over the rows its team visits; the block adds its teams' sums in team order and writes
+// one partial row per block, partials[(0 * blocks + block) * cols + c] (dgamma) and partials[(1 *
+// blocks + block) * cols + c] (dbeta), which a second pass sums over the blocks (in a fixed order:
+// deterministic). Without it, dgamma and dbeta were two more column reductions reading x and dy
+// again, in 4 launches: two thirds of the backward's GPU time at (65536, 32).
 constexpr int kFusedThreads = LanesPerRow::kBlockThreads;
 constexpr int64_t kFusedMaxBlocks = 1024;
 
-template <typename T>
+template <typename T, int kWidth>
 __global__ void __launch_bounds__(kFusedThreads, 1024 / kFusedThreads)
     layer_norm_backward_fused_kernel(LanesPerRow team, int64_t rows, int cols, const T* x,
                                      const T* dy, const T* gamma, const T* mean, const T* rstd,
                                      T* dx, T* partials) {
   after_previous_kernel();
+  constexpr int kGroups = kHeldColumnsPerLane / kWidth;
   // [which][team in block][column]: kFusedThreads / lanes teams of at most
   // kHeldColumnsPerLane * lanes columns.
   __shared__ T team_sums[2][kFusedThreads * kHeldColumnsPerLane];
   const int rank = team.rank(), lanes = team.size();
-  T dgamma[kHeldColumnsPerLane] = {}, dbeta[kHeldColumnsPerLane] = {};
+  Elements<T, kWidth> dgamma[kGroups] = {}, dbeta[kGroups] = {};
   for (TeamRows r(team, rows); r.more(); r.advance()) {
     const int64_t row = r.row;
     const T row_mean = mean[row], row_rstd = rstd[row];
-    T xhat[kHeldColumnsPerLane], g[kHeldColumnsPerLane];
+    Elements<T, kWidth> xhat[kGroups], g[kGroups];
     T sum_g = T(0), sum_g_xhat = T(0);
 #pragma unroll
-    for (int k = 0; k < kHeldColumnsPerLane; ++k) {
-      const int c = rank + k * lanes;
+    for (int j = 0; j < kGroups; ++j) {
+      const int c = group_column<kWidth>(rank, lanes, j);
       if (c >= cols) break;
-      const T grad = dy[row * cols + c];
-      xhat[k] = (x[row * cols + c] - row_mean) * row_rstd;
-      g[k] = grad * scale_at(gamma, c);
-      sum_g += g[k];
-      sum_g_xhat += g[k] * xhat[k];
-      if (r.active) {  // a team past the last row must not count it twice
-        dgamma[k] += grad * xhat[k];
-        dbeta[k] += grad;
+      const Elements<T, kWidth> grad = load_elements<kWidth>(dy + row * cols + c),
+                                in = load_elements<kWidth>(x + row * cols + c);
+#pragma unroll
+      for (int w = 0; w < kWidth; ++w) {
+        xhat[j].v[w] = (in.v[w] - row_mean) * row_rstd;
+        g[j].v[w] = grad.v[w] * scale_at(gamma, c + w);
+        sum_g += g[j].v[w];
+        sum_g_xhat += g[j].v[w] * xhat[j].v[w];
+        if (r.active) {  // a team past the last row must not count it twice
+          dgamma[j].v[w] += grad.v[w] * xhat[j].v[w];
+          dbeta[j].v[w] += grad.v[w];
+        }
       }
     }
     const T mean_g = team_reduce<SumOp<T>>(team, sum_g) / T(cols);
     const T mean_g_xhat = team_reduce<SumOp<T>>(team, sum_g_xhat) / T(cols);
     if (!r.active) continue;
 #pragma unroll
-    for (int k = 0; k < kHeldColumnsPerLane; ++k) {
-      const int c = rank + k * lanes;
+    for (int j = 0; j < kGroups; ++j) {
+      const int c = group_column<kWidth>(rank, lanes, j);
       if (c >= cols) break;
-      dx[row * cols + c] = row_rstd * (g[k] - mean_g - xhat[k] * mean_g_xhat);
+      Elements<T, kWidth> out;
+#pragma unroll
+      for (int w = 0; w < kWidth; ++w)
+        out.v[w] = row_rstd * (g[j].v[w] - mean_g - xhat[j].v[w] * mean_g_xhat);
+      store_elements<kWidth>(dx + row * cols + c, out);
     }
   }
   const int team_index = threadIdx.x / lanes, teams = blockDim.x / lanes;
 #pragma unroll
-  for (int k = 0; k < kHeldColumnsPerLane; ++k) {
-    const int c = rank + k * lanes;
+  for (int j = 0; j < kGroups; ++j) {
+    const int c = group_column<kWidth>(rank, lanes, j);
     if (c >= cols) break;
-    team_sums[0][team_index * cols + c] = dgamma[k];
-    team_sums[1][team_index * cols + c] = dbeta[k];
+#pragma unroll
+    for (int w = 0; w < kWidth; ++w) {
+      team_sums[0][team_index * cols + c + w] = dgamma[j].v[w];
+      team_sums[1][team_index * cols + c + w] = dbeta[j].v[w];
+    }
   }
   __syncthreads();
   for (int i = threadIdx.x; i < 2 * cols; i += blockDim.x) {
@@ -431,13 +468,15 @@ void layer_norm_forward(int64_t rows, int64_t cols, const T* x, const T* gamma, 
   launch_per_row(rows, cols, [&](auto team, unsigned blocks, int threads) {
     if constexpr (std::is_same_v<decltype(team), LanesPerRow>) {
       if (cols <= kHeldColumnsPerLane * team.lanes) {
-        launch_kernel(layer_norm_forward_kernel<kHeldColumnsPerLane, T, LanesPerRow>, blocks,
-                      threads, 0, team, rows, cols, x, gamma, beta, eps, y, mean, rstd);
+        with_width<T>(rows_in_pieces<T>(cols, {x, y}), [&](auto w) {
+          launch_kernel(layer_norm_forward_kernel<kHeldColumnsPerLane, w, T, LanesPerRow>, blocks,
+                        threads, 0, team, rows, cols, x, gamma, beta, eps, y, mean, rstd);
+        });
         return;
       }
     }
-    launch_kernel(layer_norm_forward_kernel<0, T, decltype(team)>, blocks, threads, 0, team, rows,
-                  cols, x, gamma, beta, eps, y, mean, rstd);
+    launch_kernel(layer_norm_forward_kernel<0, 1, T, decltype(team)>, blocks, threads, 0, team,
+                  rows, cols, x, gamma, beta, eps, y, mean, rstd);
   });
 }
 
@@ -454,9 +493,11 @@ void layer_norm_backward(int64_t rows, int64_t cols, const T* x, const T* dy, co
   if ((dgamma != nullptr || dbeta != nullptr) && cols <= kHeldColumnsPerLane * lanes &&
       fused_blocks > 0) {
     T* partials = reinterpret_cast<T*>(split_scratch_address());
-    launch_kernel(layer_norm_backward_fused_kernel<T>, static_cast<unsigned>(fused_blocks),
-                  kFusedThreads, 0, LanesPerRow(lanes), rows, static_cast<int>(cols), x, dy, gamma,
-                  mean, rstd, dx, partials);
+    with_width<T>(rows_in_pieces<T>(cols, {x, dy, dx}), [&](auto w) {
+      launch_kernel(layer_norm_backward_fused_kernel<T, w>, static_cast<unsigned>(fused_blocks),
+                    kFusedThreads, 0, LanesPerRow(lanes), rows, static_cast<int>(cols), x, dy,
+                    gamma, mean, rstd, dx, partials);
+    });
     // dgamma and dbeta: the partial rows (2, fused_blocks, cols) summed over the middle axis.
     reduce_middle_axis_pass<SumOp<T>>(2, fused_blocks, cols, fused_blocks, 1,
                                       MiddleAxisElement<T>{partials, fused_blocks, cols},

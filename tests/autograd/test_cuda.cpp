@@ -223,6 +223,43 @@ TEST_CASE("CUDA element-wise ops in 16-byte pieces, and an element at a time, ma
   }
 }
 
+TEST_CASE("CUDA layer norm with rows in 16-byte pieces, and an element at a time, in float32") {
+  if (!test::cuda_available()) return;
+  test::FullFloat32Guard full_float32;
+  // Rows of 20, 32 and 12 columns are whole pieces of float32 (a lane loads 4 columns at once;
+  // 20 leaves lanes of the team without columns); 7 goes an element at a time, and so does an
+  // input off the 16-byte boundary. Forward, dx, dgamma and dbeta against the CPU.
+  struct Case {
+    int64_t rows, cols;
+    bool shifted;
+  };
+  for (const Case& c : {Case{40001, 20, false}, Case{1000, 32, false}, Case{999, 12, false},
+                        Case{77, 7, false}, Case{1000, 32, true}}) {
+    CAPTURE(c.rows);
+    CAPTURE(c.cols);
+    CAPTURE(c.shifted);
+    const int64_t n = c.rows * c.cols;
+    Tensor storage = test::random_tensor({n + 1}, 90, DType::Float32);
+    Tensor gamma = test::random_tensor({c.cols}, 91), beta = test::random_tensor({c.cols}, 92);
+    Tensor g = test::random_tensor({c.rows, c.cols}, 93);
+    std::vector<Tensor> results[2];
+    for (Device device : {Device::CPU, Device::CUDA}) {
+      Tensor x = storage.to(device).slice(0, c.shifted ? 1 : 0, n + (c.shifted ? 1 : 0));
+      x = x.view({c.rows, c.cols}).detach().requires_grad_();
+      Tensor w = gamma.to(device).detach().requires_grad_(),
+             b = beta.to(device).detach().requires_grad_();
+      Tensor y = layer_norm(x, w, b, 1e-5);
+      sum(mul(y, g.to(device))).backward();
+      results[device == Device::CUDA] = {y.cpu(), x.grad().cpu(), w.grad().cpu(), b.grad().cpu()};
+    }
+    for (size_t i = 0; i < results[0].size(); ++i) {
+      CAPTURE(i);
+      // float32 sums over at most 40001 rows (dgamma, dbeta), in different orders on each side.
+      CHECK(test::max_rel_diff(results[1][i], results[0][i]) < 1e-4);
+    }
+  }
+}
+
 TEST_CASE("CUDA cross-entropy: the mean of each call, over many blocks, and NaN for a bad label") {
   // The forward's last block sums the blocks' partials and resets the count of finished blocks.
   // Calls alternate between two inputs: a call that found the count left over would not write
