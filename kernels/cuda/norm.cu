@@ -152,13 +152,15 @@ __global__ void layer_norm_backward_dx_kernel(Team team, int64_t rows, int64_t c
 }
 
 // The same dx with dgamma = sum_rows dy xhat and dbeta = sum_rows dy fused in, for rows of at
-// most kHeldColumnsPerLane * lanes columns (a LanesPerRow team per row, its lanes holding
-// groups of kWidth columns as the forward's do). Each lane keeps its columns' running sums in
-// registers over the rows its team visits; the block adds its teams' sums in team order and writes
-// one partial row per block, partials[(0 * blocks + block) * cols + c] (dgamma) and partials[(1 *
-// blocks + block) * cols + c] (dbeta), which a second pass sums over the blocks (in a fixed order:
-// deterministic). Without it, dgamma and dbeta were two more column reductions reading x and dy
-// again, in 4 launches: two thirds of the backward's GPU time at (65536, 32).
+// most kHeldColumnsPerLane * lanes columns (a LanesPerRow team per row, its lanes holding groups
+// of kWidth columns as the forward's do). Each lane keeps its columns' running sums in registers
+// over the rows its team visits; the block adds its teams' sums in team order and writes one
+// partial row per block,
+//   partials[(0 * blocks + block) * cols + c] (dgamma), partials[(1 * blocks + block) * cols + c]
+//   (dbeta),
+// which a second pass sums over the blocks (in a fixed order: deterministic). Without it, dgamma
+// and dbeta were two more column reductions reading x and dy again, in 4 launches: two thirds of
+// the backward's GPU time at (65536, 32).
 constexpr int kFusedThreads = LanesPerRow::kBlockThreads;
 constexpr int64_t kFusedMaxBlocks = 1024;
 
