@@ -165,9 +165,7 @@ bool transposed_copy(const StridedSpace& space, TransposedCopy& t) {
 // whole 16-byte pieces on 16-byte boundaries (every other stride a multiple of a piece too) moves
 // pieces: one 16-byte load and store, and one index's arithmetic, per 4 floats. The space is
 // rewritten in pieces; false leaves it as it was.
-struct alignas(16) Piece {
-  uint32_t words[4];
-};
+using Piece = Elements<uint32_t, 4>;  // 16 bytes of any type
 
 bool in_pieces(StridedSpace& space, int64_t element_bytes, const void* x, const void* y) {
   const int64_t per_piece = sizeof(Piece) / element_bytes, last = space.ndim - 1;
