@@ -40,6 +40,12 @@ static Shape reduced_shape(const Shape& shape, const std::vector<int64_t>& dims,
 static Tensor reduce_raw(kernels::ReduceOp op, const char* name, const Tensor& x_in,
                          const std::vector<int64_t>& dims) {
   check_floating(name, x_in);
+  if (op == kernels::ReduceOp::Max)
+    for (int64_t d : dims)
+      if (x_in.shape()[d] == 0)
+        throw std::invalid_argument(std::string(name) +
+                                    ": cannot reduce over an empty dim of shape " +
+                                    shape_str(x_in.shape()));
   Tensor y = x_in.detach().contiguous();
   for (size_t end = dims.size(); end > 0;) {
     size_t begin = end - 1;  // dims[begin .. end) is a block of adjacent dims
@@ -54,10 +60,6 @@ static Tensor reduce_raw(kernels::ReduceOp op, const char* name, const Tensor& x
       else
         inner *= shape[d];
     }
-    if (r == 0 && op == kernels::ReduceOp::Max)
-      throw std::invalid_argument(std::string(name) +
-                                  ": cannot reduce over an empty dim of shape " +
-                                  shape_str(x_in.shape()));
     Tensor reduced = empty(shape, TensorOptions{y.dtype(), y.device()});
     NALA_KERNEL(y, reduce, op, outer, r, inner, y.data<T>(), reduced.data<T>());
     y = reduced;

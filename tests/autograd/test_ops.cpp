@@ -178,6 +178,48 @@ TEST_CASE("depthwise conv2d at stride 1 (padded planes on the CPU): values and g
   }
 }
 
+TEST_CASE("sum and max over dims that are not adjacent match direct loops") {
+  // The reductions go one block of adjacent dims at a time (the last block first): {0, 2, 3}
+  // is the bias gradient's sum over images and planes, {0, 2} and {1, 3} leave a kept dim between
+  // two reduced ones.
+  const int64_t n = 3, c = 4, h = 5, w = 6;
+  Tensor x = random_tensor({n, c, h, w}, 40, DType::Float64);
+  const std::vector<double> xv = x.to_vector<double>();
+  const auto at = [&](int64_t i, int64_t j, int64_t k, int64_t l) {
+    return xv[((i * c + j) * h + k) * w + l];
+  };
+  std::vector<double> sum_023(c, 0.0), sum_13(n * h, 0.0), max_02(c * w, -INFINITY);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < c; ++j)
+      for (int64_t k = 0; k < h; ++k)
+        for (int64_t l = 0; l < w; ++l) {
+          sum_023[j] += at(i, j, k, l);
+          sum_13[i * h + k] += at(i, j, k, l);
+          max_02[j * w + l] = std::max(max_02[j * w + l], at(i, j, k, l));
+        }
+  const auto close = [](const std::vector<double>& a, const std::vector<double>& b) {
+    REQUIRE(a.size() == b.size());
+    for (size_t i = 0; i < a.size(); ++i)
+      if (std::abs(a[i] - b[i]) > 1e-12 * std::max(1.0, std::abs(b[i]))) return false;
+    return true;
+  };
+  Tensor s = sum(x, {0, 2, 3});
+  CHECK(s.shape() == Shape{c});
+  CHECK(close(s.to_vector<double>(), sum_023));
+  CHECK(sum(x, {0, 2, 3}, true).shape() == Shape{1, c, 1, 1});
+  CHECK(close(sum(x, {1, 3}).to_vector<double>(), sum_13));
+  Tensor m = max(x, {0, 2});
+  CHECK(m.shape() == Shape{c, w});
+  CHECK(m.to_vector<double>() == max_02);  // a maximum is one of the elements, exactly
+  // An empty reduced dim: the sum is 0; the max is an error before any block runs, also when
+  // the empty dim is in the first block, which goes last.
+  const TensorOptions f64{DType::Float64};
+  CHECK(sum(zeros({0, 3, 4}, f64), {0, 2}).to_vector<double>() == std::vector<double>(3, 0.0));
+  CHECK_THROWS_WITH_AS(max(zeros({0, 3, 4}, f64), {0, 2}),
+                       "max: cannot reduce over an empty dim of shape [0, 3, 4]",
+                       std::invalid_argument);
+}
+
 TEST_CASE("layer_norm normalises each row, then scales and shifts") {
   Tensor x = random_tensor({3, 8}, 8, DType::Float64, Device::CPU, -3, 5);
   Tensor w = random_tensor({8}, 9, DType::Float64), b = random_tensor({8}, 10, DType::Float64);
