@@ -589,7 +589,7 @@ __device__ void stage_operand_matrix(const T* from, int rows, int cols, T* to, i
 // (ld a multiple of 16 bytes) move in 16-byte pieces, others element by element.
 template <typename T>
 __device__ void stage_rows(int tile, int rows, int d, const T* x, T* staged, int ld) {
-  const int piece = ld % (16 / sizeof(T)) == 0 ? 16 / sizeof(T) : 1;  // elements per copy
+  const int piece = ld % kPiece<T> == 0 ? kPiece<T> : 1;  // elements per copy
   for (GridWalk w(d / piece); w.row < tile; w.next()) {
     const int c = piece * w.col;
     T* to = staged + w.row * ld + c;

@@ -66,7 +66,8 @@ __device__ __forceinline__ void after_previous_kernel() {
 enum class Placement { Overlapped, Spread };
 
 // kernel<<<grid, block, shared_bytes, stream()>>>(args...), its blocks placed as kPlacement says,
-// the launch checked.
+// the launch checked. The kernel's first statement must be after_previous_kernel(): it may start
+// while the kernel before it still runs.
 template <Placement kPlacement = Placement::Overlapped, typename... Params, typename... Args>
 void launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_bytes,
                    const Args&... args) {
@@ -112,8 +113,10 @@ void for_each_index(int64_t n, F f) {
 // pieces tile the elements exactly. For float32 that is a quarter of the load and store
 // instructions and index arithmetic, which bound such kernels one element at a time (the copy
 // went from 2.2-2.3 to 3.6-3.7 TB/s on the H200, docs/benchmarks.md).
+// Aligned as one access of the whole, up to 16 bytes (the widest a thread loads at once; wider
+// groups would demand an alignment the tensors' allocations do not promise).
 template <typename T, int kWidth>
-struct alignas(sizeof(T) * kWidth) Elements {
+struct alignas(sizeof(T) * kWidth < 16 ? sizeof(T) * kWidth : 16) Elements {
   T v[kWidth];
 };
 
@@ -129,6 +132,13 @@ __device__ void store_elements(T* p, const Elements<T, kWidth>& e) {
 
 template <typename T>
 constexpr int kPiece = 16 / sizeof(T);
+
+// Contiguous arrays (or rows) of n elements go in pieces when n is whole pieces and each
+// pointer is 16-byte aligned.
+template <typename T>
+bool contiguous_pieces(int64_t n, std::initializer_list<const void*> pointers) {
+  return n % kPiece<T> == 0 && aligned16(pointers);
+}
 
 // f(std::integral_constant<int, kWidth>{}): pieces when `pieces` is true, else one element.
 template <typename T, typename F>
@@ -531,7 +541,8 @@ void reduce_middle_axis_pass(int64_t outer, int64_t r, int64_t inner, int64_t ch
 
 // Partial results of split reductions live in this fixed device array (one per translation unit;
 // static memory, not an allocation). Reusing it is safe because all work is ordered on the one
-// stream: a reduction's second pass has read it before the next reduction's first pass writes.
+// stream and every kernel begins with after_previous_kernel(): a reduction's second pass has
+// finished reading it before the next reduction's first pass writes, also when launches overlap.
 constexpr int64_t kSplitScratchElements = int64_t(1) << 16;
 static __device__ double split_scratch[kSplitScratchElements];
 

@@ -229,7 +229,7 @@ struct StagedRows {
 // plane then read different banks.
 template <typename T>
 StagedRows staged_rows(int width, int max_rows, int rows_per_thread, int piece) {
-  constexpr int kAlign = 16 / sizeof(T);
+  constexpr int kAlign = kPiece<T>;
   StagedRows s;
   s.width = width;
   s.row_ld = (width + kAlign - 1) / kAlign * kAlign;
@@ -495,7 +495,7 @@ bool plan_correlation(Correlation& c, const Conv2dShape& s, bool with_output,
   // 16-byte copies when every row starts on a 16-byte boundary.
   const bool aligned = c.in_w * sizeof(T) % 16 == 0 &&
                        (!with_output || c.out_w * sizeof(T) % 16 == 0) && aligned16(pointers);
-  c.piece = aligned ? static_cast<int>(16 / sizeof(T)) : 1;
+  c.piece = aligned ? kPiece<T> : 1;
   // A plane's bytes in a buffer with bands of band_h output rows.
   const auto plan_band = [&](int band_h) {
     c.band_h = band_h;

@@ -161,32 +161,35 @@ bool transposed_copy(const StridedSpace& space, TransposedCopy& t) {
   return true;
 }
 
-// A copy within one type whose rows (the last dimension, unit stride in both operands) come in
-// whole 16-byte pieces on 16-byte boundaries (every other stride a multiple of a piece too) moves
-// pieces: one 16-byte load and store, and one index's arithmetic, per 4 floats. The space is
-// rewritten in pieces; false leaves it as it was.
-using Piece = Elements<uint32_t, 4>;  // 16 bytes of any type
-
-bool in_pieces(StridedSpace& space, int64_t element_bytes, const void* x, const void* y) {
-  const int64_t per_piece = sizeof(Piece) / element_bytes, last = space.ndim - 1;
-  if (last < 0 || !aligned16({x, y}) || space.sizes[last] % per_piece != 0) return false;
-  for (int op = 0; op < kOperands; ++op) {
-    if (space.strides[op][last] != 1) return false;
-    for (int d = 0; d < last; ++d)
-      if (space.strides[op][d] % per_piece != 0) return false;
-  }
-  space.sizes[last] /= per_piece;
-  for (int op = 0; op < kOperands; ++op)
-    for (int d = 0; d < last; ++d) space.strides[op][d] /= per_piece;
+// Whether operand `op` of a space whose last dimension is whole pieces of `per_piece` elements
+// reads whole, aligned pieces: it is 16-byte aligned, steps through the last dimension by 1, and
+// by whole pieces along every other.
+bool operand_in_pieces(const StridedSpace& space, int op, int64_t per_piece, const void* p) {
+  const int last = space.ndim - 1;
+  if (space.strides[op][last] != 1 || !aligned16({p})) return false;
+  for (int d = 0; d < last; ++d)
+    if (space.strides[op][d] % per_piece != 0) return false;
   return true;
 }
 
-// ---- elements in 16-byte pieces (Elements, common.h) ----
-// Contiguous arrays of n elements go in pieces when n is whole pieces and each is aligned.
+// A copy within one type whose rows (the last dimension) are whole 16-byte pieces that both
+// operands read whole (operand_in_pieces) moves pieces: one 16-byte load and store, and one
+// index's arithmetic, per 4 floats. The space is rewritten in pieces; false leaves it as it was.
+using Piece = Elements<uint32_t, 4>;  // 16 bytes of any type
+
 template <typename T>
-bool contiguous_pieces(int64_t n, std::initializer_list<const void*> pointers) {
-  return n % kPiece<T> == 0 && aligned16(pointers);
+bool in_pieces(StridedSpace& space, const T* x, const T* y) {
+  const int last = space.ndim - 1;
+  if (last < 0 || space.sizes[last] % kPiece<T> != 0 ||
+      !operand_in_pieces(space, 0, kPiece<T>, x) || !operand_in_pieces(space, 1, kPiece<T>, y))
+    return false;
+  space.sizes[last] /= kPiece<T>;
+  for (int op = 0; op < kOperands; ++op)
+    for (int d = 0; d < last; ++d) space.strides[op][d] /= kPiece<T>;
+  return true;
 }
+
+// ---- elements in 16-byte pieces (Elements, contiguous_pieces: common.h) ----
 
 // Elements kWidth i ... kWidth i + kWidth - 1 of y, each `value`.
 template <typename T, int kWidth>
@@ -356,21 +359,17 @@ struct BinaryBroadcast {
   }
 };
 
-// Whether binary_forward's coalesced space goes in pieces: its last dimension is whole pieces,
-// each operand's stride there is 0 or 1, and the operands that step by 1 keep their pieces
-// aligned (16-byte aligned, every other stride a whole piece), as y does.
+// Whether binary_forward's coalesced space goes in pieces: its last dimension is whole pieces
+// (so there is one: BinaryBroadcast::operand reads its stride), y is 16-byte aligned, and each
+// operand either stays put along the last dimension (stride 0) or reads whole pieces.
 template <typename T>
 bool binary_in_pieces(const StridedSpace& space, const T* a, const T* b, const T* y) {
   const int last = space.ndim - 1;
   if (last < 0 || space.sizes[last] % kPiece<T> != 0 || !aligned16({y})) return false;
   const T* operands[kOperands] = {a, b};
-  for (int op = 0; op < kOperands; ++op) {
-    const int64_t step = space.strides[op][last];
-    if (step == 0) continue;
-    if (step != 1 || !aligned16({operands[op]})) return false;
-    for (int d = 0; d < last; ++d)
-      if (space.strides[op][d] % kPiece<T> != 0) return false;
-  }
+  for (int op = 0; op < kOperands; ++op)
+    if (space.strides[op][last] != 0 && !operand_in_pieces(space, op, kPiece<T>, operands[op]))
+      return false;
   return true;
 }
 
@@ -407,8 +406,8 @@ void copy_strided(const Layout& src, const Src* x, const Layout& dst, Dst* y) {
     return launch_kernel(transposed_copy_kernel<Src, Dst>, num_blocks(t.count, 1),
                          dim3(kTransposeTile, kTransposeRows), 0, t, x, y);
   if constexpr (std::is_same_v<Src, Dst>)
-    if (in_pieces(coalesced, sizeof(Src), x, y))
-      return for_each_index(n * sizeof(Src) / sizeof(Piece),
+    if (in_pieces(coalesced, x, y))
+      return for_each_index(n / kPiece<Src>,
                             CopyStrided<Piece, Piece>{coalesced, reinterpret_cast<const Piece*>(x),
                                                       reinterpret_cast<Piece*>(y)});
   for_each_index(n, CopyStrided<Src, Dst>{coalesced, x, y});

@@ -43,12 +43,6 @@ __device__ int group_column(int rank, int lanes, int j) {
   return kWidth * (rank + j * lanes);
 }
 
-// Rows of `cols` elements in arrays at `pointers` are whole 16-byte pieces on their boundaries.
-template <typename T>
-bool rows_in_pieces(int64_t cols, std::initializer_list<const void*> pointers) {
-  return cols % kPiece<T> == 0 && aligned16(pointers);
-}
-
 // (At most 64 registers a thread, so that 1024 threads share an SM: short rows, measured at
 // (65536, 32), are latency-bound, and more rows in flight hide it; the bound applies to the
 // long-row instantiations too, which were not measured.)
@@ -470,7 +464,7 @@ void layer_norm_forward(int64_t rows, int64_t cols, const T* x, const T* gamma, 
   launch_per_row(rows, cols, [&](auto team, unsigned blocks, int threads) {
     if constexpr (std::is_same_v<decltype(team), LanesPerRow>) {
       if (cols <= kHeldColumnsPerLane * team.lanes) {
-        with_width<T>(rows_in_pieces<T>(cols, {x, y}), [&](auto w) {
+        with_width<T>(contiguous_pieces<T>(cols, {x, y}), [&](auto w) {
           launch_kernel(layer_norm_forward_kernel<kHeldColumnsPerLane, w, T, LanesPerRow>, blocks,
                         threads, 0, team, rows, cols, x, gamma, beta, eps, y, mean, rstd);
         });
@@ -495,7 +489,7 @@ void layer_norm_backward(int64_t rows, int64_t cols, const T* x, const T* dy, co
   if ((dgamma != nullptr || dbeta != nullptr) && cols <= kHeldColumnsPerLane * lanes &&
       fused_blocks > 0) {
     T* partials = reinterpret_cast<T*>(split_scratch_address());
-    with_width<T>(rows_in_pieces<T>(cols, {x, dy, dx}), [&](auto w) {
+    with_width<T>(contiguous_pieces<T>(cols, {x, dy, dx}), [&](auto w) {
       launch_kernel(layer_norm_backward_fused_kernel<T, w>, static_cast<unsigned>(fused_blocks),
                     kFusedThreads, 0, LanesPerRow(lanes), rows, static_cast<int>(cols), x, dy,
                     gamma, mean, rstd, dx, partials);
