@@ -5,8 +5,9 @@ to back ...") end when their roundings differ, in plain double-precision Python.
 The test compares the GPU's chain with the CPU's elementwise, within 1e-12 of max |y|. The two
 backends sum in different orders, so each step's results differ by about 1e-16 relative. Here
 one run is exact and the other has every element of y moved by a random relative `noise`
-(either sign) after every kernel of every step; the script prints the final difference over
-max |y|. A chain that amplified such differences would need a looser bound.
+(either sign) after each of a step's four operations (the GPU runs them as about nine kernels;
+an operation's rounding is what differs between the backends); the script prints the final
+difference over max |y|. A chain that amplified such differences would need a looser bound.
 """
 import math
 import random
@@ -49,7 +50,7 @@ def main():
         noisy = chain(x, noise, rng)
         diff = max(abs(p - q) for re, rn in zip(exact, noisy) for p, q in zip(re, rn))
         largest = max(abs(p) for row in exact for p in row)
-        print(f"noise {noise:g} per element per kernel: final difference {diff / largest:.3g} of max |y|")
+        print(f"noise {noise:g} per element per operation: final difference {diff / largest:.3g} of max |y|")
 
 
 if __name__ == "__main__":

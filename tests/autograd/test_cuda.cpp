@@ -325,8 +325,8 @@ TEST_CASE("CUDA kernels queued back to back each read what the one before wrote"
   const double added = steps * 4.0 * rows * cols;
   // float64: each step's sums are exact to about 1e-16 of their size, the total here 6e5.
   CHECK(sum(y).item() == doctest::Approx(x_sum + added).epsilon(1e-12));
-  // The backends' summation orders differ by about 1e-16 relative per kernel; over the chain such
-  // differences add up to about 1e-14 of max |y| (tools/overlap_test_sensitivity.py, which
+  // The backends' summation orders differ by about 1e-16 relative per operation; over the chain
+  // such differences add up to about 1e-14 of max |y| (tools/overlap_test_sensitivity.py, which
   // models the chain in double): 1e-12 leaves a margin of 100, where a stale input moved y by
   // about 1e-2 of max |y| (docs/benchmarks.md).
   CHECK(test::scaled_max_diff(y, chain(Device::CPU).second) < 1e-12);
