@@ -288,8 +288,7 @@ static int bench_ops(const BenchOptions& o, std::ostream& os) {
     const kernels::Conv2dShape s{256, c, 16, 16, k, k, 1, 1, k / 2, k / 2, 16, 16};
     return [&, s](const float* x, const float* dy, float* y, float* dx) {
       kc::depthwise_conv2d_forward<float>(s, x, w.data<float>(), b.data<float>(), y);
-      kc::depthwise_conv2d_backward_input<float>(s, dy, w.data<float>(), dx);
-      kc::depthwise_conv2d_backward_weight<float>(s, x, dy, params_a.data<float>());
+      kc::depthwise_conv2d_backward<float>(s, x, w.data<float>(), dy, dx, params_a.data<float>());
     };
   };
   cases[2].kernels = depthwise(dw3, db3);

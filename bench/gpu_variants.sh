@@ -63,7 +63,7 @@ if [ -n "${RUN_TESTS:-}" ]; then
   echo "==== tests (rc $status)"
 fi
 
-rm -rf /tmp/attn_check && mkdir -p /tmp/attn_check
+rm -rf /tmp/attn_check && mkdir -p /tmp/attn_check && : > "$OUT/attn_check.log"
 python3 - <<'PY'
 import numpy as np
 rng = np.random.default_rng(0)
@@ -78,9 +78,10 @@ for tree in "${TREES[@]}"; do
   for d in 32 64; do
     for dev in cpu cuda; do
       data=/tmp/attn_check
+      echo "==== $dir d $d $dev" >> "$OUT/attn_check.log"
       $dir/nala attn --kind nala --q $data/q$d.npy --k $data/k$d.npy --v $data/v$d.npy --grid 16 16 \
         --grad-out $data/g$d.npy --device $dev --out $data/${dir}_${d}_$dev \
-        > "$OUT/attn_${dir}_${d}_$dev.log" 2>&1 || { echo "nala attn failed: $dir d $d $dev"; status=1; }
+        >> "$OUT/attn_check.log" 2>&1 || { echo "nala attn failed: $dir d $d $dev"; status=1; }
     done
   done
 done
@@ -118,5 +119,10 @@ PY
   done
 } > "$OUT/compare.log" 2>&1
 grep -q "^==== failed" "$OUT/compare.log" && status=1
+# The device tool brings back at most 8 files from $OUT: the configure and build logs (and the
+# GPU's name) travel as one archive, leaving compare.log, check.txt, attn_check.log, ctest.log,
+# gradcheck_cuda.log and two files for the caller's own.
+logs=$(cd "$OUT" && ls gpu.txt configure*.log build*.log 2>/dev/null)
+[ -z "$logs" ] || (cd "$OUT" && tar czf build_logs.tar.gz --remove-files $logs)
 cat "$OUT/compare.log"
 exit $status

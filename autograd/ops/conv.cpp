@@ -81,17 +81,9 @@ Tensor conv2d(const Tensor& x_in, const Tensor& w_in, const Tensor& bias, int64_
            [s, x, w, need_x = needs_grad(x_in), need_w = needs_grad(w_in),
             need_b = needs_grad(bias)](const Tensor& dy_in) {
              Tensor dy = dy_in.contiguous();
-             Tensor dx, dw;
-             if (need_x) {
-               dx = empty_like(x);
-               NALA_KERNEL(x, depthwise_conv2d_backward_input, s, dy.data<T>(), w.data<T>(),
-                           dx.data<T>());
-             }
-             if (need_w) {
-               dw = empty_like(w);
-               NALA_KERNEL(x, depthwise_conv2d_backward_weight, s, x.data<T>(), dy.data<T>(),
-                           dw.data<T>());
-             }
+             Tensor dx = need_x ? empty_like(x) : Tensor(), dw = need_w ? empty_like(w) : Tensor();
+             NALA_KERNEL(x, depthwise_conv2d_backward, s, x.data<T>(), w.data<T>(), dy.data<T>(),
+                         need_x ? dx.data<T>() : nullptr, need_w ? dw.data<T>() : nullptr);
              return std::vector<Tensor>{dx, dw, need_b ? sum(dy, {0, 2, 3}) : Tensor()};
            });
     return y;

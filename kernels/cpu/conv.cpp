@@ -292,12 +292,19 @@ void depthwise_conv2d_backward_weight(const Conv2dShape& s, const T* x, const T*
   }
 }
 
+template <typename T>
+void depthwise_conv2d_backward(const Conv2dShape& s, const T* x, const T* w, const T* dy, T* dx,
+                               T* dw) {
+  if (dx != nullptr) depthwise_conv2d_backward_input(s, dy, w, dx);
+  if (dw != nullptr) depthwise_conv2d_backward_weight(s, x, dy, dw);
+}
+
 #define NALA_INSTANTIATE_CONV(T)                                                                   \
   template void im2col<T>(const Conv2dShape&, const T*, T*);                                       \
   template void col2im<T>(const Conv2dShape&, const T*, T*);                                       \
   template void depthwise_conv2d_forward<T>(const Conv2dShape&, const T*, const T*, const T*, T*); \
-  template void depthwise_conv2d_backward_input<T>(const Conv2dShape&, const T*, const T*, T*);    \
-  template void depthwise_conv2d_backward_weight<T>(const Conv2dShape&, const T*, const T*, T*);
+  template void depthwise_conv2d_backward<T>(const Conv2dShape&, const T*, const T*, const T*, T*, \
+                                             T*);
 NALA_INSTANTIATE_CONV(float)
 NALA_INSTANTIATE_CONV(double)
 #undef NALA_INSTANTIATE_CONV

@@ -261,10 +261,14 @@ struct Correlation {
   // The walk's groups: group_planes planes (a power of two) times a band of band_h output rows,
   // bands of them per plane; a thread's outputs `rows` at a time.
   int group_planes = 0, band_h = 0, bands = 0, rows = 0;
-  int piece = 1;      // elements per asynchronous copy: 16 bytes' worth, or one
-  StagedRows input;   // in's rows that the band's windows read
-  StagedRows output;  // the weight gradient's dy rows (the band's), after the group's inputs
+  int piece = 1;     // elements per asynchronous copy: 16 bytes' worth, or one
+  StagedRows input;  // in's rows that the band's windows read
+  // The backward's dy rows, after the group's inputs: the band's own, or, when it computes dx
+  // too ("same" padding: dy's planes are x's size), the same rows as x's.
+  StagedRows output;
   FastDivisor by_channels, by_bands, by_out_w;
+  // The input rows that band_h output rows' windows read at most.
+  int input_rows_of(int band_h) const { return std::min(in_h, band_h + kernel - 1); }
   __host__ __device__ int buffer_size() const {
     return group_planes * (input.plane_ld + output.plane_ld);
   }
@@ -358,13 +362,15 @@ struct GroupThread {
 // Sweeps a cell's input window in a staged plane (the band's rows y_lo ... y_hi - 1 of in,
 // row_ld apart): its rows + K - 1 input rows read once each, row r holding
 // in_row[j] = in[first_y - pad_h + r, x + j] for j < K (zero outside the image; x = the column -
-// pad_w), which meets output row k at filter row i = r - k: meet(k, i, in_row). The loops
-// unroll, so i and k are constants in meet's body. Every row inside the image that it reads is
-// staged (plan_correlation: bands of whole cells, and the last band's rows reach the image's
-// end), so checking the image's bounds is enough.
+// pad_w), which meets output row k < valid_rows at filter row i = r - k: meet(k, i, in_row).
+// Outputs past the plane (k >= valid_rows) meet nothing: a weight gradient must not add them as
+// 0 * x (an infinite x would make that NaN, where the CPU's dw is infinite). The loops unroll, so
+// i and k are constants in meet's body. Every row inside the image that it reads is staged
+// (plan_correlation: bands of whole cells, and the last band's rows reach the image's end), so
+// checking the image's bounds is enough.
 template <int K, typename T, typename Meet>
 __device__ void sweep_window(const Correlation& c, const T* staged_plane, int row_ld,
-                             const Band& band, int first_y, int x, Meet meet) {
+                             const Band& band, int first_y, int x, int valid_rows, Meet meet) {
   bool column_inside[K];  // the same for every row
 #pragma unroll
   for (int j = 0; j < K; ++j) column_inside[j] = x + j >= 0 && x + j < c.in_w;
@@ -380,8 +386,18 @@ __device__ void sweep_window(const Correlation& c, const T* staged_plane, int ro
           row_inside && column_inside[j] ? staged_plane[(y - band.y_lo) * row_ld + x + j] : T(0);
 #pragma unroll
     for (int k = 0; k < kRowsPerThread; ++k)
-      if (r - k >= 0 && r - k < K) meet(k, r - k, in_row);
+      if (r - k >= 0 && r - k < K && k < valid_rows) meet(k, r - k, in_row);
   }
+}
+
+// f = channel's K x K filter, turned by 180 degrees when `turn`.
+template <int K, typename T>
+__device__ void load_filter(const T* w, int channel, bool turn, T (&f)[K][K]) {
+#pragma unroll
+  for (int i = 0; i < K; ++i)
+#pragma unroll
+    for (int j = 0; j < K; ++j)
+      f[i][j] = w[channel * K * K + (turn ? (K - 1 - i) * K + K - 1 - j : i * K + j)];
 }
 
 template <int K, typename T>
@@ -401,11 +417,7 @@ __global__ void __launch_bounds__(kStreamThreads, kStreamBlocksPerSM)
     const int plane = band.first + thread.q;
     const int channel = plane - c.by_channels.divide(plane) * c.channels;
     T f[K][K];
-#pragma unroll
-    for (int i = 0; i < K; ++i)
-#pragma unroll
-      for (int j = 0; j < K; ++j)
-        f[i][j] = w[channel * K * K + (c.flip ? (K - 1 - i) * K + K - 1 - j : i * K + j)];
+    load_filter(w, channel, c.flip, f);
     const T b = bias != nullptr ? bias[channel] : T(0);
     const T* staged_plane = staged + buffer * c.buffer_size() + thread.q * c.input.plane_ld;
     T* out_plane = out + int64_t(plane) * c.out_h * c.out_w;
@@ -413,7 +425,7 @@ __global__ void __launch_bounds__(kStreamThreads, kStreamBlocksPerSM)
       T acc[kRowsPerThread];
 #pragma unroll
       for (int k = 0; k < kRowsPerThread; ++k) acc[k] = b;
-      sweep_window<K>(c, staged_plane, c.input.row_ld, band, first_y, x - c.pad_w,
+      sweep_window<K>(c, staged_plane, c.input.row_ld, band, first_y, x - c.pad_w, valid_rows,
                       [&](int k, int i, const T(&in_row)[K]) {
 #pragma unroll
                         for (int j = 0; j < K; ++j) acc[k] += f[i][j] * in_row[j];
@@ -426,26 +438,36 @@ __global__ void __launch_bounds__(kStreamThreads, kStreamBlocksPerSM)
   stream_groups(c.groups(), stage, compute);
 }
 
-// At stride 1 with a 3 x 3, 5 x 5 or 7 x 7 filter, block (split, c) streams channel c's groups
-// of x's planes, the band's dy after them, as the correlation does, and each thread sweeps its
-// cells' windows with their dy in registers: input row r meets output row k at filter row
-// i = r - k, so
+// The backward at stride 1 with a 3 x 3, 5 x 5 or 7 x 7 filter: block (split, c) streams channel
+// c's groups of x's planes, the band's dy after them, as the correlation does, and each thread
+// sweeps its cells' windows with their dy in registers: input row r meets output row k at filter
+// row i = r - k, so
 //   sum[i][j] += dy[k] in_row[j].
 // Each thread keeps the K x K sums over all its cells; the block then adds each tap's sums, to
 // partials[c][split][tap] (dw itself when there is one split).
-template <int K, typename T>
+// kInputGradient: with "same" padding (2 pad = K - 1, so dy's planes are x's size and dx's
+// correlation pads dy as the forward pads x) the same pass computes dx too, from dy's staged
+// windows (Staging::InputAndOutputWindows) and the turned filter, as the correlation would: dy is
+// read once for both gradients, and dx costs no launch of its own.
+template <int K, bool kInputGradient, typename T>
 __global__ void __launch_bounds__(kStreamThreads, kStreamBlocksPerSM)
-    depthwise_weight_kernel(Correlation c, const T* x, const T* dy, T* partials) {
+    depthwise_backward_kernel(Correlation c, const T* x, const T* dy, const T* w, T* dx,
+                              T* partials) {
   after_previous_kernel();
   T* staged = shared_memory<T>();
   const GroupThread thread(c);
   const int outputs_at = c.group_planes * c.input.plane_ld;  // dy's place in a buffer
+  // dy's first staged row of a band (the first row of dx's windows, or the band's first output).
+  const auto dy_first_row = [&](const Band& band) { return kInputGradient ? band.y_lo : band.y0; };
   const auto stage = [&](int g, int buffer) {
     const Band band(c, g);
     T* to = staged + buffer * c.buffer_size();
     stage_band_rows(c, c.input, band, band.y_lo, band.y_hi, x, c.in_h, to);
-    stage_band_rows(c, c.output, band, band.y0, band.y_end, dy, c.out_h, to + outputs_at);
+    stage_band_rows(c, c.output, band, dy_first_row(band), kInputGradient ? band.y_hi : band.y_end,
+                    dy, c.out_h, to + outputs_at);
   };
+  T turned[K][K];  // dx's filter: the channel's, turned by 180 degrees
+  if (kInputGradient) load_filter(w, static_cast<int>(blockIdx.y), true, turned);
   T sum[K][K] = {};
   const auto compute = [&](int g, int buffer) {
     const Band band(c, g);
@@ -453,19 +475,29 @@ __global__ void __launch_bounds__(kStreamThreads, kStreamBlocksPerSM)
     const T* x_plane = staged + buffer * c.buffer_size() + thread.q * c.input.plane_ld;
     const T* dy_plane =
         staged + buffer * c.buffer_size() + outputs_at + thread.q * c.output.plane_ld;
+    const int dy_first = dy_first_row(band);
+    T* dx_plane = kInputGradient ? dx + c.plane(band.first + thread.q) * c.in_h * c.in_w : nullptr;
     thread.for_each_cell(c, band, [&](int first_y, int col, int valid_rows) {
       T grad[kRowsPerThread];
 #pragma unroll
       for (int k = 0; k < kRowsPerThread; ++k)
-        grad[k] = k < valid_rows ? dy_plane[(first_y + k - band.y0) * c.output.row_ld + col] : T(0);
-      sweep_window<K>(c, x_plane, c.input.row_ld, band, first_y, col - c.pad_w,
+        grad[k] =
+            k < valid_rows ? dy_plane[(first_y + k - dy_first) * c.output.row_ld + col] : T(0);
+      sweep_window<K>(c, x_plane, c.input.row_ld, band, first_y, col - c.pad_w, valid_rows,
                       [&](int k, int i, const T(&in_row)[K]) {
-                        // Outputs past the plane add nothing: skipped, not added as 0 * x
-                        // (an infinite x would make that NaN, where the CPU's dw is infinite).
-                        if (k >= valid_rows) return;
 #pragma unroll
                         for (int j = 0; j < K; ++j) sum[i][j] += grad[k] * in_row[j];
                       });
+      if (!kInputGradient) return;
+      T acc[kRowsPerThread] = {};
+      sweep_window<K>(c, dy_plane, c.output.row_ld, band, first_y, col - c.pad_w, valid_rows,
+                      [&](int k, int i, const T(&dy_row)[K]) {
+#pragma unroll
+                        for (int j = 0; j < K; ++j) acc[k] += turned[i][j] * dy_row[j];
+                      });
+#pragma unroll
+      for (int k = 0; k < kRowsPerThread; ++k)
+        if (k < valid_rows) dx_plane[(first_y + k) * c.in_w + col] = acc[k];
     });
   };
   stream_groups(c.groups(), stage, compute);
@@ -474,18 +506,26 @@ __global__ void __launch_bounds__(kStreamThreads, kStreamBlocksPerSM)
                                  [&](int tap, T total) { to[tap] = total; });
 }
 
-// The correlation's groups and staging (the weight gradient's, with_output, stage dy too), for
-// tensors at `pointers`. False when the streamed kernels do not apply: strides other than 1,
-// filters other than 3 x 3, 5 x 5, 7 x 7, more channels than a grid's y dimension, rows too wide
-// for a buffer, indices past 32 bits.
+// What a streamed kernel stages of a group: the correlation its input's rows that the band's
+// windows read; the backward x's rows and dy's, the band's own (the weight gradient alone) or the
+// same rows as x's (with dx: depthwise_backward_kernel<K, true, T>).
+enum class Staging { Input, InputAndOutput, InputAndOutputWindows };
+
+// The correlation's groups and staging for tensors at `pointers`. False when the streamed kernels
+// do not apply: strides other than 1, filters other than 3 x 3, 5 x 5, 7 x 7, more channels than
+// a grid's y dimension, rows too wide for a buffer, indices past 32 bits; with dy's windows,
+// padding other than "same" (2 pad = K - 1).
 template <typename T>
-bool plan_correlation(Correlation& c, const Conv2dShape& s, bool with_output,
+bool plan_correlation(Correlation& c, const Conv2dShape& s, Staging staging,
                       std::initializer_list<const void*> pointers) {
-  // The weight gradient (with_output) walks a channel's images, the correlation all planes.
+  // The backward (with_output) walks a channel's images, the correlation all planes.
+  const bool with_output = staging != Staging::Input;
+  const bool dy_windows = staging == Staging::InputAndOutputWindows;
   if (s.stride_h != 1 || s.stride_w != 1 || s.kernel_h != s.kernel_w ||
       (s.kernel_h != 3 && s.kernel_h != 5 && s.kernel_h != 7) || c.pad_h < 0 || c.pad_w < 0 ||
       c.out_h <= 0 || c.out_w <= 0 || s.batch <= 0 || s.channels <= 0 ||
-      (with_output && s.channels > 65535) || s.batch * s.channels > INT_MAX)
+      (with_output && s.channels > 65535) || s.batch * s.channels > INT_MAX ||
+      (dy_windows && (2 * s.pad_h != s.kernel_h - 1 || 2 * s.pad_w != s.kernel_w - 1)))
     return false;
   c.channels = static_cast<int>(s.channels);
   c.walked = static_cast<int>(with_output ? s.batch : s.batch * s.channels);
@@ -499,8 +539,10 @@ bool plan_correlation(Correlation& c, const Conv2dShape& s, bool with_output,
   // A plane's bytes in a buffer with bands of band_h output rows.
   const auto plan_band = [&](int band_h) {
     c.band_h = band_h;
-    c.input = staged_rows<T>(c.in_w, std::min(c.in_h, band_h + c.kernel - 1), c.rows, c.piece);
-    if (with_output) c.output = staged_rows<T>(c.out_w, band_h, c.rows, c.piece);
+    c.input = staged_rows<T>(c.in_w, c.input_rows_of(band_h), c.rows, c.piece);
+    if (with_output)
+      c.output =
+          staged_rows<T>(c.out_w, dy_windows ? c.input_rows_of(band_h) : band_h, c.rows, c.piece);
     return int64_t(c.input.plane_ld + c.output.plane_ld) * int64_t(sizeof(T));
   };
   // sweep_window reads every row of a cell's windows that lies inside the image, also for the
@@ -562,7 +604,7 @@ void correlate(const Correlation& c, const T* in, const T* w, const T* bias, T* 
 
 // ---- depthwise weight gradient ----
 
-// Other strides and filters (depthwise_backward_weight_kernel): block (c, tile, split) handles
+// Other strides and filters (depthwise_weight_by_positions_kernel): block (c, tile, split) handles
 // channel c, a kWindow x kWindow window of the filter's taps (kWindow = 3 for filters up to
 // 3 x 3, else 5: one window covers filters up to 5 x 5, and the unrolled loops check no taps a
 // 3 x 3 filter lacks) and split `split` of the flattened (n, oh, ow) positions. Each thread walks
@@ -583,8 +625,8 @@ struct WeightGradSplits {
 
 template <int kWindow, typename T>
 __global__ void __launch_bounds__(kWeightGradThreads)
-    depthwise_backward_weight_kernel(Geometry g, WeightGradSplits sp, const T* x, const T* dy,
-                                     T* out) {
+    depthwise_weight_by_positions_kernel(Geometry g, WeightGradSplits sp, const T* x, const T* dy,
+                                         T* out) {
   after_previous_kernel();
   const int64_t c = blockIdx.x, split = blockIdx.z;
   const int i0 = static_cast<int>(blockIdx.y) / sp.tiles_w * kWindow;
@@ -638,17 +680,18 @@ template <typename T>
 void depthwise_conv2d_forward(const Conv2dShape& s, const T* x, const T* w, const T* bias, T* y) {
   const Geometry g = geometry_of(s);
   Correlation c(g.height, g.width, g.out_h, g.out_w, g.pad_h, g.pad_w, false);
-  if (plan_correlation<T>(c, s, false, {x})) return correlate(c, x, w, bias, y);
+  if (plan_correlation<T>(c, s, Staging::Input, {x})) return correlate(c, x, w, bias, y);
   for_each_index(s.batch * s.channels * s.out_h * s.out_w, DepthwiseForward<T>{g, x, w, bias, y});
 }
 
+// dx alone: by the correlation with the filter turned, padded by K - 1 - pad (see
+// depthwise_correlation_kernel), or one thread per input pixel.
 template <typename T>
-void depthwise_conv2d_backward_input(const Conv2dShape& s, const T* dy, const T* w, T* dx) {
-  const Geometry g = geometry_of(s);
-  // Correlation with the filter turned, padded by K - 1 - pad (see depthwise_correlation_kernel).
+void depthwise_backward_input(const Conv2dShape& s, const Geometry& g, const T* dy, const T* w,
+                              T* dx) {
   Correlation c(g.out_h, g.out_w, g.height, g.width, g.kernel_h - 1 - g.pad_h,
                 g.kernel_w - 1 - g.pad_w, true);
-  if (plan_correlation<T>(c, s, false, {dy}))
+  if (plan_correlation<T>(c, s, Staging::Input, {dy}))
     return correlate(c, dy, w, static_cast<const T*>(nullptr), dx);
   for_each_index(s.batch * s.channels * s.height * s.width,
                  DepthwiseBackwardInput<T>{g, dy, w, dx});
@@ -656,19 +699,26 @@ void depthwise_conv2d_backward_input(const Conv2dShape& s, const T* dy, const T*
 
 // The weight gradient's partial sums, (channel, split, tap) when there are several splits a
 // channel: dw itself for one split, else split_scratch, which a second pass adds up in a fixed
-// order (depthwise_conv2d_backward_weight).
+// order (depthwise_conv2d_backward).
 template <typename T>
 T* weight_partials(int64_t splits, T* dw) {
   return splits == 1 ? dw : reinterpret_cast<T*>(split_scratch_address());
 }
 
-// The streamed weight gradient (stride 1, 3 x 3, 5 x 5, 7 x 7): its splits a channel, or 0 when
-// it does not apply.
+// The streamed backward (stride 1; 3 x 3, 5 x 5, 7 x 7 filters): dw, and dx in the same pass
+// when dx is given and the padding is "same". Its splits a channel (0 when it does not apply)
+// and whether it wrote dx.
+struct StreamedBackward {
+  int64_t splits = 0;
+  bool wrote_dx = false;
+};
 template <typename T>
-int64_t depthwise_weight_streamed(const Conv2dShape& s, const Geometry& g, const T* x, const T* dy,
-                                  T* dw) {
+StreamedBackward depthwise_backward_streamed(const Conv2dShape& s, const Geometry& g, const T* x,
+                                             const T* w, const T* dy, T* dx, T* dw) {
   Correlation c(g.height, g.width, g.out_h, g.out_w, g.pad_h, g.pad_w, false);
-  if (!plan_correlation<T>(c, s, true, {x, dy})) return 0;
+  const bool with_dx =
+      dx != nullptr && plan_correlation<T>(c, s, Staging::InputAndOutputWindows, {x, dy});
+  if (!with_dx && !plan_correlation<T>(c, s, Staging::InputAndOutput, {x, dy})) return {};
   const int64_t taps = s.kernel_h * s.kernel_w;
   // A row of blocks a channel, as many as fill the GPU once (but one group each at least), the
   // partials within split_scratch.
@@ -678,14 +728,15 @@ int64_t depthwise_weight_streamed(const Conv2dShape& s, const Geometry& g, const
           1, std::min<int64_t>(c.groups(), kSplitScratchElements / (s.channels * taps))));
   const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(s.channels));
   with_filter_size(c.kernel, [&](auto k) {
-    launch_kernel<Placement::Spread>(depthwise_weight_kernel<k.value, T>, grid, kStreamThreads,
-                                     stream_shared_bytes<T>(c), c, x, dy,
-                                     weight_partials(splits, dw));
+    launch_kernel<Placement::Spread>(with_dx ? depthwise_backward_kernel<k.value, true, T>
+                                             : depthwise_backward_kernel<k.value, false, T>,
+                                     grid, kStreamThreads, stream_shared_bytes<T>(c), c, x, dy, w,
+                                     with_dx ? dx : nullptr, weight_partials(splits, dw));
   });
-  return splits;
+  return {splits, with_dx};
 }
 
-// Other strides and filters (depthwise_backward_weight_kernel): its splits a channel.
+// Other strides and filters (depthwise_weight_by_positions_kernel): its splits a channel.
 template <typename T>
 int64_t depthwise_weight_by_positions(const Conv2dShape& s, const Geometry& g, const T* x,
                                       const T* dy, T* dw) {
@@ -708,31 +759,37 @@ int64_t depthwise_weight_by_positions(const Conv2dShape& s, const Geometry& g, c
   const dim3 grid(static_cast<unsigned>(s.channels), static_cast<unsigned>(tiles),
                   static_cast<unsigned>(sp.splits));
   T* out = weight_partials(sp.splits, dw);
-  launch_kernel(
-      window == 3 ? depthwise_backward_weight_kernel<3, T> : depthwise_backward_weight_kernel<5, T>,
-      grid, kWeightGradThreads, 0, g, sp, x, dy, out);
+  launch_kernel(window == 3 ? depthwise_weight_by_positions_kernel<3, T>
+                            : depthwise_weight_by_positions_kernel<5, T>,
+                grid, kWeightGradThreads, 0, g, sp, x, dy, out);
   return sp.splits;
 }
 
 template <typename T>
-void depthwise_conv2d_backward_weight(const Conv2dShape& s, const T* x, const T* dy, T* dw) {
-  const int64_t taps = s.kernel_h * s.kernel_w;
-  if (s.channels * taps <= 0) return;
+void depthwise_conv2d_backward(const Conv2dShape& s, const T* x, const T* w, const T* dy, T* dx,
+                               T* dw) {
   const Geometry g = geometry_of(s);
-  int64_t splits = depthwise_weight_streamed(s, g, x, dy, dw);
-  if (splits == 0) splits = depthwise_weight_by_positions(s, g, x, dy, dw);
-  if (splits > 1)
-    reduce_middle_axis_pass<SumOp<T>>(
-        s.channels, splits, taps, splits, 1,
-        MiddleAxisElement<T>{weight_partials(splits, dw), splits, taps}, StoreAt<T>{dw});
+  const int64_t taps = s.kernel_h * s.kernel_w;
+  bool dx_pending = dx != nullptr;
+  if (dw != nullptr && s.channels * taps > 0) {
+    const StreamedBackward streamed = depthwise_backward_streamed(s, g, x, w, dy, dx, dw);
+    const int64_t splits =
+        streamed.splits > 0 ? streamed.splits : depthwise_weight_by_positions(s, g, x, dy, dw);
+    if (splits > 1)
+      reduce_middle_axis_pass<SumOp<T>>(
+          s.channels, splits, taps, splits, 1,
+          MiddleAxisElement<T>{weight_partials(splits, dw), splits, taps}, StoreAt<T>{dw});
+    dx_pending = dx_pending && !streamed.wrote_dx;
+  }
+  if (dx_pending) depthwise_backward_input(s, g, dy, w, dx);
 }
 
 #define NALA_INSTANTIATE(T)                                                                        \
   template void im2col<T>(const Conv2dShape&, const T*, T*);                                       \
   template void col2im<T>(const Conv2dShape&, const T*, T*);                                       \
   template void depthwise_conv2d_forward<T>(const Conv2dShape&, const T*, const T*, const T*, T*); \
-  template void depthwise_conv2d_backward_input<T>(const Conv2dShape&, const T*, const T*, T*);    \
-  template void depthwise_conv2d_backward_weight<T>(const Conv2dShape&, const T*, const T*, T*);
+  template void depthwise_conv2d_backward<T>(const Conv2dShape&, const T*, const T*, const T*, T*, \
+                                             T*);
 NALA_INSTANTIATE(float)
 NALA_INSTANTIATE(double)
 #undef NALA_INSTANTIATE
