@@ -217,6 +217,35 @@ static int bench_copy(const BenchOptions& o, std::ostream& os) {
   return 0;
 }
 
+// Sums that gradients take, through sum(): the bias gradients of a linear layer (over dim 0 of
+// (tokens, features): one block of rows, outer = 1 in the kernels' (outer, r, inner) view) and of
+// a convolution (over dims 0, 2, 3 of an image batch), at xt-cifar's shapes at batch 256 and two
+// wider rows; GB/s of the input read once.
+static int bench_reduce(const BenchOptions& o, std::ostream& os) {
+  Device device = parse_device(o.device);
+  struct Case {
+    Shape shape;
+    std::vector<int64_t> dims;
+  };
+  const Case cases[] = {{{65536, 64}, {0}},
+                        {{65536, 256}, {0}},
+                        {{16384, 512}, {0}},
+                        {{256, 112, 16, 16}, {0, 2, 3}}};
+  os << "sum on " << o.device << ", float32\n"
+     << std::left << std::setw(34) << "shape, dims" << std::right << std::setw(10) << "ms"
+     << std::setw(10) << "GB/s\n";
+  for (const Case& c : cases) {
+    Tensor x = randn(c.shape, TensorOptions{DType::Float32, device});
+    const double s = median_seconds([&] { sum(x, c.dims); }, o.repeats, device);
+    std::string dims;
+    for (int64_t d : c.dims) dims += (dims.empty() ? "" : ", ") + std::to_string(d);
+    os << std::left << std::setw(34) << shape_str(c.shape) + ", {" + dims + "}" << std::right
+       << std::fixed << std::setprecision(3) << std::setw(10) << s * 1e3 << std::setprecision(1)
+       << std::setw(10) << x.numel() * 4 / s / 1e9 << "\n";
+  }
+  return 0;
+}
+
 // The memory-bound ops of xt-cifar at batch 256, forward+backward, two ways:
 // - through autograd, sum(f(x)).backward(), as a user runs them (and as the PyTorch peer does);
 // - on CUDA, the op's forward and backward kernels alone on preallocated buffers, queued back to
@@ -344,7 +373,7 @@ int run_benchmark(const std::string& name, const BenchOptions& options, std::ost
   static const std::map<std::string, std::function<int(const BenchOptions&, std::ostream&)>>
       benches = {
           {"matmul", bench_matmul}, {"conv2d", bench_conv2d}, {"attention", bench_attention},
-          {"copy", bench_copy},     {"ops", bench_ops},
+          {"copy", bench_copy},     {"ops", bench_ops},       {"reduce", bench_reduce},
       };
   auto it = benches.find(name);
   if (it == benches.end()) {

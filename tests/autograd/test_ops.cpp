@@ -220,6 +220,39 @@ TEST_CASE("sum and max over dims that are not adjacent match direct loops") {
                        std::invalid_argument);
 }
 
+TEST_CASE("sum and max over many rows of short rows: chunks of rows combined in order") {
+  // Dim 0 of (2500, 3) and dim 1 of (2, 2500, 3): more rows than one chunk of the CPU kernel
+  // (1024), the last chunk partial, with one or two outer rows; a NaN in the third chunk of one
+  // column must reach that column's max and sum and no other column's.
+  Tensor x = random_tensor({2, 2500, 3}, 41, DType::Float64, Device::CPU, -1, 1);
+  std::vector<double> xv = x.to_vector<double>();
+  xv[(2 * 2500 - 7) * 3 + 1] = NAN;  // second outer row, row 2493, column 1
+  x = from_data(xv, {2, 2500, 3});
+  std::vector<double> sums(6, 0.0), maxes(6, -INFINITY);
+  for (int64_t o = 0; o < 2; ++o)
+    for (int64_t j = 0; j < 2500; ++j)
+      for (int64_t i = 0; i < 3; ++i) {
+        const double v = xv[(o * 2500 + j) * 3 + i];
+        sums[o * 3 + i] += v;
+        maxes[o * 3 + i] =
+            std::isnan(v) || std::isnan(maxes[o * 3 + i]) ? NAN : std::max(maxes[o * 3 + i], v);
+      }
+  const auto same = [](const std::vector<double>& a, const std::vector<double>& b, double tol) {
+    REQUIRE(a.size() == b.size());
+    for (size_t i = 0; i < a.size(); ++i)
+      if (std::isnan(a[i]) != std::isnan(b[i]) ||
+          (!std::isnan(b[i]) && std::abs(a[i] - b[i]) > tol * std::max(1.0, std::abs(b[i]))))
+        return false;
+    return true;
+  };
+  CHECK(same(sum(x, {1}).to_vector<double>(), sums, 1e-12));
+  CHECK(same(max(x, {1}).to_vector<double>(), maxes, 0));
+  // One outer row: the first image of x alone (no NaN there).
+  Tensor first = x.slice(0, 0, 1).reshape({2500, 3});
+  CHECK(same(sum(first, {0}).to_vector<double>(), {sums[0], sums[1], sums[2]}, 1e-12));
+  CHECK(same(max(first, {0}).to_vector<double>(), {maxes[0], maxes[1], maxes[2]}, 0));
+}
+
 TEST_CASE("layer_norm normalises each row, then scales and shifts") {
   Tensor x = random_tensor({3, 8}, 8, DType::Float64, Device::CPU, -3, 5);
   Tensor w = random_tensor({8}, 9, DType::Float64), b = random_tensor({8}, 10, DType::Float64);
