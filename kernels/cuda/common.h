@@ -349,16 +349,14 @@ struct TeamRows {
 };
 
 // Butterfly shuffles over the whole warp, which runs in step (TeamRows, or the attention
-// kernels' for_team_tokens): at each offset every lane shuffles, and a lane combines the value
-// only when the offset stays within its team (offsets below `lanes` never leave it), so there
-// is no branch per step.
+// kernels' for_team_tokens): the offsets below `lanes` never leave a team, so a team of
+// `lanes` lanes takes log2(lanes) steps. Every lane of a warp has the same `lanes`, so each
+// step's branch goes the same way for the whole warp and the shuffles can name all of it.
 template <typename Op, typename T>
 __device__ T team_reduce(LanesPerRow team, T v) {
 #pragma unroll
-  for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
-    const T partner = __shfl_xor_sync(0xffffffffu, v, offset);
-    v = offset < team.lanes ? Op::combine(v, partner) : v;
-  }
+  for (int offset = kWarpSize / 2; offset > 0; offset /= 2)
+    if (offset < team.lanes) v = Op::combine(v, __shfl_xor_sync(0xffffffffu, v, offset));
   return v;
 }
 

@@ -1,11 +1,13 @@
 // Memory and elementwise kernels: strided copies, fills, random numbers, and the unary, binary and
 // scalar ops. Each is one functor run by for_each_index (common.h): one generic kernel family,
 // one functor per op.
+#include <climits>
 #include <cstdint>
 #include <stdexcept>
 #include <type_traits>
 
 #include "kernels/cuda/common.h"
+#include "kernels/fast_divisor.h"
 #include "kernels/kernels.h"
 #include "kernels/random.h"
 #include "kernels/unary_ops.h"
@@ -106,8 +108,8 @@ constexpr int kTransposeTile = 32, kTransposeRows = 8;  // a block: 32 x 8 threa
 struct TransposedCopy {
   StridedSpace outer;
   int64_t size_a, size_b, x_stride_b, y_stride_a;
-  int64_t tiles_b, tiles;  // tiles along b; tiles per coordinate of outer
-  int64_t count;           // tiles in all
+  FastDivisor by_tiles_b, by_tiles;  // tiles along b; tiles per coordinate of outer
+  int count;                         // tiles in all, below 2^31 (transposed_copy)
 };
 
 template <typename Src, typename Dst>
@@ -115,10 +117,12 @@ __global__ void transposed_copy_kernel(TransposedCopy t, const Src* x, Dst* y) {
   after_previous_kernel();
   __shared__ Dst tile[kTransposeTile][kTransposeTile + 1];  // [b - b0][a - a0]; +1: no conflicts
   const int tx = threadIdx.x, ty = threadIdx.y;
-  for (int64_t block = blockIdx.x; block < t.count; block += gridDim.x) {
-    const int64_t o = block / t.tiles, in_plane = block - o * t.tiles;
-    const int64_t a0 = in_plane / t.tiles_b * kTransposeTile;
-    const int64_t b0 = (in_plane - in_plane / t.tiles_b * t.tiles_b) * kTransposeTile;
+  for (int64_t i = blockIdx.x; i < t.count; i += gridDim.x) {
+    const int block = static_cast<int>(i);
+    const int o = t.by_tiles.divide(block), in_plane = block - o * t.by_tiles.divisor;
+    const int tile_a = t.by_tiles_b.divide(in_plane);
+    const int64_t a0 = int64_t(tile_a) * kTransposeTile;
+    const int64_t b0 = int64_t(in_plane - tile_a * t.by_tiles_b.divisor) * kTransposeTile;
     int64_t offsets[kOperands];
     offsets_at(t.outer, o, offsets);
     for (int r = ty; r < kTransposeTile; r += kTransposeRows)
@@ -134,7 +138,8 @@ __global__ void transposed_copy_kernel(TransposedCopy t, const Src* x, Dst* y) {
 
 // The transposing copy of a coalesced space, when it is one: y's last dimension has unit stride
 // in y only, some other dimension has unit stride in x, and both are at least half a tile long
-// (shorter ones would leave most of a tile's threads idle).
+// (shorter ones would leave most of a tile's threads idle); fewer than 2^31 tiles, so that a
+// tile's coordinates come from 32-bit FastDivisor divisions.
 bool transposed_copy(const StridedSpace& space, TransposedCopy& t) {
   const int b = space.ndim - 1;
   if (b < 1 || space.strides[1][b] != 1 || space.strides[0][b] == 1) return false;
@@ -155,9 +160,12 @@ bool transposed_copy(const StridedSpace& space, TransposedCopy& t) {
   }
   const int64_t outer_count = num_elements(t.outer.ndim, t.outer.sizes);
   t.outer.fits_32_bits = outer_count <= int64_t(UINT32_MAX);
-  t.tiles_b = (t.size_b + kTransposeTile - 1) / kTransposeTile;
-  t.tiles = (t.size_a + kTransposeTile - 1) / kTransposeTile * t.tiles_b;
-  t.count = t.tiles * outer_count;
+  const int64_t tiles_b = (t.size_b + kTransposeTile - 1) / kTransposeTile;
+  const int64_t tiles = (t.size_a + kTransposeTile - 1) / kTransposeTile * tiles_b;
+  if (tiles * outer_count > INT_MAX) return false;
+  t.by_tiles_b = FastDivisor(static_cast<int>(tiles_b));
+  t.by_tiles = FastDivisor(static_cast<int>(tiles));
+  t.count = static_cast<int>(tiles * outer_count);
   return true;
 }
 
