@@ -43,29 +43,41 @@ Tensor Tensor::detach() const {
   return Tensor(impl);
 }
 
-void record(const Tensor& output, const std::string& name, const std::vector<Tensor>& inputs,
-            BackwardFn backward) {
+void record_outputs(const std::vector<Tensor>& outputs, const std::string& name,
+                    const std::vector<Tensor>& inputs, MultiBackwardFn backward) {
   if (!grad_enabled()) return;
   bool any = false;
   for (const Tensor& t : inputs) any = any || (t.defined() && t.requires_grad());
   if (!any) return;
   auto node = std::make_shared<Node>();
   node->name = name;
+  node->num_outputs = static_cast<int>(outputs.size());
   node->backward = std::move(backward);
-  node->output_shape = output.shape();
-  node->output_dtype = output.dtype();
   for (const Tensor& t : inputs) {
     Edge e;
     if (t.defined() && t.requires_grad()) {
-      if (t.grad_fn())
+      if (t.grad_fn()) {
         e.node = t.grad_fn();
-      else
+        e.output_nr = t.impl()->autograd->output_nr;
+      } else {
         e.leaf = t.impl()->autograd;
+      }
     }
     node->inputs.push_back(e);
   }
-  output.impl()->autograd->grad_fn = node;
-  output.impl()->autograd->requires_grad = true;
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    outputs[i].impl()->autograd->grad_fn = node;
+    outputs[i].impl()->autograd->output_nr = static_cast<int>(i);
+    outputs[i].impl()->autograd->requires_grad = true;
+  }
+}
+
+void record(const Tensor& output, const std::string& name, const std::vector<Tensor>& inputs,
+            BackwardFn backward) {
+  record_outputs({output}, name, inputs,
+                 [backward = std::move(backward)](const std::vector<Tensor>& grad_outputs) {
+                   return backward(grad_outputs[0]);
+                 });
 }
 
 // ---- backward ----
@@ -112,11 +124,19 @@ void Tensor::backward(const Tensor& grad_in, bool retain_graph) const {
     impl_->autograd->grad = accumulate(impl_->autograd->grad, grad).contiguous();
     return;
   }
-  std::unordered_map<Node*, Tensor> grads{{grad_fn().get(), grad}};
+  // Each node's gradients, one per output, summed over the node's consumers.
+  std::unordered_map<Node*, std::vector<Tensor>> grads;
+  const auto grads_of = [&](Node* node) -> std::vector<Tensor>& {
+    std::vector<Tensor>& g = grads[node];
+    g.resize(node->num_outputs);
+    return g;
+  };
+  grads_of(grad_fn().get())[impl_->autograd->output_nr] = grad;
   for (Node* node : topological_order(grad_fn().get())) {
-    Tensor g = grads[node];
-    grads.erase(node);
-    if (!g.defined()) continue;
+    auto it = grads.find(node);
+    if (it == grads.end()) continue;
+    const std::vector<Tensor> g = std::move(it->second);
+    grads.erase(it);
     if (!node->backward)
       throw std::runtime_error("backward: the graph through '" + node->name +
                                "' was already freed by an earlier backward(); call the first "
@@ -126,7 +146,10 @@ void Tensor::backward(const Tensor& grad_in, bool retain_graph) const {
     for (size_t i = 0; i < node->inputs.size(); ++i) {
       const Edge& e = node->inputs[i];
       if (i >= input_grads.size() || !input_grads[i].defined()) continue;
-      if (e.node) grads[e.node.get()] = accumulate(grads[e.node.get()], input_grads[i]);
+      if (e.node) {
+        Tensor& sum = grads_of(e.node.get())[e.output_nr];
+        sum = accumulate(sum, input_grads[i]);
+      }
       if (e.leaf) e.leaf->grad = accumulate(e.leaf->grad, input_grads[i]).contiguous();
     }
   }

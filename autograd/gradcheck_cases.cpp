@@ -254,8 +254,10 @@ const std::vector<GradcheckCase>& builtin_gradcheck_cases() {
          return Inputs{input({5, 2}, d)};
        },
        [](const Inputs& x) {
-         std::vector<Tensor> p = split(x[0], {2, 3}, 0);
-         return add(sum(p[0], {0}), mul(sum(p[1], {0}), 2.0));
+         // One node for all parts: p[0] used twice (its gradients add up), p[1] unused (zeros
+         // in its place of dx).
+         std::vector<Tensor> p = split(x[0], {2, 1, 2}, 0);
+         return add(sum(mul(p[0], p[0]), {0}), add(sum(p[0], {0}), mul(sum(p[2], {0}), 2.0)));
        }},
       // attention, (B, H, N, d) = (1, 2, 6, 8) on a 2 x 3 grid
       {"nala_attention",

@@ -312,6 +312,9 @@ Tensor concat(const std::vector<Tensor>& tensors, int64_t dim) {
   return y;
 }
 
+// The parts are views of x (slices, no copy), all made by one node: its backward writes each
+// part's gradient into its place in dx (zeros where a part got none) in one buffer. (A node per
+// slice would give each part a full-size gradient, zeros around its slice, and add them up.)
 std::vector<Tensor> split(const Tensor& x, const std::vector<int64_t>& sizes, int64_t dim) {
   int64_t d = wrap_dim("split", dim, x.dim());
   int64_t total = std::accumulate(sizes.begin(), sizes.end(), int64_t{0});
@@ -320,11 +323,25 @@ std::vector<Tensor> split(const Tensor& x, const std::vector<int64_t>& sizes, in
                                 std::to_string(d) + " of shape " + shape_str(x.shape()) + " is " +
                                 std::to_string(x.shape()[d]));
   std::vector<Tensor> parts;
+  const Tensor base = x.detach();
   int64_t at = 0;
   for (int64_t s : sizes) {
-    parts.push_back(x.slice(d, at, at + s));
+    parts.push_back(base.slice(d, at, at + s));
     at += s;
   }
+  record_outputs(
+      parts, "split", {x}, [shape = x.shape(), sizes, d](const std::vector<Tensor>& dys) {
+        const Tensor& some =
+            *std::find_if(dys.begin(), dys.end(), [](const Tensor& t) { return t.defined(); });
+        const TensorOptions options{some.dtype(), some.device()};
+        Tensor dx = empty(shape, options);
+        int64_t at = 0;
+        for (size_t i = 0; i < sizes.size(); ++i) {
+          dx.slice(d, at, at + sizes[i]).copy_(dys[i].defined() ? dys[i] : zeros({}, options));
+          at += sizes[i];
+        }
+        return std::vector<Tensor>{dx};
+      });
   return parts;
 }
 

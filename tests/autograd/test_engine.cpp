@@ -56,6 +56,22 @@ TEST_CASE("gradients flow through views to the base tensor") {
   CHECK(x.grad().to_vector<double>() == std::vector<double>{0, 2, 4, 0, 8, 10});
 }
 
+TEST_CASE("an op of several outputs records one node and gets a gradient per output") {
+  Tensor x = arange(6, TensorOptions{DType::Float64}).requires_grad_();
+  std::vector<Tensor> p = split(x, {2, 4}, 0);
+  REQUIRE(p[0].grad_fn());
+  CHECK(p[0].grad_fn() == p[1].grad_fn());
+  CHECK(p[0].grad_fn()->name == "split");
+  CHECK(p[1].grad_fn()->num_outputs == 2);
+  // Only the second part reaches the loss: the first part's place in dx gets zeros.
+  sum(mul(p[1], 3.0)).backward({}, /*retain_graph=*/true);
+  CHECK(x.grad().to_vector<double>() == std::vector<double>{0, 0, 3, 3, 3, 3});
+  // backward() from a part itself: the root is output 1 of the node.
+  x.zero_grad();
+  p[1].backward(from_vector({1, 2, 3, 4}, {4}, TensorOptions{DType::Float64}));
+  CHECK(x.grad().to_vector<double>() == std::vector<double>{0, 0, 1, 2, 3, 4});
+}
+
 TEST_CASE("ops compute only the gradients their inputs need") {
   // Each op's backward runs twice on the same values and output gradient: once with every input
   // requiring grad (the reference), once with input `frozen` not requiring it. For the frozen
@@ -92,7 +108,7 @@ TEST_CASE("ops compute only the gradients their inputs need") {
       }
       Tensor y = c.f(inputs);
       REQUIRE(y.grad_fn());
-      return y.grad_fn()->backward(test::random_tensor(y.shape(), 99, DType::Float64));
+      return y.grad_fn()->backward({test::random_tensor(y.shape(), 99, DType::Float64)});
     };
     const std::vector<Tensor> reference = input_grads(-1);
     for (size_t frozen = 0; frozen < c.shapes.size(); ++frozen) {
