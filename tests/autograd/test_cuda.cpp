@@ -204,6 +204,14 @@ TEST_CASE("CUDA element-wise ops in 16-byte pieces, and an element at a time, ma
         {"b along the last dim only", on_gpu({5, 16}, 75), on_gpu({16}, 76)},
         {"rows of 7: an element at a time", on_gpu({5, 7}, 77), on_gpu({7}, 78)},
         {"a off the 16-byte boundary", shifted, on_gpu({12, 16}, 79)},
+        // Operands in the other image layout (channels last against channels first): one
+        // crosses y's rows, the other reads along them or both cross; an element at a time.
+        {"b an image in the other layout", on_gpu({2, 5, 6, 40}, 80),
+         on_gpu({2, 40, 5, 6}, 81).permute({0, 2, 3, 1})},
+        {"a in the other layout, b one value per channel",
+         on_gpu({2, 5, 4, 37}, 82).permute({0, 3, 1, 2}), on_gpu({37, 1, 1}, 83)},
+        {"both in the other layout", on_gpu({2, 5, 4, 37}, 84).permute({0, 3, 1, 2}),
+         on_gpu({2, 5, 4, 37}, 85).permute({0, 3, 1, 2})},
     };
     for (const Pair& p : pairs) {
       CAPTURE(p.what);
