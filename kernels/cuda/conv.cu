@@ -409,6 +409,26 @@ __device__ void load_filter(const T* w, int channel, bool turn, T (&f)[K][K]) {
       f[i][j] = w[channel * K * K + (turn ? (K - 1 - i) * K + K - 1 - j : i * K + j)];
 }
 
+// One cell of a correlation, its outputs k < valid_rows of column x:
+//   out[first_y + k, x] = init + sum_{i, j} f[i][j] in[first_y + k - pad_h + i, x - pad_w + j],
+// `in` staged as sweep_window reads it, out a plane out_w wide.
+template <int K, typename T>
+__device__ void correlate_cell(const Correlation& c, const T* staged_plane, int row_ld,
+                               const Band& band, const T (&f)[K][K], T init, int first_y, int x,
+                               int valid_rows, T* out_plane, int out_w) {
+  T acc[kRowsPerThread];
+#pragma unroll
+  for (int k = 0; k < kRowsPerThread; ++k) acc[k] = init;
+  sweep_window<K>(c, staged_plane, row_ld, band, first_y, x - c.pad_w, valid_rows,
+                  [&](int k, int i, const T(&in_row)[K]) {
+#pragma unroll
+                    for (int j = 0; j < K; ++j) acc[k] += f[i][j] * in_row[j];
+                  });
+#pragma unroll
+  for (int k = 0; k < kRowsPerThread; ++k)
+    if (k < valid_rows) out_plane[(first_y + k) * out_w + x] = acc[k];
+}
+
 template <int K, typename T>
 __global__ void __launch_bounds__(kStreamThreads, kStreamBlocksPerSM)
     depthwise_correlation_kernel(Correlation c, const T* in, const T* w, const T* bias, T* out) {
@@ -431,17 +451,8 @@ __global__ void __launch_bounds__(kStreamThreads, kStreamBlocksPerSM)
     const T* staged_plane = staged + buffer * c.buffer_size() + thread.q * c.input.plane_ld;
     T* out_plane = out + int64_t(plane) * c.out_h * c.out_w;
     thread.for_each_cell(c, band, [&](int first_y, int x, int valid_rows) {
-      T acc[kRowsPerThread];
-#pragma unroll
-      for (int k = 0; k < kRowsPerThread; ++k) acc[k] = b;
-      sweep_window<K>(c, staged_plane, c.input.row_ld, band, first_y, x - c.pad_w, valid_rows,
-                      [&](int k, int i, const T(&in_row)[K]) {
-#pragma unroll
-                        for (int j = 0; j < K; ++j) acc[k] += f[i][j] * in_row[j];
-                      });
-#pragma unroll
-      for (int k = 0; k < kRowsPerThread; ++k)
-        if (k < valid_rows) out_plane[(first_y + k) * c.out_w + x] = acc[k];
+      correlate_cell(c, staged_plane, c.input.row_ld, band, f, b, first_y, x, valid_rows, out_plane,
+                     c.out_w);
     });
   };
   stream_groups(c.groups(), stage, compute);
@@ -497,16 +508,9 @@ __global__ void __launch_bounds__(kStreamThreads, kStreamBlocksPerSM)
 #pragma unroll
                         for (int j = 0; j < K; ++j) sum[i][j] += grad[k] * in_row[j];
                       });
-      if (!kInputGradient) return;
-      T acc[kRowsPerThread] = {};
-      sweep_window<K>(c, dy_plane, c.output.row_ld, band, first_y, col - c.pad_w, valid_rows,
-                      [&](int k, int i, const T(&dy_row)[K]) {
-#pragma unroll
-                        for (int j = 0; j < K; ++j) acc[k] += turned[i][j] * dy_row[j];
-                      });
-#pragma unroll
-      for (int k = 0; k < kRowsPerThread; ++k)
-        if (k < valid_rows) dx_plane[(first_y + k) * c.in_w + col] = acc[k];
+      if (kInputGradient)
+        correlate_cell(c, dy_plane, c.output.row_ld, band, turned, T(0), first_y, col, valid_rows,
+                       dx_plane, c.in_w);
     });
   };
   stream_groups(c.groups(), stage, compute);
