@@ -317,6 +317,10 @@ Tensor concat(const std::vector<Tensor>& tensors, int64_t dim) {
 // slice would give each part a full-size gradient, zeros around its slice, and add them up.)
 std::vector<Tensor> split(const Tensor& x, const std::vector<int64_t>& sizes, int64_t dim) {
   int64_t d = wrap_dim("split", dim, x.dim());
+  for (int64_t s : sizes)
+    if (s < 0)
+      throw std::invalid_argument("split: sizes must not be negative, got " + std::to_string(s) +
+                                  " for shape " + shape_str(x.shape()));
   int64_t total = std::accumulate(sizes.begin(), sizes.end(), int64_t{0});
   if (total != x.shape()[d])
     throw std::invalid_argument("split: sizes add up to " + std::to_string(total) + " but dim " +

@@ -399,4 +399,11 @@ TEST_CASE("bad input is an error that names the op and the shapes") {
   CHECK_THROWS_WITH_AS(concat({zeros({2, 3}), zeros({3, 3})}, 1),
                        doctest::Contains("concat: shapes [2, 3] and [3, 3]"),
                        std::invalid_argument);
+  // Sizes that add up but hold a negative one (a slice would wrap it around): an error.
+  CHECK_THROWS_WITH_AS(split(zeros({5}), {-1, 6}, 0),
+                       "split: sizes must not be negative, got -1 for shape [5]",
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(split(zeros({5, 2}), {2, 2}, 0),
+                       doctest::Contains("split: sizes add up to 4 but dim 0 of shape [5, 2] is 5"),
+                       std::invalid_argument);
 }
