@@ -231,11 +231,15 @@ static int bench_reduce(const BenchOptions& o, std::ostream& os) {
                         {{65536, 256}, {0}},
                         {{16384, 512}, {0}},
                         {{256, 112, 16, 16}, {0, 2, 3}}};
+  std::vector<Tensor> inputs;  // made first: a device this build lacks fails before any output
+  for (const Case& c : cases)
+    inputs.push_back(randn(c.shape, TensorOptions{DType::Float32, device}));
   os << "sum on " << o.device << ", float32\n"
      << std::left << std::setw(34) << "shape, dims" << std::right << std::setw(10) << "ms"
      << std::setw(10) << "GB/s\n";
-  for (const Case& c : cases) {
-    Tensor x = randn(c.shape, TensorOptions{DType::Float32, device});
+  for (size_t i = 0; i < std::size(cases); ++i) {
+    const Case& c = cases[i];
+    const Tensor& x = inputs[i];
     const double s = median_seconds([&] { sum(x, c.dims); }, o.repeats, device);
     std::string dims;
     for (int64_t d : c.dims) dims += (dims.empty() ? "" : ", ") + std::to_string(d);
