@@ -255,9 +255,10 @@ const std::vector<GradcheckCase>& builtin_gradcheck_cases() {
        },
        [](const Inputs& x) {
          // One node for all parts: p[0] used twice (its gradients add up), p[1] unused (zeros
-         // in its place of dx).
+         // in its place of dx), and x used beside the split too (dx adds to that gradient).
          std::vector<Tensor> p = split(x[0], {2, 1, 2}, 0);
-         return add(sum(mul(p[0], p[0]), {0}), add(sum(p[0], {0}), mul(sum(p[2], {0}), 2.0)));
+         return add(add(sum(mul(p[0], p[0]), {0}), add(sum(p[0], {0}), mul(sum(p[2], {0}), 2.0))),
+                    mul(sum(x[0], {0}), 0.5));
        }},
       // attention, (B, H, N, d) = (1, 2, 6, 8) on a 2 x 3 grid
       {"nala_attention",
