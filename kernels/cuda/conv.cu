@@ -193,16 +193,16 @@ struct DepthwiseBackwardInput {
 // block streams groups of planes through shared memory: a group is group_planes planes when
 // whole planes fit in kStagedBytes, else a band of band_h output rows of one plane with the
 // input rows their windows read. The correlation deals the groups of all planes to its blocks
-// in turn; the weight gradient, whose block sums one channel, deals each channel's groups (of
-// its images' planes) to a row of blocks. The copies are asynchronous (cp.async, 16-byte pieces
-// where the rows allow) into kStages buffers in a ring: the next kStages - 1 groups' copies are in
-// flight while the block computes one (stream_groups). In a group each plane has kStreamThreads /
-// group_planes threads; a thread takes `rows` (up to kRowsPerThread) vertically adjacent outputs of
-// one column at a time, its filter in registers, and sweeps the rows + K - 1 staged input rows they
-// read once each (each input row feeds every output whose window covers it): (rows + K - 1) K
-// shared-memory loads for rows K^2 taps.
-// (The kernels before these read global memory straight through L1, a thread's own outputs its
-// only loads in flight: at (256, 32, 16, 16) with a 5 x 5 filter they reached 39% of the copy
+// in turn; the backward (depthwise_backward_kernel: dw, and dx with "same" padding), whose block
+// sums one channel's dw, deals each channel's groups (of its images' planes) to a row of blocks.
+// The copies are asynchronous (cp.async, 16-byte pieces where the rows allow) into kStages buffers
+// in a ring: the next kStages - 1 groups' copies are in flight while the block computes one
+// (stream_groups). In a group each plane has kStreamThreads / group_planes threads; a thread takes
+// `rows` (up to kRowsPerThread) vertically adjacent outputs of one column at a time, its filter in
+// registers, and sweeps the rows + K - 1 staged input rows they read once each (each input row
+// feeds every output whose window covers it): (rows + K - 1) K shared-memory loads for rows K^2
+// taps. (The kernels before these read global memory straight through L1, a thread's own outputs
+// its only loads in flight: at (256, 32, 16, 16) with a 5 x 5 filter they reached 39% of the copy
 // bandwidth with 30-43% of warps active; docs/benchmarks.md.)
 constexpr int kStreamThreads = 256;
 constexpr int kStreamBlocksPerSM = 4;  // at most 64 registers a thread
@@ -254,7 +254,7 @@ struct Correlation {
         flip(turn_filter) {}
   int channels = 0;
   // The planes a row of blocks walks through, plane_step apart: all planes (the correlation,
-  // plane_step 1) or one channel's, the row's, in each image (the weight gradient).
+  // plane_step 1) or one channel's, the row's, in each image (the backward).
   int walked = 0, plane_step = 1;
   int in_h, in_w, out_h, out_w, kernel = 0, pad_h, pad_w;
   bool flip;  // turn the filter by 180 degrees
@@ -546,8 +546,8 @@ bool plan_correlation(Correlation& c, const Conv2dShape& s, Staging staging,
   c.kernel = static_cast<int>(s.kernel_h);
   c.rows = std::min(kRowsPerThread, c.out_h);
   // 16-byte copies when every row starts on a 16-byte boundary.
-  const bool aligned = c.in_w * sizeof(T) % 16 == 0 &&
-                       (!with_output || c.out_w * sizeof(T) % 16 == 0) && aligned16(pointers);
+  const bool aligned =
+      contiguous_pieces<T>(c.in_w, pointers) && (!with_output || c.out_w % kPiece<T> == 0);
   c.piece = aligned ? kPiece<T> : 1;
   // A plane's bytes in a buffer with bands of band_h output rows.
   const auto plan_band = [&](int band_h) {

@@ -1,6 +1,7 @@
 // Memory and elementwise kernels: strided copies, fills, random numbers, and the unary, binary and
 // scalar ops. Each is one functor run by for_each_index (common.h): one generic kernel family,
-// one functor per op.
+// one functor per op; only the copy that transposes has a kernel of its own, through shared
+// memory (transposed_copy_kernel).
 #include <climits>
 #include <cstdint>
 #include <stdexcept>
@@ -24,7 +25,7 @@ constexpr int kOperands = 2;
 
 struct StridedSpace {
   int ndim = 0;
-  bool fits_32_bits = false;  // every row-major index fits in uint32_t (set by coalesce)
+  bool fits_32_bits = false;  // every row-major index fits in uint32_t (coalesce, transposed_copy)
   int64_t sizes[kMaxDims] = {};
   int64_t strides[kOperands][kMaxDims] = {};
 };
@@ -159,10 +160,10 @@ bool transposed_copy(const StridedSpace& space, TransposedCopy& t) {
     ++t.outer.ndim;
   }
   const int64_t outer_count = num_elements(t.outer.ndim, t.outer.sizes);
-  t.outer.fits_32_bits = outer_count <= int64_t(UINT32_MAX);
   const int64_t tiles_b = (t.size_b + kTransposeTile - 1) / kTransposeTile;
   const int64_t tiles = (t.size_a + kTransposeTile - 1) / kTransposeTile * tiles_b;
   if (tiles * outer_count > INT_MAX) return false;
+  t.outer.fits_32_bits = true;  // outer_count <= tiles * outer_count < 2^31
   t.by_tiles_b = FastDivisor(static_cast<int>(tiles_b));
   t.by_tiles = FastDivisor(static_cast<int>(tiles));
   t.count = static_cast<int>(tiles * outer_count);
