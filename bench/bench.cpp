@@ -373,16 +373,23 @@ static int bench_ops(const BenchOptions& o, std::ostream& os) {
   return 0;
 }
 
+using Benchmarks = std::map<std::string, std::function<int(const BenchOptions&, std::ostream&)>>;
+static const Benchmarks kBenchmarks = {
+    {"matmul", bench_matmul}, {"conv2d", bench_conv2d}, {"attention", bench_attention},
+    {"copy", bench_copy},     {"ops", bench_ops},       {"reduce", bench_reduce},
+};
+
+std::vector<std::string> benchmark_names() {
+  std::vector<std::string> names;
+  for (const auto& [name, run] : kBenchmarks) names.push_back(name);
+  return names;
+}
+
 int run_benchmark(const std::string& name, const BenchOptions& options, std::ostream& os) {
-  static const std::map<std::string, std::function<int(const BenchOptions&, std::ostream&)>>
-      benches = {
-          {"matmul", bench_matmul}, {"conv2d", bench_conv2d}, {"attention", bench_attention},
-          {"copy", bench_copy},     {"ops", bench_ops},       {"reduce", bench_reduce},
-      };
-  auto it = benches.find(name);
-  if (it == benches.end()) {
+  auto it = kBenchmarks.find(name);
+  if (it == kBenchmarks.end()) {
     os << "unknown benchmark '" << name << "'; known:";
-    for (const auto& [n, f] : benches) os << " " << n;
+    for (const std::string& known : benchmark_names()) os << " " << known;
     os << "\n";
     return 2;
   }

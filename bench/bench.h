@@ -21,6 +21,9 @@ struct BenchOptions {
 // The variants `nala bench attention --kind` takes.
 std::vector<std::string> attention_bench_kinds();
 
+// The benchmarks run_benchmark knows, by name.
+std::vector<std::string> benchmark_names();
+
 // Returns 0 on success; an unknown name lists the known ones and returns 2.
 int run_benchmark(const std::string& name, const BenchOptions& options, std::ostream& os);
 

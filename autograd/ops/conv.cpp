@@ -77,13 +77,21 @@ Tensor conv2d(const Tensor& x_in, const Tensor& w_in, const Tensor& bias, int64_
     Tensor b = bias.defined() ? bias.detach().contiguous() : Tensor();
     NALA_KERNEL(x, depthwise_conv2d_forward, s, x.data<T>(), w.data<T>(),
                 b.defined() ? b.data<T>() : nullptr, y.data<T>());
+    // The backward keeps x only for dw and w only for dx (a frozen filter saves no activation).
+    const bool need_x = needs_grad(x_in), need_w = needs_grad(w_in);
     record(y, "conv2d_depthwise", {x_in, w_in, bias},
-           [s, x, w, need_x = needs_grad(x_in), need_w = needs_grad(w_in),
-            need_b = needs_grad(bias)](const Tensor& dy_in) {
+           [s, x = need_w ? x : Tensor(), w = need_x ? w : Tensor(), x_shape = x.shape(),
+            w_shape = w.shape(), need_x, need_w, need_b = needs_grad(bias)](const Tensor& dy_in) {
              Tensor dy = dy_in.contiguous();
-             Tensor dx = need_x ? empty_like(x) : Tensor(), dw = need_w ? empty_like(w) : Tensor();
-             NALA_KERNEL(x, depthwise_conv2d_backward, s, x.data<T>(), w.data<T>(), dy.data<T>(),
-                         need_x ? dx.data<T>() : nullptr, need_w ? dw.data<T>() : nullptr);
+             Tensor dx, dw;
+             if (need_x || need_w) {
+               const TensorOptions options{dy.dtype(), dy.device()};
+               if (need_x) dx = empty(x_shape, options);
+               if (need_w) dw = empty(w_shape, options);
+               NALA_KERNEL(dy, depthwise_conv2d_backward, s, need_w ? x.data<T>() : nullptr,
+                           need_x ? w.data<T>() : nullptr, dy.data<T>(),
+                           need_x ? dx.data<T>() : nullptr, need_w ? dw.data<T>() : nullptr);
+             }
              return std::vector<Tensor>{dx, dw, need_b ? sum(dy, {0, 2, 3}) : Tensor()};
            });
     return y;

@@ -277,6 +277,18 @@ Tensor Tensor::to(DType t) const {
 
 // ---- joining and splitting ----
 
+// Writes parts[i] into out along dim d, lengths[i] of it each, one after another (an undefined
+// part: zeros): concat's forward and split's backward.
+static void write_parts(const Tensor& out, int64_t d, const std::vector<Tensor>& parts,
+                        const std::vector<int64_t>& lengths) {
+  int64_t at = 0;
+  for (size_t i = 0; i < parts.size(); ++i) {
+    out.slice(d, at, at + lengths[i])
+        .copy_(parts[i].defined() ? parts[i] : zeros({}, TensorOptions{out.dtype(), out.device()}));
+    at += lengths[i];
+  }
+}
+
 Tensor concat(const std::vector<Tensor>& tensors, int64_t dim) {
   if (tensors.empty()) throw std::invalid_argument("concat: no tensors given");
   check_same("concat", tensors);
@@ -293,20 +305,17 @@ Tensor concat(const std::vector<Tensor>& tensors, int64_t dim) {
                                   std::to_string(d));
     shape[d] += t.shape()[d];
   }
-  Tensor y = empty(shape, TensorOptions{first.dtype(), first.device()});
-  std::vector<int64_t> starts;
-  int64_t at = 0;
-  for (const Tensor& t : tensors) {
-    starts.push_back(at);
-    y.detach().slice(d, at, at + t.shape()[d]).copy_(t);
-    at += t.shape()[d];
-  }
   std::vector<int64_t> lengths;
   for (const Tensor& t : tensors) lengths.push_back(t.shape()[d]);
+  Tensor y = empty(shape, TensorOptions{first.dtype(), first.device()});
+  write_parts(y.detach(), d, tensors, lengths);
   record(y, "concat", tensors, [=](const Tensor& dy) {
     std::vector<Tensor> dx;
-    for (size_t i = 0; i < starts.size(); ++i)
-      dx.push_back(dy.slice(d, starts[i], starts[i] + lengths[i]));
+    int64_t at = 0;
+    for (int64_t length : lengths) {
+      dx.push_back(dy.slice(d, at, at + length));
+      at += length;
+    }
     return dx;
   });
   return y;
@@ -337,13 +346,8 @@ std::vector<Tensor> split(const Tensor& x, const std::vector<int64_t>& sizes, in
       parts, "split", {x}, [shape = x.shape(), sizes, d](const std::vector<Tensor>& dys) {
         const Tensor& some =
             *std::find_if(dys.begin(), dys.end(), [](const Tensor& t) { return t.defined(); });
-        const TensorOptions options{some.dtype(), some.device()};
-        Tensor dx = empty(shape, options);
-        int64_t at = 0;
-        for (size_t i = 0; i < sizes.size(); ++i) {
-          dx.slice(d, at, at + sizes[i]).copy_(dys[i].defined() ? dys[i] : zeros({}, options));
-          at += sizes[i];
-        }
+        Tensor dx = empty(shape, TensorOptions{some.dtype(), some.device()});
+        write_parts(dx, d, dys, sizes);
         return std::vector<Tensor>{dx};
       });
   return parts;

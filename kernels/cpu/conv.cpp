@@ -181,6 +181,8 @@ void depthwise_conv2d_forward(const Conv2dShape& s, const T* x, const T* w, cons
   }
 }
 
+namespace {
+
 // dx[b, c, ih, iw] = sum over the (ki, kj, oh, ow) that read (ih, iw) of
 // w[c, ki, kj] dy[b, c, oh, ow]: the forward's map run backwards, scattering into dx.
 // One thread per plane (b, c).
@@ -222,11 +224,10 @@ void depthwise_conv2d_backward_input(const Conv2dShape& s, const T* dy, const T*
 // double per output pixel (by_pixel[o], over the batch), which the compiler vectorises along the
 // row (one running sum would be a chain of dependent adds), and the pixels are added last. Both
 // keep their sums in the thread's scratch (scratch.h), not an allocation per channel.
-namespace {
 struct PixelSums {};  // thread_scratch's tags
 struct TapSums {};
 struct InsideColumns {};
-}  // namespace
+
 template <typename T>
 void depthwise_conv2d_backward_weight(const Conv2dShape& s, const T* x, const T* dy, T* dw) {
   const int64_t window = s.kernel_h * s.kernel_w;
@@ -291,6 +292,8 @@ void depthwise_conv2d_backward_weight(const Conv2dShape& s, const T* x, const T*
     }
   }
 }
+
+}  // namespace
 
 template <typename T>
 void depthwise_conv2d_backward(const Conv2dShape& s, const T* x, const T* w, const T* dy, T* dx,

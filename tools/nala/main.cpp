@@ -125,7 +125,9 @@ int main(int argc, char** argv) {
   auto* bench = app.add_subcommand("bench", "benchmark kernels and ops");
   std::string bench_name;
   BenchOptions bench_options;
-  bench->add_option("name", bench_name, "matmul, conv2d, attention, copy, ops, reduce")->required();
+  bench->add_option("name", bench_name, "the benchmark")
+      ->required()
+      ->check(CLI::IsMember(benchmark_names()));
   bench->add_option("--device", bench_options.device)->check(CLI::IsMember(devices));
   bench->add_option("--repeats", bench_options.repeats, "timed repetitions (median reported)");
   bench->add_option("--head-dim", bench_options.head_dim, "attention: only this head dim");
