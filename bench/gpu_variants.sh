@@ -13,24 +13,38 @@
 #   d = 32 and 64, B = H = 2, N = 256; check.txt: max |cuda - cpu| / max |cpu|, 4-6e-4 with the
 #   TF32 products in sessions 11 and 12; a check fails past 2e-3, the bound of the TF32 tests in
 #   tests/autograd/test_attention.cpp);
-# - the command twice per tree, alternating, BUILD standing for the tree's build directory.
+# - the command twice per tree, alternating, BUILD/ standing for the tree's build directory (run
+#   with pipefail: a pipeline fails when any part of it does, so leave out `| head`).
 # Logs under $OUT, the GPU's name first in compare.log, the benchmark's output printed last. The
 # exit status is nonzero when a build, the tests, a check or a benchmark failed.
 # bench/gpu_compare.sh is this script for a baseline and the working tree, with the tests.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
+[ $# -ge 2 ] || { echo "usage: gpu_variants.sh 'COMMAND' TREE..."; exit 2; }
 COMMAND=$1
 shift
 TREES=("$@")
 mkdir -p "$OUT"
 build_dir() { if [ "$1" = . ]; then echo build-gpu; else echo "build-$(basename "$1")"; fi; }
-[ ${#TREES[@]} -ge 1 ] || { echo "usage: gpu_variants.sh 'COMMAND' TREE..."; exit 2; }
-# Each tree needs its own build directory (two trees named alike would build into one).
+# Each tree needs its own build directory (two trees named alike would build into one), and
+# build-gpu is the working tree's (gpu_run.sh's), whether or not `.` is among the trees.
+for tree in "${TREES[@]}"; do
+  [ "$tree" = . ] || [ "$(basename "$tree")" != gpu ] || { echo "a tree may not be named gpu: $tree"; exit 2; }
+done
 dirs=$(for tree in "${TREES[@]}"; do build_dir "$tree"; done)
 [ "$(sort <<< "$dirs" | uniq -d)" = "" ] || { echo "trees share a build directory: $dirs"; exit 2; }
+# The device tool brings back at most 8 files from $OUT: on any exit the configure and build
+# logs (and the GPU's name) travel as one archive, leaving compare.log, check.txt,
+# attn_check.log, ctest.log, gradcheck_cuda.log and two files for the caller's own.
+pack_logs() {
+  local logs
+  logs=$(cd "$OUT" && ls gpu.txt configure*.log build*.log 2>/dev/null)
+  [ -z "$logs" ] || (cd "$OUT" && tar czf build_logs.tar.gz --remove-files $logs)
+}
+trap pack_logs EXIT
+failed_builds=$(mktemp -d)  # a marker per tree whose build failed (not in $OUT)
 
 jobs=$(( ${#TREES[@]} > 16 ? 1 : 16 / ${#TREES[@]} ))
-rm -f "$OUT"/build_failed_*
 for tree in "${TREES[@]}"; do
   dir=$(build_dir "$tree")
   # git archive dates a tree's files at its commit, which can be older than the objects a warm
@@ -45,12 +59,12 @@ for tree in "${TREES[@]}"; do
   [ "$tree" = . ] && [ -n "${RUN_TESTS:-}" ] && targets=()
   (cmake -S "$tree" -B "$dir" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 > "$OUT/configure_${dir#build-}.log" 2>&1 &&
     cmake --build "$dir" -j$jobs "${targets[@]}" > "$OUT/build_${dir#build-}.log" 2>&1 ||
-    touch "$OUT/build_failed_${dir#build-}") &
+    touch "$failed_builds/${dir#build-}") &
 done
 wait
-for failed in "$OUT"/build_failed_*; do
+for failed in "$failed_builds"/*; do
   [ -e "$failed" ] || continue
-  name=${failed##*build_failed_}
+  name=$(basename "$failed")
   tail -40 "$OUT/build_$name.log"
   echo "build of $name failed"
   exit 1
@@ -114,15 +128,10 @@ PY
     for tree in "${TREES[@]}"; do
       dir=$(build_dir "$tree")
       echo "==== $dir ($i)"
-      timeout 120 bash -c "${COMMAND//BUILD/$dir}" || echo "==== failed (rc $?)"
+      timeout 120 bash -o pipefail -c "${COMMAND//BUILD\//$dir/}" || echo "==== failed (rc $?)"
     done
   done
 } > "$OUT/compare.log" 2>&1
 grep -q "^==== failed" "$OUT/compare.log" && status=1
-# The device tool brings back at most 8 files from $OUT: the configure and build logs (and the
-# GPU's name) travel as one archive, leaving compare.log, check.txt, attn_check.log, ctest.log,
-# gradcheck_cuda.log and two files for the caller's own.
-logs=$(cd "$OUT" && ls gpu.txt configure*.log build*.log 2>/dev/null)
-[ -z "$logs" ] || (cd "$OUT" && tar czf build_logs.tar.gz --remove-files $logs)
 cat "$OUT/compare.log"
 exit $status
