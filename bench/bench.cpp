@@ -219,8 +219,9 @@ static int bench_copy(const BenchOptions& o, std::ostream& os) {
 
 // Sums that gradients take, through sum(): the bias gradients of a linear layer (over dim 0 of
 // (tokens, features): one block of rows, outer = 1 in the kernels' (outer, r, inner) view) and of
-// a convolution (over dims 0, 2, 3 of an image batch), at xt-cifar's shapes at batch 256 and two
-// wider rows; GB/s of the input read once.
+// a convolution (over dims 0, 2, 3 of an image batch), at xt-cifar's shapes at batch 256, wider
+// rows, the batch's sum of a per-example tensor (256 rows of 65536) and a whole tensor's sum (a
+// loss); GB/s of the input read once.
 static int bench_reduce(const BenchOptions& o, std::ostream& os) {
   Device device = parse_device(o.device);
   struct Case {
@@ -230,7 +231,9 @@ static int bench_reduce(const BenchOptions& o, std::ostream& os) {
   const Case cases[] = {{{65536, 64}, {0}},
                         {{65536, 256}, {0}},
                         {{16384, 512}, {0}},
-                        {{256, 112, 16, 16}, {0, 2, 3}}};
+                        {{256, 65536}, {0}},
+                        {{256, 112, 16, 16}, {0, 2, 3}},
+                        {{256, 112, 16, 16}, {0, 1, 2, 3}}};
   std::vector<Tensor> inputs;  // made first: a device this build lacks fails before any output
   for (const Case& c : cases)
     inputs.push_back(randn(c.shape, TensorOptions{DType::Float32, device}));

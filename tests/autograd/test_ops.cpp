@@ -220,37 +220,50 @@ TEST_CASE("sum and max over dims that are not adjacent match direct loops") {
                        std::invalid_argument);
 }
 
-TEST_CASE("sum and max over many rows of short rows: chunks of rows combined in order") {
-  // Dim 0 of (2500, 3) and dim 1 of (2, 2500, 3): more rows than one chunk of the CPU kernel
-  // (1024), the last chunk partial, with one or two outer rows; a NaN in the third chunk of one
-  // column must reach that column's max and sum and no other column's.
-  Tensor x = random_tensor({2, 2500, 3}, 41, DType::Float64, Device::CPU, -1, 1);
-  std::vector<double> xv = x.to_vector<double>();
-  xv[(2 * 2500 - 7) * 3 + 1] = NAN;  // second outer row, row 2493, column 1
-  x = from_data(xv, {2, 2500, 3});
+TEST_CASE("sum and max over many rows and many columns: chunk edges, column blocks, a NaN") {
+  // The CPU kernel cuts rows into chunks of 1024 and columns into blocks of 1024, spread over the
+  // threads (36,000 elements: past the size where it goes parallel). Dim 1 of (2, 6000, 3): six
+  // chunks, the last partial, with a NaN in the last chunk of one column, which must reach that
+  // column's sum and max and no other; every element of the tensor (one column of 18,000 rows);
+  // dim 0 of (3, 12000): 12 blocks of columns over 3 rows.
+  const int64_t rows = 6000;
+  std::vector<double> xv =
+      random_tensor({2, rows, 3}, 41, DType::Float64, Device::CPU, -1, 1).to_vector<double>();
+  const int64_t nan_at = (rows + rows - 7) * 3 + 1;  // outer row 1, row 5993, column 1
+  xv[nan_at] = NAN;
+  const TensorOptions f64{DType::Float64};
+  const Tensor x = from_vector(xv, {2, rows, 3}, f64);
   std::vector<double> sums(6, 0.0), maxes(6, -INFINITY);
   for (int64_t o = 0; o < 2; ++o)
-    for (int64_t j = 0; j < 2500; ++j)
+    for (int64_t j = 0; j < rows; ++j)
       for (int64_t i = 0; i < 3; ++i) {
-        const double v = xv[(o * 2500 + j) * 3 + i];
+        const double v = xv[(o * rows + j) * 3 + i];
         sums[o * 3 + i] += v;
         maxes[o * 3 + i] =
-            std::isnan(v) || std::isnan(maxes[o * 3 + i]) ? NAN : std::max(maxes[o * 3 + i], v);
+            std::isnan(maxes[o * 3 + i]) || std::isnan(v) ? NAN : std::max(maxes[o * 3 + i], v);
       }
-  const auto same = [](const std::vector<double>& a, const std::vector<double>& b, double tol) {
-    REQUIRE(a.size() == b.size());
-    for (size_t i = 0; i < a.size(); ++i)
-      if (std::isnan(a[i]) != std::isnan(b[i]) ||
-          (!std::isnan(b[i]) && std::abs(a[i] - b[i]) > tol * std::max(1.0, std::abs(b[i]))))
-        return false;
-    return true;
+  // The NaN column (outer 1, column 1: index 4) is NaN; the others are compared as numbers.
+  const auto check = [&](const Tensor& got, const std::vector<double>& want, double tol) {
+    std::vector<double> g = got.to_vector<double>(), w = want;
+    REQUIRE(g.size() == 6);
+    CHECK(std::isnan(g[4]));
+    g[4] = w[4] = 0;
+    CHECK(max_rel_diff(from_vector(g, {6}, f64), from_vector(w, {6}, f64)) <= tol);
   };
-  CHECK(same(sum(x, {1}).to_vector<double>(), sums, 1e-12));
-  CHECK(same(max(x, {1}).to_vector<double>(), maxes, 0));
-  // One outer row: the first image of x alone (no NaN there).
-  Tensor first = x.slice(0, 0, 1).reshape({2500, 3});
-  CHECK(same(sum(first, {0}).to_vector<double>(), {sums[0], sums[1], sums[2]}, 1e-12));
-  CHECK(same(max(first, {0}).to_vector<double>(), {maxes[0], maxes[1], maxes[2]}, 0));
+  check(sum(x, {1}), sums, 1e-12);
+  check(max(x, {1}), maxes, 0);  // a maximum is one of the elements, exactly
+  // Every element at once, without the NaN: one column of 18,000 rows, 18 chunks.
+  xv[nan_at] = 0.5;
+  double total = 0;
+  for (double v : xv) total += v;
+  CHECK(max_rel_diff(sum(from_vector(xv, {2, rows, 3}, f64), {0, 1, 2}),
+                     from_vector(std::vector<double>{total}, {}, f64)) < 1e-12);
+  // Many columns: dim 0 of (3, 12000), 12 blocks of 1024 columns.
+  const Tensor wide = from_vector(xv, {3, 12000}, f64);
+  std::vector<double> column_sums(12000, 0.0);
+  for (int64_t j = 0; j < 3; ++j)
+    for (int64_t i = 0; i < 12000; ++i) column_sums[i] += xv[j * 12000 + i];
+  CHECK(max_rel_diff(sum(wide, {0}), from_vector(column_sums, {12000}, f64)) < 1e-12);
 }
 
 TEST_CASE("layer_norm normalises each row, then scales and shifts") {
