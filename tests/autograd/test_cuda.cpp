@@ -274,38 +274,35 @@ TEST_CASE("CUDA depthwise backward: dx and dw in one pass, or either alone, matc
   if (!test::cuda_available()) return;
   // With "same" padding and both gradients wanted, one streamed pass computes dx and dw (dy read
   // once); with one of them wanted, or padding that changes the plane's size, the correlation
-  // computes dx and the weight gradient's pass dw alone. Float64, each against the CPU.
+  // computes dx and the weight gradient's pass dw alone. run_case returns the output and the
+  // gradient of each input that requires grad; float64, each against the CPU.
   struct Case {
     int64_t k, pad;
     bool want_dx, want_dw;
   };
-  Tensor x0 = test::random_tensor({6, 5, 9, 11}, 95, DType::Float64);
-  Tensor g0 = test::random_tensor({6, 5, 9, 11}, 96, DType::Float64);
   for (const Case& c : {Case{3, 1, true, true}, Case{3, 1, true, false}, Case{3, 1, false, true},
                         Case{5, 2, true, true}, Case{5, 1, true, true}, Case{7, 3, false, true}}) {
     CAPTURE(c.k);
     CAPTURE(c.pad);
     CAPTURE(c.want_dx);
     CAPTURE(c.want_dw);
-    Tensor w0 = test::random_tensor({5, 1, c.k, c.k}, 97, DType::Float64);
-    std::vector<Tensor> results[2];
-    for (Device device : {Device::CPU, Device::CUDA}) {
-      Tensor x = x0.to(device).detach().requires_grad_(c.want_dx);
-      Tensor w = w0.to(device).detach().requires_grad_(c.want_dw);
-      Tensor y = conv2d(x, w, Tensor(), 1, c.pad, 5);
-      const Shape y_shape = y.shape();
-      sum(mul(y, g0.slice(2, 0, y_shape[2]).slice(3, 0, y_shape[3]).to(device))).backward();
-      std::vector<Tensor>& r = results[device == Device::CUDA];
-      r.push_back(y.cpu());
-      if (c.want_dx) r.push_back(x.grad().cpu());
-      if (c.want_dw) r.push_back(w.grad().cpu());
-    }
-    for (size_t i = 0; i < results[0].size(); ++i) {
+    const GradcheckCase conv{"depthwise", nullptr, [c](const std::vector<Tensor>& t) {
+                               return conv2d(t[0], t[1], Tensor(), 1, c.pad, 5);
+                             }};
+    const std::vector<Tensor> base = {
+        test::random_tensor({6, 5, 9, 11}, 95, DType::Float64).requires_grad_(c.want_dx),
+        test::random_tensor({5, 1, c.k, c.k}, 97, DType::Float64).requires_grad_(c.want_dw)};
+    const std::vector<Tensor> cpu = run_case(conv, base, Device::CPU, DType::Float64);
+    const std::vector<Tensor> gpu = run_case(conv, base, Device::CUDA, DType::Float64);
+    REQUIRE(cpu.size() == 1 + c.want_dx + c.want_dw);
+    REQUIRE(gpu.size() == cpu.size());
+    for (size_t i = 0; i < cpu.size(); ++i) {
       CAPTURE(i);
-      CHECK(test::max_rel_diff(results[1][i], results[0][i]) < 1e-12);
+      CHECK(test::max_rel_diff(gpu[i], cpu[i]) < 1e-12);
     }
   }
 }
+
 TEST_CASE("CUDA cross-entropy: the mean of each call, over many blocks, and NaN for a bad label") {
   // The forward's last block sums the blocks' partials and resets the count of finished blocks.
   // Calls alternate between two inputs: a call that found the count left over would not write
